@@ -1,0 +1,57 @@
+"""The checks: one module per family, pure functions over a snapshot.
+
+A check module provides:
+
+``NAME``
+    the check's name (``sessions``), used in keys, config and metrics;
+``KINDS``
+    the finding kinds it can report;
+``Settings`` and ``settings(config)``
+    the model of its ``[checks.NAME]`` section, and that section validated;
+``targets(config)``
+    what it looks at in a pass and which observations each target needs;
+``detect(snapshot, now)``
+    the findings, each with its planned action: no I/O, deterministic.
+
+Adding a check is its module, one line in :data:`REGISTRY`, and its tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from types import ModuleType
+
+from watchdogd.checks import sessions
+from watchdogd.config import CheckConfig, Config
+from watchdogd.model import CheckTarget, Detection, Snapshot
+
+__all__ = ["REGISTRY", "CheckSpec"]
+
+
+@dataclass(frozen=True)
+class CheckSpec:
+    """The interface of one check module."""
+
+    name: str
+    kinds: tuple[str, ...]
+    settings: Callable[[Config], CheckConfig]
+    targets: Callable[[Config], list[CheckTarget]]
+    detect: Callable[[Snapshot, datetime], Detection]
+    settings_model: type[CheckConfig]
+
+    def validate_settings(self, data: dict[str, object]) -> CheckConfig:
+        """Validate a ``[checks.NAME]`` section (raises pydantic's ValidationError)."""
+        return self.settings_model.model_validate(data)
+
+    @classmethod
+    def of(cls, module: ModuleType) -> CheckSpec:
+        """Read the interface off a check module."""
+        return cls(module.NAME, tuple(module.KINDS), module.settings, module.targets,
+                   module.detect, module.Settings)
+
+
+REGISTRY: dict[str, CheckSpec] = {
+    spec.name: spec for spec in (CheckSpec.of(sessions),)
+}

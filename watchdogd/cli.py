@@ -1,0 +1,278 @@
+"""The command line: ``check``, ``run``, ``demo``, ``config check``, ``findings``, ``actions``.
+
+Exit codes (stable, for cron jobs and CI):
+
+== ==========================================================
+0  the pass completed (with or without findings)
+1  ``--exit-code`` was given and there are findings
+2  a check could not complete (a source failed, data implausible)
+64 bad usage
+78 bad configuration
+== ==========================================================
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import click
+
+from watchdogd.config import Config, ConfigError, load_config
+
+EXIT_OK = 0
+EXIT_FINDINGS = 1
+EXIT_INCOMPLETE = 2
+EXIT_USAGE = 64
+EXIT_CONFIG = 78
+EXIT_SOFTWARE = 70
+
+
+class Fatal(Exception):
+    """Stop with a one-line message and an exit code."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _load(path: str | None) -> Config:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            click.echo(f"config: {problem}", err=True)
+        raise Fatal(f"configuration has {len(exc.problems)} problem(s)", EXIT_CONFIG) from None
+
+
+def _engine(config: Config, dry_run: bool | None) -> Any:
+    from watchdogd.engine import Engine  # noqa: PLC0415
+    from watchdogd.notify import Notifier, NotifyConfigError  # noqa: PLC0415
+    from watchdogd.sources import Sources  # noqa: PLC0415
+    from watchdogd.store import Store, StoreError  # noqa: PLC0415
+
+    try:
+        store = Store(config.state.resolved_url())
+    except StoreError as exc:
+        raise Fatal(f"state: {exc}", EXIT_CONFIG) from None
+    try:
+        notifier = Notifier.from_config(config.notify)
+    except NotifyConfigError as exc:
+        raise Fatal(str(exc), EXIT_CONFIG) from None
+    return Engine(config, store, Sources(config), notifier=notifier, dry_run=dry_run)
+
+
+config_option = click.option(
+    "--config", "-c", "config_path", metavar="FILE", envvar="WATCHDOGD_CONFIG",
+    help="TOML configuration file (default $WATCHDOGD_CONFIG, /etc/watchdogd/watchdogd.toml).")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="watchdogd")
+def cli() -> None:
+    """Keep JupyterHub on Kubernetes and OpenStack healthy.
+
+    Checks compare the hub database, the proxy, Kubernetes and OpenStack, fix
+    what is safe to fix (dry-run unless configured otherwise), and notify
+    people about the rest.
+    """
+
+
+@cli.command()
+@config_option
+@click.option("--only", multiple=True, metavar="CHECK", help="Run only this check (repeatable).")
+@click.option("--target", metavar="NAME", help="Run only the targets with this name.")
+@click.option("--dry-run/--no-dry-run", default=None,
+              help="Override remediation.dry_run for this pass.")
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON report.")
+@click.option("--exit-code", is_flag=True, help="Exit 1 when there are findings.")
+def check(config_path: str | None, only: Sequence[str], target: str | None,
+          dry_run: bool | None, as_json: bool, exit_code: bool) -> None:
+    """Run one pass of the checks and report."""
+    from watchdogd import logs  # noqa: PLC0415
+    from watchdogd.checks import REGISTRY  # noqa: PLC0415
+
+    logs.configure()
+    config = _load(config_path)
+    unknown = [name for name in only if name not in REGISTRY]
+    if unknown:
+        raise Fatal(f"--only: unknown check {unknown[0]!r} (known: "
+                    f"{', '.join(sorted(REGISTRY))})", EXIT_USAGE)
+    engine = _engine(config, dry_run)
+    if not engine.plan(only or None, target):
+        raise Fatal("nothing to check: no configured target matches"
+                    + (f" --target {target}" if target else ""), EXIT_USAGE)
+    engine.recover()
+    report = engine.run_pass(only or None, target)
+    if as_json:
+        click.echo(json.dumps(report.as_json(), indent=2, default=str))
+    else:
+        click.echo(render_report(report.as_json()))
+    if report.errors:
+        sys.exit(EXIT_INCOMPLETE)
+    if exit_code and report.findings:
+        sys.exit(EXIT_FINDINGS)
+
+
+@cli.command()
+@config_option
+@click.option("--dry-run/--no-dry-run", default=None,
+              help="Override remediation.dry_run.")
+def run(config_path: str | None, dry_run: bool | None) -> None:
+    """Run the daemon: passes on schedule until SIGTERM."""
+    from watchdogd import logs  # noqa: PLC0415
+    from watchdogd.daemon import Daemon  # noqa: PLC0415
+
+    logs.configure()
+    config = _load(config_path)
+    engine = _engine(config, dry_run)
+    sys.exit(Daemon(config, engine).run())
+
+
+@cli.group("config")
+def config_group() -> None:
+    """Inspect the configuration."""
+
+
+@config_group.command("check")
+@config_option
+def config_check(config_path: str | None) -> None:
+    """Validate the configuration; print every problem with its path."""
+    config = _load(config_path)
+    hubs, clusters, clouds = len(config.hubs), len(config.clusters), len(config.clouds)
+    click.echo(f"configuration is valid: {hubs} hub(s), {clusters} cluster(s), "
+               f"{clouds} cloud(s); remediation "
+               + ("dry-run" if config.remediation.dry_run else "ON: "
+                  + ", ".join(config.remediation.enabled)))
+
+
+def _store(config_path: str | None) -> Any:
+    from watchdogd.store import Store, StoreError  # noqa: PLC0415
+
+    config = _load(config_path)
+    try:
+        return Store(config.state.resolved_url())
+    except StoreError as exc:
+        raise Fatal(f"state: {exc}", EXIT_CONFIG) from None
+
+
+@cli.command()
+@config_option
+@click.option("--all", "show_all", is_flag=True, help="Include resolved findings.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def findings(config_path: str | None, show_all: bool, as_json: bool) -> None:
+    """List the findings in the state store."""
+    rows = _store(config_path).findings(status=None if show_all else "open")
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, default=_iso))
+        return
+    if not rows:
+        click.echo("no open findings")
+        return
+    click.echo(_table(
+        ["SEVERITY", "KIND", "SUBJECT", "TARGET", "SEEN", "FIRST SEEN", "STATUS"],
+        [[r["severity"], r["kind"], r["subject"], f"{r['check']}/{r['target']}",
+          str(r["sightings"]), _iso(r["first_seen"]), r["status"]] for r in rows]))
+
+
+@cli.command()
+@config_option
+@click.option("--limit", default=50, show_default=True, help="How many actions to show.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def actions(config_path: str | None, limit: int, as_json: bool) -> None:
+    """Show the action audit log, newest first."""
+    records = _store(config_path).actions(limit=limit)
+    if as_json:
+        click.echo(json.dumps([r.__dict__ for r in records], indent=2, default=_iso))
+        return
+    if not records:
+        click.echo("no actions recorded")
+        return
+    click.echo(_table(
+        ["ID", "STARTED", "ACTION", "TARGET", "FINDING", "STATUS", "DETAIL"],
+        [[str(r.id), _iso(r.started_at), r.name, r.target, r.finding_key, r.status,
+          (r.detail or "")[:60]] for r in records]))
+
+
+@cli.command()
+@click.option("--passes", default=4, show_default=True, help="How many passes to run.")
+@click.option("--json", "as_json", is_flag=True, help="Print each pass's JSON report.")
+@click.option("--keep", is_flag=True, help="Keep the world running until Ctrl-C.")
+def demo(passes: int, as_json: bool, keep: bool) -> None:
+    """Run passes against a built-in simulated world, remediation on."""
+    from watchdogd.sim.demo import run_demo  # noqa: PLC0415
+
+    sys.exit(run_demo(passes=passes, as_json=as_json, keep=keep))
+
+
+# -- rendering ------------------------------------------------------------------------
+
+_MARK = {"ok": "ok", "findings": "!!", "error": "ERROR"}
+
+
+def render_report(report: dict[str, Any]) -> str:
+    """A readable summary of a JSON report."""
+    lines = []
+    mode = "dry run" if report["dry_run"] else "remediation on"
+    lines.append(f"watchdogd {report['version']} pass at {report['started_at']} ({mode})")
+    for check in report["checks"]:
+        head = (f"  {_MARK[check['status']]:5} {check['check']}/{check['target']}: "
+                f"{len(check['findings'])} finding(s), {check['requests']} request(s), "
+                f"{check['duration_s']:.2f}s")
+        lines.append(head)
+        if check["error"]:
+            lines.append(f"        error: {check['error']}")
+        if check.get("breaker"):
+            lines.append(f"        BREAKER OPEN: {check['breaker']}")
+        for finding in check["findings"]:
+            lines.append(f"        [{finding['severity']}] {finding['kind']} {finding['subject']}: "
+                         f"{finding['message']}")
+            action = finding["action"]
+            if action:
+                lines.append(f"            -> {action['name']}: {action['status']}"
+                             + (f" ({action['detail']})" if action["detail"] else ""))
+        for key in check.get("resolved", []):
+            lines.append(f"        resolved: {key}")
+    summary = report["summary"]
+    lines.append(f"  summary: {summary['findings']} finding(s), {summary['actions_done']} "
+                 f"action(s) done, {summary['errors']} error(s)")
+    return "\n".join(lines)
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+    out = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
+    out += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    return "\n".join(out)
+
+
+def _iso(value: Any) -> str:
+    if isinstance(value, datetime):
+        return value.isoformat(timespec="seconds").replace("+00:00", "Z")
+    return str(value)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point: map usage errors to 64 and fatal errors to their codes."""
+    try:
+        cli.main(args=argv, standalone_mode=False)
+    except click.UsageError as exc:
+        click.echo(f"usage: {exc.format_message()}", err=True)
+        sys.exit(EXIT_USAGE)
+    except click.Abort:
+        sys.exit(130)
+    except Fatal as exc:
+        click.echo(f"watchdogd: {exc}", err=True)
+        sys.exit(exc.code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except Exception as exc:
+        # A bug: say so plainly (exit 70, EX_SOFTWARE), never exit 1, which means findings.
+        import traceback  # noqa: PLC0415
+
+        traceback.print_exc()
+        click.echo(f"watchdogd: internal error: {type(exc).__name__}: {exc}", err=True)
+        sys.exit(EXIT_SOFTWARE)

@@ -1,0 +1,492 @@
+"""Configuration: a TOML file, overridden by ``WATCHDOGD_*`` environment variables.
+
+Every key of the file can also be set as ``WATCHDOGD_SECTION__KEY`` (``__``
+separates levels: ``WATCHDOGD_HUBS__MAIN__API_URL``). Secrets never live in the
+file itself: each secret ``x`` is read from ``x_file`` (a path, or
+``credential:NAME`` for a systemd ``LoadCredential=``) or from the environment
+variable for ``x``. Loading either succeeds completely or raises
+:class:`ConfigError` listing every problem with its dotted path, so that
+``watchdogd config check`` can print them all at once.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+__all__ = [
+    "ClusterConfig",
+    "Config",
+    "ConfigError",
+    "HubConfig",
+    "load_config",
+    "parse_duration",
+]
+
+ENV_PREFIX = "WATCHDOGD_"
+DEFAULT_CONFIG_PATH = Path("/etc/watchdogd/watchdogd.toml")
+
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; ``problems`` holds one ``path: message`` line each."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(problems))
+
+
+def parse_duration(value: Any) -> Any:
+    """Accept ``"90s"``, ``"5m"``, ``"6h"``, ``"2d"`` or a number of seconds."""
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return timedelta(seconds=value)
+    if isinstance(value, str):
+        match = _DURATION_RE.match(value)
+        if match:
+            number, unit = match.groups()
+            return timedelta(seconds=float(number) * _DURATION_UNITS[unit or "s"])
+        raise ValueError(f"invalid duration {value!r}; use a number with a unit: 30s, 5m, 6h, 2d")
+    return value
+
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+
+
+class Section(BaseModel):
+    """Base of every section: unknown keys are errors, never silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StateConfig(Section):
+    """Where findings, the audit log and the outbox live."""
+
+    url: SecretStr | None = None
+    url_file: str | None = None
+
+    def resolved_url(self) -> str:
+        """The SQLAlchemy URL; ``$STATE_DIRECTORY`` (systemd) or /var/lib/watchdogd by default."""
+        if self.url is not None:
+            return self.url.get_secret_value()
+        state_dir = os.environ.get("STATE_DIRECTORY", "/var/lib/watchdogd").split(":")[0]
+        return f"sqlite:///{state_dir}/state.db"
+
+
+class NotifyConfig(Section):
+    """Apprise delivery. URLs carry tokens, so they come from a file or the environment."""
+
+    urls: SecretStr | None = None
+    urls_file: str | None = None
+    repeat_after: Duration = timedelta(hours=6)
+    send_resolved: bool = True
+    timeout: Duration = timedelta(seconds=10)
+    retry_after: Duration = timedelta(minutes=1)
+    title_prefix: str = "watchdogd"
+
+
+RemediationName = Literal[
+    "stop-server",
+    "sync-routes",
+    "delete-pod",
+    "delete-attachment",
+    "reset-volume-status",
+    "quarantine",
+    "delete-orphan-volume",
+    "restart-hub",
+]
+
+
+DEFAULT_ENABLED: tuple[RemediationName, ...] = (
+    "stop-server", "sync-routes", "delete-attachment", "reset-volume-status")
+
+
+class RemediationConfig(Section):
+    """The policy: dry-run first, confirm over passes, budgets and the breaker."""
+
+    dry_run: bool = True
+    confirm_after: int = Field(2, ge=1)
+    min_age: Duration = timedelta(minutes=5)
+    max_per_pass: int = Field(5, ge=0)
+    max_per_hour: int = Field(20, ge=0)
+    breaker_max: int = Field(10, ge=0)
+    breaker_fraction: float = Field(0.2, gt=0, le=1)
+    breaker_min_subjects: int = Field(20, ge=1)
+    enabled: list[RemediationName] = Field(
+        default_factory=lambda: list(DEFAULT_ENABLED)
+    )
+
+
+class DaemonConfig(Section):
+    """Process-level settings of ``watchdogd run``."""
+
+    metrics_listen: str | None = "127.0.0.1:9464"
+    pass_timeout: Duration = timedelta(minutes=5)
+    leader_election: bool = False
+    lease_namespace: str = "watchdogd"
+    lease_name: str = "watchdogd"
+    lease_cluster: str | None = None
+    lease_duration: Duration = timedelta(seconds=30)
+
+
+class ClusterConfig(Section):
+    """A Kubernetes cluster: a kubeconfig context, or the in-cluster service account."""
+
+    kubeconfig: str | None = None
+    context: str | None = None
+    in_cluster: bool = False
+    timeout: Duration = timedelta(seconds=15)
+    page_size: int = Field(500, ge=1, le=5000)
+
+    @model_validator(mode="after")
+    def _one_way_in(self) -> ClusterConfig:
+        if self.in_cluster and self.kubeconfig:
+            raise ValueError("set either in_cluster = true or kubeconfig, not both")
+        return self
+
+
+class HubConfig(Section):
+    """A JupyterHub: its REST API, its database (read only) and its proxy."""
+
+    cluster: str
+    namespace: str = "jhub"
+    layout: Literal["kubespawner", "nublado"] = "kubespawner"
+    api_url: str
+    api_token: SecretStr | None = None
+    api_token_file: str | None = None
+    db_url: SecretStr | None = None
+    db_url_file: str | None = None
+    proxy_api_url: str | None = None
+    proxy_token: SecretStr | None = None
+    proxy_token_file: str | None = None
+    timeout: Duration = timedelta(seconds=15)
+    pod_selector: str = "component=singleuser-server"
+    hub_pod_selector: str = "component=hub"
+    nublado_namespace_prefix: str = "nublado-"
+
+    @field_validator("api_url", "proxy_api_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError(f"not an http(s) URL: {value!r}")
+        return value.rstrip("/") if value else value
+
+
+class CloudConfig(Section):
+    """An OpenStack cloud, by its clouds.yaml entry, and the clusters that use its volumes."""
+
+    cloud: str
+    clusters: list[str] = Field(default_factory=list)
+    clouds_yaml: str | None = None
+    timeout: Duration = timedelta(seconds=30)
+    region: str | None = None
+    auth_url: str | None = None
+    block_storage_endpoint: str | None = None
+    application_credential_id: str | None = None
+    application_credential_secret: SecretStr | None = None
+    application_credential_secret_file: str | None = None
+    page_size: int = Field(1000, ge=1, le=10000)
+
+
+class CheckConfig(Section):
+    """Settings every check shares; checks add their own keys in their module."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    enabled: bool = True
+    interval: Duration = timedelta(minutes=5)
+
+
+class Config(BaseSettings):
+    """The whole configuration. Build it with :func:`load_config`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    state: StateConfig = StateConfig()
+    notify: NotifyConfig = NotifyConfig()
+    remediation: RemediationConfig = RemediationConfig()
+    daemon: DaemonConfig = DaemonConfig()
+    clusters: dict[str, ClusterConfig] = Field(default_factory=dict)
+    hubs: dict[str, HubConfig] = Field(default_factory=dict)
+    clouds: dict[str, CloudConfig] = Field(default_factory=dict)
+    checks: dict[str, CheckConfig] = Field(default_factory=dict)
+
+    _toml_path: ClassVar[Path | None] = None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if cls._toml_path is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=cls._toml_path))
+        return tuple(sources)
+
+    def check(self, name: str) -> CheckConfig:
+        """The settings of one check, defaults when the file has no section for it."""
+        return self.checks.get(name, CheckConfig())
+
+
+# Secrets: (section path pattern, field). A value for these may come from the
+# environment or from ``<field>_file``, never from the TOML file itself.
+_SECRET_FIELDS = {
+    "state": ["url"],
+    "notify": ["urls"],
+    "hubs.*": ["api_token", "db_url", "proxy_token"],
+    "clouds.*": ["application_credential_secret"],
+}
+
+
+def _sections(data: dict[str, Any], pattern: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    head, _, rest = pattern.partition(".")
+    section = data.get(head)
+    if not isinstance(section, dict):
+        return
+    if rest == "*":
+        for name, sub in section.items():
+            if isinstance(sub, dict):
+                yield f"{head}.{name}", sub
+    else:
+        yield head, section
+
+
+def _read_secret_file(value: str, base: Path) -> str:
+    if value.startswith("credential:"):
+        directory = os.environ.get("CREDENTIALS_DIRECTORY")
+        if not directory:
+            raise ValueError("credential: needs $CREDENTIALS_DIRECTORY (systemd LoadCredential=)")
+        path = Path(directory) / value.removeprefix("credential:")
+    else:
+        path = (base / Path(value).expanduser()).resolve()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"cannot read {path}: not UTF-8 text") from None
+    secret = text.strip()
+    if not secret:
+        raise ValueError(f"{path} is empty")
+    return secret
+
+
+def _env_secret_names() -> set[str]:
+    return {key for key in os.environ if key.startswith(ENV_PREFIX)}
+
+
+def _check_raw_file(data: dict[str, Any]) -> list[str]:
+    """Reject inline secrets: a config file is copied and committed, a secret file is not."""
+    problems = []
+    for pattern, fields in _SECRET_FIELDS.items():
+        for path, section in _sections(data, pattern):
+            for name in fields:
+                if name in section:
+                    env = ENV_PREFIX + f"{path}.{name}".replace(".", "__").upper()
+                    problems.append(
+                        f"{path}.{name}: secrets do not belong in the config file; "
+                        f"use {name}_file or the environment variable {env}"
+                    )
+    return problems
+
+
+def _check_env() -> list[str]:
+    known = {ENV_PREFIX + n.upper() for n in ("config",)}
+    sections = {ENV_PREFIX + name.upper() + "__" for name in Config.model_fields}
+    problems = []
+    for key in sorted(_env_secret_names()):
+        if key in known or any(key.startswith(s) for s in sections):
+            continue
+        problems.append(f"{key}: unknown environment variable (no such section)")
+    return problems
+
+
+def _resolve_secret_files(config: Config, base: Path) -> tuple[Config, list[str]]:
+    """Replace every ``x_file`` by the secret it points to, collecting unreadable ones."""
+    problems: list[str] = []
+    updates: dict[str, Any] = {}
+    data = config.model_dump()
+    for pattern, fields in _SECRET_FIELDS.items():
+        for path, section in _sections(data, pattern):
+            changed = False
+            for name in fields:
+                file_value = section.get(f"{name}_file")
+                if file_value is None:
+                    continue
+                if section.get(name) is not None:
+                    continue  # the environment overrides the file, like every other key
+                try:
+                    section[name] = SecretStr(_read_secret_file(file_value, base))
+                    changed = True
+                except ValueError as exc:
+                    problems.append(f"{path}.{name}_file: {exc}")
+            if changed:
+                updates[path] = section
+    if problems or not updates:
+        return config, problems
+    for path, section in updates.items():
+        head, _, name = path.partition(".")
+        if name:
+            data[head][name] = section
+        else:
+            data[head] = section
+    return Config.model_validate(data), problems
+
+
+def _format_validation(exc: ValidationError) -> list[str]:
+    problems = []
+    for error in exc.errors():
+        loc = ".".join(str(part) for part in error["loc"])
+        message = error["msg"]
+        if error["type"] == "extra_forbidden":
+            message = "unknown key"
+        elif error["type"] == "value_error":
+            message = message.removeprefix("Value error, ")
+        if not loc:
+            problems.extend(message.splitlines())
+        else:
+            problems.append(f"{loc}: {message}")
+    return problems
+
+
+def config_path(explicit: str | Path | None) -> Path | None:
+    """The file to load: ``--config``, else ``$WATCHDOGD_CONFIG``, else the default if present."""
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get(ENV_PREFIX + "CONFIG")
+    if env:
+        return Path(env)
+    return DEFAULT_CONFIG_PATH if DEFAULT_CONFIG_PATH.exists() else None
+
+
+def load_config(path: str | Path | None = None) -> Config:
+    """Load, validate and resolve secrets; raise :class:`ConfigError` with every problem."""
+    resolved = config_path(path)
+    problems: list[str] = []
+    base = Path.cwd()
+    if resolved is not None:
+        # pydantic-settings treats a missing file as empty: that would run
+        # with defaults against nothing, so a missing file is an error here.
+        if not resolved.is_file():
+            raise ConfigError([f"{resolved}: no such config file"])
+        try:
+            raw = tomllib.loads(resolved.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError([f"{resolved}: invalid TOML: {exc}"]) from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError([f"{resolved}: cannot read: {exc}"]) from None
+        problems += _check_raw_file(raw)
+        base = resolved.parent
+    problems += _check_env()
+
+    class _Loaded(Config):
+        _toml_path = resolved
+
+    try:
+        loaded = _Loaded()
+        config = Config.model_validate(loaded.model_dump())
+    except ValidationError as exc:
+        # Report what else is wrong too, judged on the file alone, so that one
+        # run of `config check` shows every problem.
+        problems += _format_validation(exc)
+        problems += _raw_problems(raw if resolved is not None else {}, base, problems)
+        raise ConfigError(problems) from None
+    problems += _references(config.model_dump())
+    config, secret_problems = _resolve_secret_files(config, base)
+    problems += secret_problems
+    problems += _check_checks(config.checks)
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def _references(data: dict[str, Any]) -> list[str]:
+    """Names that point to sections that do not exist."""
+    clusters = data.get("clusters") if isinstance(data.get("clusters"), dict) else {}
+    assert isinstance(clusters, dict)
+    problems = []
+    for name, hub in (data.get("hubs") or {}).items():
+        if isinstance(hub, dict) and "cluster" in hub and hub["cluster"] not in clusters:
+            problems.append(f"hubs.{name}.cluster: no cluster named {hub['cluster']!r}")
+    for name, cloud in (data.get("clouds") or {}).items():
+        for cluster in (cloud.get("clusters") or []) if isinstance(cloud, dict) else []:
+            if cluster not in clusters:
+                problems.append(f"clouds.{name}.clusters: no cluster named {cluster!r}")
+    lease = (data.get("daemon") or {}).get("lease_cluster")
+    if lease is not None and lease not in clusters:
+        problems.append(f"daemon.lease_cluster: no cluster named {lease!r}")
+    return problems
+
+
+def _raw_problems(raw: dict[str, Any], base: Path, known: list[str]) -> list[str]:
+    """References, secret files and check sections of a file that failed validation."""
+    problems = _references(raw)
+    for pattern, fields in _SECRET_FIELDS.items():
+        for path, section in _sections(raw, pattern):
+            for name in fields:
+                value = section.get(f"{name}_file")
+                if isinstance(value, str):
+                    try:
+                        _read_secret_file(value, base)
+                    except ValueError as exc:
+                        problems.append(f"{path}.{name}_file: {exc}")
+    checks = raw.get("checks")
+    if isinstance(checks, dict):
+        sections = {k: v for k, v in checks.items() if isinstance(v, dict)}
+        problems += _check_checks(sections)
+    return [p for p in problems if p not in known]
+
+
+def _check_checks(sections: dict[str, Any]) -> list[str]:
+    """Validate each ``[checks.NAME]`` against the settings model of that check."""
+    from watchdogd import checks  # noqa: PLC0415 - checks import this module
+
+    problems = []
+    for name, section in sections.items():
+        if name not in checks.REGISTRY:
+            known = ", ".join(sorted(checks.REGISTRY))
+            problems.append(f"checks.{name}: unknown check (known: {known})")
+            continue
+        data = section.model_dump() if isinstance(section, BaseModel) else dict(section)
+        try:
+            checks.REGISTRY[name].validate_settings(data)
+        except ValidationError as exc:
+            for error in exc.errors():
+                loc = ".".join(str(part) for part in error["loc"])
+                msg = "unknown key" if error["type"] == "extra_forbidden" else error["msg"]
+                msg = msg.removeprefix("Value error, ")
+                problems.append(f"checks.{name}.{loc}: {msg}")
+    return problems

@@ -1,0 +1,390 @@
+"""One pass: collect, detect, track, decide, act, notify, record.
+
+The engine owns the order of things and the safety rules; checks own what is
+wrong, sources own how to talk to the world, the policy owns whether to act.
+Read :meth:`Engine.run_pass` top to bottom: it is the design's diagram.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextvars
+import time
+import traceback
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import structlog
+
+from watchdogd import __version__
+from watchdogd.checks import REGISTRY, CheckSpec
+from watchdogd.config import Config
+from watchdogd.model import (
+    Action,
+    ActionStatus,
+    CheckTarget,
+    Finding,
+    ImplausibleData,
+    Need,
+    PreconditionFailed,
+    Snapshot,
+    SourceError,
+)
+from watchdogd.notify import Notifier
+from watchdogd.policy import Budget, Decision, decide
+from watchdogd.sources import Sources
+from watchdogd.sources.base import counting
+from watchdogd.store import Store, Tracked, utcnow
+
+__all__ = ["CheckResult", "Engine", "PassReport"]
+
+log = structlog.get_logger("watchdogd.engine")
+
+COLLECT_WORKERS = 8
+
+
+@dataclass
+class FindingResult:
+    """A finding as it appears in the report."""
+
+    tracked: Tracked
+    decision: Decision | None = None
+    action_status: str | None = None
+    action_detail: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        """The report's finding object."""
+        finding = self.tracked.finding
+        action = None
+        if finding.action is not None:
+            action = {"name": finding.action.name, "status": self.action_status,
+                      "detail": self.action_detail}
+        return {
+            "key": finding.key, "kind": finding.kind, "subject": finding.subject,
+            "severity": finding.severity.label, "message": finding.message,
+            "evidence": finding.evidence, "first_seen": _iso(self.tracked.first_seen),
+            "sightings": self.tracked.sightings, "action": action,
+        }
+
+
+@dataclass
+class CheckResult:
+    """One check target's part of a pass."""
+
+    check: str
+    target: str
+    status: str = "ok"
+    error: str | None = None
+    duration_s: float = 0.0
+    requests: int = 0
+    findings: list[FindingResult] = field(default_factory=list)
+    resolved: list[str] = field(default_factory=list)
+    breaker: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        """The report's check object."""
+        return {
+            "check": self.check, "target": self.target, "status": self.status,
+            "error": self.error, "duration_s": round(self.duration_s, 3),
+            "requests": self.requests,
+            "findings": [f.as_json() for f in self.findings],
+            "resolved": self.resolved,
+            "breaker": self.breaker,
+        }
+
+
+@dataclass
+class PassReport:
+    """Everything one pass did: the ``--json`` report."""
+
+    started_at: datetime
+    finished_at: datetime
+    dry_run: bool
+    checks: list[CheckResult]
+
+    @property
+    def errors(self) -> int:
+        """How many check targets could not complete."""
+        return sum(1 for c in self.checks if c.status == "error")
+
+    @property
+    def findings(self) -> int:
+        """How many findings the pass reported."""
+        return sum(len(c.findings) for c in self.checks)
+
+    @property
+    def actions_done(self) -> int:
+        """How many actions ran successfully."""
+        return sum(1 for c in self.checks for f in c.findings
+                   if f.action_status == ActionStatus.DONE)
+
+    def as_json(self) -> dict[str, Any]:
+        """The stable JSON report of DESIGN.md."""
+        return {
+            "version": __version__,
+            "started_at": _iso(self.started_at),
+            "finished_at": _iso(self.finished_at),
+            "dry_run": self.dry_run,
+            "checks": [c.as_json() for c in self.checks],
+            "summary": {"findings": self.findings, "actions_done": self.actions_done,
+                        "errors": self.errors},
+        }
+
+
+class Engine:
+    """Runs passes of the configured checks against the configured world."""
+
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        sources: Sources,
+        *,
+        notifier: Notifier | None = None,
+        dry_run: bool | None = None,
+        clock: Callable[[], datetime] = utcnow,
+        registry: dict[str, CheckSpec] | None = None,
+        acting: Callable[[], bool] = lambda: True,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.sources = sources
+        self.notifier = notifier
+        self.dry_run = config.remediation.dry_run if dry_run is None else dry_run
+        self.clock = clock
+        self.registry = REGISTRY if registry is None else registry
+        # Followers of a leader election detect (for metrics) but never act or notify.
+        self.acting = acting
+        self.listeners: list[Callable[[PassReport], None]] = []
+
+    # -- what to run -------------------------------------------------------------
+
+    def plan(self, only: Iterable[str] | None = None,
+             target: str | None = None) -> list[tuple[CheckSpec, CheckTarget]]:
+        """The check targets a pass would run, after ``--only`` / ``--target``."""
+        wanted = set(only) if only else None
+        result = []
+        for name, spec in self.registry.items():
+            if wanted is not None and name not in wanted:
+                continue
+            if not self.config.check(name).enabled and wanted is None:
+                continue
+            for check_target in spec.targets(self.config):
+                if target is None or check_target.name == target:
+                    result.append((spec, check_target))
+        return result
+
+    # -- the pass ------------------------------------------------------------------
+
+    def run_pass(self, only: Iterable[str] | None = None, target: str | None = None) -> PassReport:
+        """One pass of the selected checks: the whole pipeline of DESIGN.md."""
+        started = self.clock()
+        pass_id = f"{started:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
+        planned = self.plan(only, target)
+        observations, errors, need_requests = self._collect(planned)
+        acting = self.acting()
+        budget = Budget(
+            per_pass=self.config.remediation.max_per_pass,
+            per_hour=max(0, self.config.remediation.max_per_hour - self.store.actions_since(
+                started - timedelta(hours=1))),
+        )
+        results = []
+        for spec, check_target in planned:
+            results.append(self._run_target(spec, check_target, observations, errors,
+                                            need_requests, budget, pass_id, acting))
+        if self.notifier is not None and acting:
+            self.notifier.deliver(self.store, self.clock())
+        report = PassReport(started, self.clock(), self.dry_run, results)
+        for listener in self.listeners:
+            listener(report)
+        return report
+
+    def _collect(
+        self, planned: list[tuple[CheckSpec, CheckTarget]]
+    ) -> tuple[dict[Need, Any], dict[Need, str], dict[Need, int]]:
+        """Gather every distinct need of the pass concurrently.
+
+        Two check targets asking for the same list share one fetch. A need that
+        raises anything but SourceError is still recorded as failed: a bug in a
+        source must not turn into "no pods".
+        """
+        needs = list(dict.fromkeys(need for _, t in planned for need in t.needs))
+        observations: dict[Need, Any] = {}
+        errors: dict[Need, str] = {}
+        requests: dict[Need, int] = {}
+        if not needs:
+            return observations, errors, requests
+
+        def fetch(need: Need) -> tuple[Any, int]:
+            with counting() as counter:
+                adapter = self.sources.adapter(need.source, need.target)
+                value = getattr(adapter, need.call)(**dict(need.params))
+            return value, counter[0]
+
+        timeout = self.config.daemon.pass_timeout.total_seconds()
+        pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=min(COLLECT_WORKERS, len(needs)), thread_name_prefix="collect")
+        try:
+            futures = {
+                pool.submit(contextvars.copy_context().run, fetch, need): need for need in needs
+            }
+            done, not_done = concurrent.futures.wait(futures, timeout=timeout)
+            for future in not_done:
+                need = futures[future]
+                errors[need] = f"{need.source} {need.target}: no answer within the pass timeout"
+            for future in done:
+                need = futures[future]
+                try:
+                    observations[need], requests[need] = future.result()
+                except SourceError as exc:
+                    errors[need] = str(exc)
+                    log.warning("source error", source=need.source, target=need.target,
+                                need=need.key, error=str(exc))
+                except Exception as exc:  # a bug in an adapter
+                    errors[need] = f"{need.source} {need.target}: {type(exc).__name__}: {exc}"
+                    log.error("source failed unexpectedly", source=need.source,
+                              target=need.target, need=need.key,
+                              error=errors[need], traceback=traceback.format_exc())
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+        return observations, errors, requests
+
+    def _run_target(
+        self,
+        spec: CheckSpec,
+        check_target: CheckTarget,
+        observations: dict[Need, Any],
+        errors: dict[Need, str],
+        need_requests: dict[Need, int],
+        budget: Budget,
+        pass_id: str,
+        acting: bool,
+    ) -> CheckResult:
+        clock = time.monotonic()
+        started = self.clock()
+        result = CheckResult(spec.name, check_target.name)
+        result.requests = sum(need_requests.get(n, 0) for n in check_target.needs)
+        snapshot = Snapshot(
+            check=spec.name, target=check_target.name, taken_at=started,
+            observations={n.key: observations[n] for n in check_target.needs
+                          if n in observations},
+            errors={n.key: errors[n] for n in check_target.needs if n in errors},
+            settings=check_target.settings,
+            marks=self.store.marks(spec.name, check_target.name),
+        )
+        try:
+            if not snapshot.complete:
+                # The first rule: incomplete data never causes an action, and it
+                # proves nothing about which findings went away.
+                raise ImplausibleData("; ".join(sorted(set(snapshot.errors.values()))))
+            detection = spec.detect(snapshot, started)
+        except ImplausibleData as exc:
+            result.status, result.error = "error", str(exc)
+        except Exception as exc:
+            result.status = "error"
+            result.error = f"check {spec.name} failed: {type(exc).__name__}: {exc}"
+            log.error("check failed", check=spec.name, target=check_target.name,
+                      error=result.error, traceback=traceback.format_exc())
+        if result.status == "error":
+            log.warning("check target not completed", check=spec.name,
+                        target=check_target.name, error=result.error)
+        else:
+            self._handle(spec, check_target, detection.findings, detection.subjects,
+                         detection.marks, result, budget, pass_id, acting, started)
+        result.duration_s = time.monotonic() - clock
+        self.store.record_pass(pass_id + "-" + spec.name + "-" + check_target.name,
+                               spec.name, check_target.name, started, self.clock(),
+                               result.status, result.error)
+        return result
+
+    def _handle(self, spec: CheckSpec, check_target: CheckTarget, findings: list[Finding],
+                subjects: int, marks: set[str], result: CheckResult, budget: Budget,
+                pass_id: str, acting: bool, now: datetime) -> None:
+        policy = self.config.remediation
+        tracked, resolved = self.store.track(
+            spec.name, check_target.name, findings, now,
+            announce_after=policy.confirm_after, repeat_after=self.config.notify.repeat_after)
+        self.store.set_marks(spec.name, check_target.name, marks, now)
+        result.status = "findings" if findings else "ok"
+        result.resolved = [r.key for r in resolved]
+        decisions, breaker = decide(tracked, policy=policy, dry_run=self.dry_run or not acting,
+                                    subjects=subjects, budget=budget, now=now)
+        result.breaker = breaker
+        by_key = {d.tracked.finding.key: d for d in decisions}
+        done: dict[tuple[Any, ...], str] = {}
+        for item in tracked:
+            decision = by_key.get(item.finding.key)
+            entry = FindingResult(item, decision)
+            if decision is not None:
+                entry.action_status, entry.action_detail = decision.status, decision.detail
+                if decision.status is ActionStatus.PLANNED:
+                    with counting() as counter:
+                        status, detail = self._act(item.finding, pass_id, done)
+                    result.requests += counter[0]
+                    entry.action_status, entry.action_detail = status, detail
+            result.findings.append(entry)
+        if self.notifier is not None and acting:
+            self.store.enqueue(self.notifier.notices(result, resolved, breaker), now)
+
+    def _act(self, finding: Finding, pass_id: str,
+             done: dict[tuple[Any, ...], str]) -> tuple[ActionStatus, str]:
+        """Run one action with its intent and result in the audit log."""
+        action = finding.action
+        assert action is not None
+        identity = _identity(action)
+        if identity in done:
+            # Several findings can share one remedy (one route sync for a hub).
+            return ActionStatus.DONE, f"done once for this pass ({done[identity]})"
+        action_id = self.store.begin_action(pass_id, finding, action, self.clock())
+        log.info("action started", action=action.name, target=action.target,
+                 finding=finding.key, params=dict(action.params))
+        try:
+            adapter = self.sources.adapter(action.source, action.target)
+            detail = str(getattr(adapter, action.call)(**dict(action.params)))
+            status = ActionStatus.DONE
+            done[identity] = detail
+        except PreconditionFailed as exc:
+            status, detail = ActionStatus.SKIPPED, f"not done: {exc}"
+        except SourceError as exc:
+            status, detail = ActionStatus.FAILED, str(exc)
+        except Exception as exc:
+            status, detail = ActionStatus.FAILED, f"{type(exc).__name__}: {exc}"
+            log.error("action crashed", action=action.name, traceback=traceback.format_exc())
+        self.store.finish_action(action_id, status.value, detail, self.clock())
+        log.info("action finished", action=action.name, target=action.target,
+                 finding=finding.key, status=status.value, detail=detail)
+        return status, detail
+
+    # -- start-up -------------------------------------------------------------------
+
+    def recover(self) -> list[str]:
+        """Deal with actions a crash interrupted between intent and result.
+
+        We cannot know whether such an action reached the world, so it is marked
+        ``interrupted`` and its finding must be confirmed again from fresh
+        observations before anything is tried again.
+        """
+        interrupted = self.store.interrupted_actions()
+        now = self.clock()
+        for record in interrupted:
+            self.store.finish_action(record.id, "interrupted",
+                                     "watchdogd stopped between intent and result; "
+                                     "the world is checked again before any retry", now)
+            log.warning("interrupted action found", action=record.name, target=record.target,
+                        finding=record.finding_key, started_at=_iso(record.started_at))
+        self.store.reset_sightings(r.finding_key for r in interrupted)
+        return [r.finding_key for r in interrupted]
+
+
+def _identity(action: Action) -> tuple[Any, ...]:
+    return (action.name, action.source, action.target, action.call,
+            tuple(sorted((k, repr(v)) for k, v in action.params.items())))
+
+
+def _iso(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    return value.isoformat().replace("+00:00", "Z")

@@ -1,0 +1,220 @@
+"""Plain domain types shared by every layer: data only, no I/O.
+
+A pass of a check turns a :class:`Snapshot` (what the sources observed) into
+:class:`Finding` objects; a finding may carry a planned :class:`Action`. The
+engine, the policy and the store only ever see these types, which is what lets
+a check be a pure function that a unit test can feed with a hand-built snapshot.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+__all__ = [
+    "Action",
+    "ActionStatus",
+    "CheckTarget",
+    "Detection",
+    "Finding",
+    "ImplausibleData",
+    "MissingObservation",
+    "Need",
+    "PreconditionFailed",
+    "Severity",
+    "Snapshot",
+    "SourceError",
+]
+
+
+class Severity(enum.IntEnum):
+    """How urgent a finding is; ordered so that ``max()`` picks the worst."""
+
+    INFO = 10
+    WARNING = 20
+    CRITICAL = 30
+
+    @property
+    def label(self) -> str:
+        """The lowercase name used in JSON, metrics and notification tags."""
+        return self.name.lower()
+
+    @classmethod
+    def parse(cls, value: str) -> Severity:
+        """Read a severity from its label (``"warning"``)."""
+        try:
+            return cls[value.upper()]
+        except KeyError:
+            raise ValueError(f"unknown severity {value!r}") from None
+
+
+class ActionStatus(enum.StrEnum):
+    """What happened to a planned action in one pass (the report's ``action.status``)."""
+
+    DONE = "done"
+    PLANNED = "planned"
+    DRY_RUN = "dry-run"
+    UNCONFIRMED = "unconfirmed"
+    OVER_BUDGET = "over-budget"
+    BREAKER_OPEN = "breaker-open"
+    DISABLED = "disabled"
+    FAILED = "failed"
+    SKIPPED = "skipped"  # the world changed under us; the precondition no longer held
+
+
+class SourceError(Exception):
+    """An outside system could not give a complete answer.
+
+    Sources raise this instead of returning partial data. The message names the
+    source, the target and the cause, and never contains a secret.
+    """
+
+    def __init__(self, source: str, target: str, cause: str) -> None:
+        self.source = source
+        self.target = target
+        self.cause = cause
+        super().__init__(f"{source} {target}: {cause}")
+
+
+class PreconditionFailed(Exception):
+    """An action found the world no longer as the finding described it.
+
+    Raised by a source right before it would change something (the volume is no
+    longer ``reserved``, the pod has been replaced). The engine records the
+    action as ``skipped``: acting on stale data is exactly what we refuse to do.
+    """
+
+
+class ImplausibleData(Exception):
+    """The observations are complete but cannot be true (no hub pod, a hub DB without users).
+
+    A check raises it from ``detect()``; the engine reports the target as
+    ``error`` and acts on nothing, exactly as for a failed source.
+    """
+
+
+class MissingObservation(KeyError):
+    """A check asked the snapshot for an observation that was not collected."""
+
+
+@dataclass(frozen=True)
+class Need:
+    """One observation a check needs for a target.
+
+    ``source`` and ``target`` pick a configured adapter (``kube`` of cluster
+    ``js2``), ``call`` is the adapter method and ``params`` its keyword
+    arguments. Needs are hashable so that two checks asking for the same list in
+    one pass share one request.
+    """
+
+    key: str
+    source: str
+    target: str
+    call: str
+    params: tuple[tuple[str, Any], ...] = ()
+
+    @staticmethod
+    def of(key: str, source: str, target: str, call: str, **params: Any) -> Need:
+        """Build a need with keyword parameters (sorted, so equal needs compare equal)."""
+        return Need(key, source, target, call, tuple(sorted(params.items())))
+
+
+@dataclass(frozen=True)
+class CheckTarget:
+    """One thing a check looks at in a pass: a hub, a cloud, a cluster, a set of certificates."""
+
+    name: str
+    needs: tuple[Need, ...]
+    settings: Any = None
+
+
+@dataclass
+class Snapshot:
+    """What the sources saw for one check target, taken at one moment.
+
+    ``errors`` maps a need's key to why it could not be collected; a check run
+    on a snapshot with errors is reported as ``error`` and acts on nothing.
+    """
+
+    check: str
+    target: str
+    taken_at: datetime
+    observations: dict[str, Any] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+    settings: Any = None
+    marks: dict[str, datetime] = field(default_factory=dict)
+
+    def __getitem__(self, key: str) -> Any:
+        if key in self.errors:
+            raise MissingObservation(f"{key}: {self.errors[key]}")
+        try:
+            return self.observations[key]
+        except KeyError:
+            raise MissingObservation(key) from None
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """Return an observation, or ``default`` if it was not asked for."""
+        return self.observations.get(key, default)
+
+    @property
+    def complete(self) -> bool:
+        """True when every observation was collected."""
+        return not self.errors
+
+
+@dataclass(frozen=True)
+class Action:
+    """A remediation planned for a finding.
+
+    The engine runs it as ``getattr(adapter(source, target), call)(**params)``.
+    ``destructive`` actions count against the breaker and the budgets;
+    ``before`` is the before-image written to the audit log so that a human can
+    undo what was done.
+    """
+
+    name: str
+    source: str
+    target: str
+    call: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+    destructive: bool = True
+    before: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Finding:
+    """Something wrong, seen in one pass.
+
+    Identity is the stable key ``check/target/kind/subject``: the store matches
+    findings across passes by it, and notifications deduplicate on it.
+    """
+
+    check: str
+    target: str
+    kind: str
+    subject: str
+    severity: Severity
+    message: str
+    evidence: dict[str, Any] = field(default_factory=dict)
+    action: Action | None = None
+
+    @property
+    def key(self) -> str:
+        """The stable identity ``check/target/kind/subject``."""
+        return f"{self.check}/{self.target}/{self.kind}/{self.subject}"
+
+
+@dataclass
+class Detection:
+    """What ``detect()`` returns: the findings and how many subjects were examined.
+
+    The subject count is the denominator of the breaker's fraction rule: ten
+    planned stops are routine for 5,000 users and alarming for 12.
+    """
+
+    findings: list[Finding]
+    subjects: int
+    marks: set[str] = field(default_factory=set)

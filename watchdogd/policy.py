@@ -1,0 +1,135 @@
+"""The remediation policy: whether a planned action may run, and if not, why.
+
+The gates apply in a fixed order an operator can predict: enabled, confirmed
+(sightings and age), the breaker, dry-run, the budgets. Every refusal carries a
+one-line reason that ends up in the report and the logs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from watchdogd.config import RemediationConfig
+from watchdogd.model import ActionStatus
+from watchdogd.store import Tracked
+
+__all__ = ["Budget", "Decision", "breaker_trips", "decide"]
+
+
+@dataclass
+class Decision:
+    """The verdict on one finding's planned action."""
+
+    tracked: Tracked
+    status: ActionStatus
+    detail: str
+
+
+@dataclass
+class Budget:
+    """Destructive actions left in this pass and in the sliding hour.
+
+    One budget is shared by every check target of a pass, so ten hubs cannot
+    each spend the per-pass allowance.
+    """
+
+    per_pass: int
+    per_hour: int
+
+    def take(self) -> str | None:
+        """Use one unit; return why not when the budget is spent."""
+        if self.per_pass <= 0:
+            return "per-pass budget spent (remediation.max_per_pass)"
+        if self.per_hour <= 0:
+            return "hourly budget spent (remediation.max_per_hour)"
+        self.per_pass -= 1
+        self.per_hour -= 1
+        return None
+
+
+def breaker_trips(planned: int, subjects: int, policy: RemediationConfig) -> str | None:
+    """Why the breaker opens for ``planned`` destructive actions among ``subjects``, or None.
+
+    The fraction rule only applies from ``breaker_min_subjects`` on: two stops
+    among five users is routine, 2,000 among 5,000 is an outage of our own data.
+    """
+    if planned > policy.breaker_max:
+        return (f"{planned} destructive actions planned, more than "
+                f"remediation.breaker_max = {policy.breaker_max}")
+    if subjects >= policy.breaker_min_subjects and planned > policy.breaker_fraction * subjects:
+        return (f"{planned} destructive actions planned for {subjects} subjects, more than "
+                f"remediation.breaker_fraction = {policy.breaker_fraction:g}")
+    return None
+
+
+def decide(
+    tracked: list[Tracked],
+    *,
+    policy: RemediationConfig,
+    dry_run: bool,
+    subjects: int,
+    budget: Budget,
+    now: datetime,
+) -> tuple[list[Decision], str | None]:
+    """Decide every planned action of one check target's pass.
+
+    Returns the decisions and, when the breaker opened, the reason (the caller
+    sends one critical notice for it).
+    """
+    decisions: list[Decision] = []
+    candidates: list[Decision] = []
+    for item in tracked:
+        action = item.finding.action
+        if action is None:
+            continue
+        if action.name not in policy.enabled:
+            decisions.append(Decision(item, ActionStatus.DISABLED,
+                                      f"{action.name} is not in remediation.enabled"))
+            continue
+        if item.sightings < policy.confirm_after:
+            decisions.append(Decision(item, ActionStatus.UNCONFIRMED,
+                                      f"seen in {item.sightings} of {policy.confirm_after} "
+                                      "passes needed"))
+            continue
+        age = now - item.first_seen
+        if age < policy.min_age:
+            decisions.append(Decision(item, ActionStatus.UNCONFIRMED,
+                                      f"seen for {_fmt(age.total_seconds())} of "
+                                      f"{_fmt(policy.min_age.total_seconds())} needed"))
+            continue
+        decision = Decision(item, ActionStatus.PLANNED, f"would run {action.name}")
+        decisions.append(decision)
+        candidates.append(decision)
+
+    destructive = [d for d in candidates if d.tracked.finding.action
+                   and d.tracked.finding.action.destructive]
+    breaker = breaker_trips(len(destructive), subjects, policy)
+    if breaker:
+        for decision in destructive:
+            decision.status = ActionStatus.BREAKER_OPEN
+            decision.detail = breaker
+    for decision in candidates:
+        if decision.status is not ActionStatus.PLANNED:
+            continue
+        action = decision.tracked.finding.action
+        assert action is not None
+        if dry_run:
+            decision.status = ActionStatus.DRY_RUN
+            decision.detail = f"dry run: would run {action.name}"
+            continue
+        if action.destructive:
+            refusal = budget.take()
+            if refusal:
+                decision.status = ActionStatus.OVER_BUDGET
+                decision.detail = refusal
+    return decisions, breaker
+
+
+def _fmt(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    if seconds >= 60:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds}s"

@@ -1,0 +1,174 @@
+"""What every source shares: request counting and an HTTP client that fails loudly.
+
+Sources are adapters: they fetch plain data or change one thing, and raise
+:class:`~watchdogd.model.SourceError` for anything less than a complete answer.
+They make no decisions.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import requests
+
+from watchdogd.model import SourceError
+
+__all__ = ["HttpClient", "count_request", "counting", "describe_status"]
+
+_requests: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar(
+    "watchdogd_requests", default=None
+)
+
+
+def count_request(n: int = 1) -> None:
+    """Count ``n`` requests against whatever is being measured in this context."""
+    counter = _requests.get()
+    if counter is not None:
+        counter[0] += n
+
+
+@contextmanager
+def counting() -> Iterator[list[int]]:
+    """Count the requests made inside the block (the report's ``requests``)."""
+    counter = [0]
+    token = _requests.set(counter)
+    try:
+        yield counter
+    finally:
+        _requests.reset(token)
+
+
+def describe_status(status: int, body: str, *, credential: str, need: str = "") -> str:
+    """A one-line cause for an HTTP error that tells the operator what to fix."""
+    detail = _error_detail(body)
+    if status == 401:
+        return f"401 Unauthorized: {credential} is wrong or expired"
+    if status == 403:
+        hint = f"; it needs {need}" if need else ""
+        return f"403 Forbidden: {credential} lacks permission{hint}" + (
+            f" ({detail})" if detail else "")
+    return f"HTTP {status}" + (f": {detail}" if detail else "")
+
+
+def _error_detail(body: str) -> str:
+    """The message of a JSON error body, else the first line of the text, short."""
+    try:
+        data = json.loads(body)
+    except (ValueError, TypeError):
+        data = None
+    if isinstance(data, dict):
+        for key in ("message", "error", "reason"):
+            value = data.get(key)
+            if isinstance(value, str) and value:
+                return value[:200]
+    text = (body or "").strip().splitlines()
+    return text[0][:200] if text else ""
+
+
+class HttpClient:
+    """A ``requests`` session bound to one base URL, one credential and one timeout.
+
+    Idempotent reads are retried on connection errors and 502/503/504 with a
+    short backoff; writes are never retried here (the engine's confirmation
+    decides whether to try again next pass).
+    """
+
+    RETRY_STATUSES = frozenset({502, 503, 504})
+
+    def __init__(
+        self,
+        source: str,
+        target: str,
+        base_url: str,
+        *,
+        headers: dict[str, str],
+        timeout: float,
+        credential: str,
+        retries: int = 2,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.source = source
+        self.target = target
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self.credential = credential
+        self.retries = retries
+        self._sleep = sleep
+        self.session = requests.Session()
+        self.session.headers.update(headers)
+
+    def error(self, cause: str) -> SourceError:
+        """A SourceError naming this source and target."""
+        return SourceError(self.source, self.target, cause)
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        ok: tuple[int, ...] = (200,),
+        need: str = "",
+        **kwargs: Any,
+    ) -> requests.Response:
+        """Send one request; return the response when its status is in ``ok``."""
+        url = path if path.startswith("http") else f"{self.base_url}{path}"
+        attempts = 1 + (self.retries if method == "GET" else 0)
+        last: str = ""
+        for attempt in range(attempts):
+            if attempt:
+                self._sleep(min(0.2 * 2**attempt, 2.0))
+            count_request()
+            try:
+                response = self.session.request(method, url, timeout=self.timeout, **kwargs)
+            except requests.Timeout:
+                last = f"no answer within {self.timeout:g}s from {self._where(url)}"
+                continue
+            except requests.ConnectionError as exc:
+                last = f"cannot connect to {self._where(url)}: {_reason(exc)}"
+                continue
+            except requests.RequestException as exc:
+                raise self.error(f"request failed: {type(exc).__name__}") from None
+            if response.status_code in ok:
+                return response
+            last = describe_status(response.status_code, response.text,
+                                   credential=self.credential, need=need)
+            if response.status_code not in self.RETRY_STATUSES:
+                break
+        raise self.error(f"{method} {self._path(url)}: {last}")
+
+    def get_json(self, path: str, *, need: str = "", **kwargs: Any) -> Any:
+        """GET and parse JSON; a body that is not JSON is a SourceError."""
+        response = self.request("GET", path, need=need, **kwargs)
+        try:
+            return response.json()
+        except ValueError:
+            raise self.error(f"GET {self._path(response.url)}: answer is not JSON") from None
+
+    def _where(self, url: str) -> str:
+        from urllib.parse import urlsplit  # noqa: PLC0415
+
+        parts = urlsplit(url)
+        return f"{parts.scheme}://{parts.hostname}:{parts.port or ''}".rstrip(":")
+
+    def _path(self, url: str) -> str:
+        from urllib.parse import urlsplit  # noqa: PLC0415
+
+        return urlsplit(url).path
+
+    def close(self) -> None:
+        """Close pooled connections."""
+        self.session.close()
+
+
+def _reason(exc: Exception) -> str:
+    text = str(exc)
+    for marker in ("Connection refused", "Name or service not known", "timed out",
+                   "Connection reset", "No route to host", "Remote end closed"):
+        if marker in text:
+            return marker
+    return type(exc).__name__

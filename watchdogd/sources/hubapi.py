@@ -1,0 +1,135 @@
+"""The JupyterHub REST API: the only way watchdogd changes a hub's sessions.
+
+The hub caches its state in memory and assumes it is the only writer of its
+database, so stopping a server or syncing routes goes through the API, never
+through SQL. Reads use the paginated users list: one request per 200 users,
+never one per user.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote
+
+from watchdogd.config import HubConfig
+from watchdogd.model import PreconditionFailed
+from watchdogd.sources.base import HttpClient
+
+__all__ = ["HubApiSource"]
+
+PAGE_SIZE = 200  # the hub's maximum page
+PAGINATION = "application/jupyterhub-pagination+json"
+
+
+class HubApiSource:
+    """One hub's REST API, with the watchdogd service token."""
+
+    def __init__(self, target: str, config: HubConfig) -> None:
+        if config.api_token is None:
+            raise ValueError(f"hubs.{target}: api_token_file is not set")
+        self.target = target
+        self.http = HttpClient(
+            "hubapi", target, config.api_url,
+            headers={"Authorization": f"token {config.api_token.get_secret_value()}",
+                     "Accept": PAGINATION},
+            timeout=config.timeout.total_seconds(),
+            credential=f"the API token of hub {target} (hubs.{target}.api_token_file)",
+        )
+
+    def active_servers(self) -> list[dict[str, Any]]:
+        """Every server the hub considers active (running or pending), one dict each.
+
+        Raises SourceError when the list changes between pages (the count does
+        not add up): offset pagination can skip a user then, and a skipped user
+        must never look like a user without a server.
+        """
+        servers: list[dict[str, Any]] = []
+        users = 0
+        offset = 0
+        total: int | None = None
+        while True:
+            page = self.http.get_json(
+                "/users",
+                params={"state": "active", "offset": offset, "limit": PAGE_SIZE},
+                need="the scopes list:users, read:users, read:servers, admin:server_state",
+            )
+            if isinstance(page, list):  # a hub too old to paginate answers everything
+                items, info = page, None
+            elif isinstance(page, dict) and isinstance(page.get("items"), list):
+                items, info = page["items"], page.get("_pagination") or {}
+            else:
+                raise self.http.error("GET /users: unexpected answer (no items list)")
+            for user in items:
+                servers.extend(_servers_of(user, self.http))
+            users += len(items)
+            if info is None:
+                break
+            if total is None:
+                total = info.get("total")
+            elif info.get("total") != total:
+                raise self.http.error("GET /users: the user list changed while paging")
+            nxt = info.get("next")
+            if not nxt:
+                break
+            offset = int(nxt.get("offset", offset + len(items)))
+            if not items:
+                raise self.http.error("GET /users: empty page before the end of the list")
+        if total is not None and users != total:
+            raise self.http.error(f"GET /users: got {users} of {total} active users")
+        return servers
+
+    def stop_server(self, user: str, server_name: str = "") -> str:
+        """Ask the hub to stop one server; a 202 means the hub is still stopping it."""
+        path = f"/users/{quote(user, safe='')}/server"
+        if server_name:
+            path = f"/users/{quote(user, safe='')}/servers/{quote(server_name, safe='')}"
+        response = self.http.request(
+            "DELETE", path, ok=(202, 204, 400, 404), need="the scope delete:servers")
+        if response.status_code == 204:
+            return "stopped (204)"
+        if response.status_code == 202:
+            return "stop accepted (202): the hub is still stopping it; checked again next pass"
+        message = _message(response.text)
+        raise PreconditionFailed(f"hub answered {response.status_code}: {message}")
+
+    def sync_routes(self) -> str:
+        """Make the hub reconcile the proxy's routes with its own idea of the servers."""
+        self.http.request("POST", "/proxy", ok=(200,), need="the scope proxy")
+        return "routes synced (POST /proxy)"
+
+    def close(self) -> None:
+        """Close pooled connections."""
+        self.http.close()
+
+
+def _servers_of(user: Any, http: HttpClient) -> list[dict[str, Any]]:
+    if not isinstance(user, dict) or not isinstance(user.get("name"), str):
+        raise http.error("GET /users: a user entry has no name")
+    result = []
+    servers = user.get("servers") or {}
+    if not isinstance(servers, dict):
+        raise http.error(f"GET /users: servers of a user is {type(servers).__name__}")
+    for name, server in servers.items():
+        if not isinstance(server, dict):
+            raise http.error("GET /users: a server entry is not an object")
+        result.append({
+            "user": user["name"],
+            "server_name": name,
+            "pending": server.get("pending"),
+            "ready": bool(server.get("ready")),
+            "started": server.get("started"),
+            "last_activity": server.get("last_activity"),
+            "url": server.get("url"),
+            "state": server.get("state") if isinstance(server.get("state"), dict) else {},
+        })
+    return result
+
+
+def _message(body: str) -> str:
+    import json  # noqa: PLC0415
+
+    try:
+        data = json.loads(body)
+        return str(data.get("message", ""))[:200]
+    except (ValueError, AttributeError):
+        return body[:200]

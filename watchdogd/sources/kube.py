@@ -1,0 +1,212 @@
+"""The Kubernetes API, read as raw JSON, paginated, with server-side selectors.
+
+The official client is used for configuration, authentication and URL
+building, but lists bypass its model deserialization (``_preload_content=False``
+and ``json.loads``): for 5,000 pods that is 0.3 s instead of 5.7 s. Every list
+is paginated with ``limit``/``continue``; a continue token that expires half way
+(410) makes the whole list fail, because half a pod list must never look like a
+cluster with fewer pods.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import urllib3
+from kubernetes import client
+from kubernetes import config as kube_config
+from kubernetes.client.exceptions import ApiException
+
+from watchdogd.config import ClusterConfig
+from watchdogd.model import PreconditionFailed, SourceError
+from watchdogd.sources.base import count_request, describe_status
+
+__all__ = ["KIND_LISTS", "KubeSource", "api_client"]
+
+# kind -> (API class, all-namespaces list, namespaced list); adding a kind is one line.
+KIND_LISTS: dict[str, tuple[str, str, str | None]] = {
+    "Pod": ("CoreV1Api", "list_pod_for_all_namespaces", "list_namespaced_pod"),
+    "Namespace": ("CoreV1Api", "list_namespace", None),
+    "Node": ("CoreV1Api", "list_node", None),
+    "PersistentVolume": ("CoreV1Api", "list_persistent_volume", None),
+    "PersistentVolumeClaim": ("CoreV1Api", "list_persistent_volume_claim_for_all_namespaces",
+                              "list_namespaced_persistent_volume_claim"),
+    "Event": ("CoreV1Api", "list_event_for_all_namespaces", "list_namespaced_event"),
+    "Secret": ("CoreV1Api", "list_secret_for_all_namespaces", "list_namespaced_secret"),
+}
+
+# Fields nobody here reads and that dominate the size of real objects.
+_DROP_METADATA = ("managedFields",)
+
+
+def api_client(name: str, config: ClusterConfig) -> client.ApiClient:
+    """An ApiClient for one configured cluster, never touching the global config."""
+    configuration = client.Configuration()
+    try:
+        if config.in_cluster:
+            kube_config.load_incluster_config(  # type: ignore[no-untyped-call]
+                client_configuration=configuration)
+        else:
+            path = config.kubeconfig
+            kube_config.load_kube_config(  # type: ignore[no-untyped-call]
+                config_file=str(_expand(path)) if path else None,
+                context=config.context,
+                client_configuration=configuration,
+                persist_config=False,
+            )
+    except (kube_config.ConfigException, OSError, ValueError) as exc:
+        raise SourceError("kube", name, f"cannot load the cluster credentials: {exc}") from None
+    # One retry is enough to ride over a dropped keep-alive connection; more
+    # would multiply the timeout an operator configured.
+    configuration.retries = 1
+    return client.ApiClient(configuration)
+
+
+def _expand(path: str) -> str:
+    from pathlib import Path  # noqa: PLC0415
+
+    return str(Path(path).expanduser())
+
+
+class KubeSource:
+    """One cluster's API."""
+
+    def __init__(self, target: str, config: ClusterConfig,
+                 *, factory: Callable[[str, ClusterConfig], client.ApiClient] = api_client) -> None:
+        self.target = target
+        self.timeout = config.timeout.total_seconds()
+        self.page_size = config.page_size
+        self._config = config
+        self._factory = factory
+        self._client: client.ApiClient | None = None
+
+    @property
+    def client(self) -> client.ApiClient:
+        """The ApiClient, built on first use so that a bad kubeconfig is a SourceError."""
+        if self._client is None:
+            self._client = self._factory(self.target, self._config)
+        return self._client
+
+    def error(self, cause: str) -> SourceError:
+        """A SourceError naming this cluster."""
+        return SourceError("kube", self.target, cause)
+
+    def list_objects(self, kind: str, namespace: str | None = None,
+                     label_selector: str | None = None,
+                     field_selector: str | None = None) -> list[dict[str, Any]]:
+        """Every object of ``kind`` matching the selectors, all pages, as plain dicts."""
+        api_name, all_method, namespaced_method = KIND_LISTS[kind]
+        api = getattr(client, api_name)(self.client)
+        if namespace is not None:
+            if namespaced_method is None:
+                raise ValueError(f"{kind} is not namespaced")
+            method = getattr(api, namespaced_method)
+            args: tuple[Any, ...] = (namespace,)
+        else:
+            method = getattr(api, all_method)
+            args = ()
+        what = f"list {kind.lower()}s" + (f" in namespace {namespace}" if namespace else "")
+        items: list[dict[str, Any]] = []
+        token: str | None = None
+        pages = 0
+        while True:
+            kwargs: dict[str, Any] = {"limit": self.page_size, "_preload_content": False,
+                                      "_request_timeout": self.timeout}
+            if label_selector:
+                kwargs["label_selector"] = label_selector
+            if field_selector:
+                kwargs["field_selector"] = field_selector
+            if token:
+                kwargs["_continue"] = token
+            data = self._call(what, method, *args, **kwargs)
+            pages += 1
+            page_items = data.get("items")
+            if not isinstance(page_items, list):
+                raise self.error(f"{what}: answer has no items list")
+            for item in page_items:
+                metadata = item.get("metadata") if isinstance(item, dict) else None
+                if not isinstance(metadata, dict):
+                    raise self.error(f"{what}: an item has no metadata")
+                for key in _DROP_METADATA:
+                    metadata.pop(key, None)
+            items.extend(page_items)
+            token = (data.get("metadata") or {}).get("continue") or None
+            if not token:
+                return items
+
+    def pods(self, namespace: str | None = None, label_selector: str | None = None,
+             field_selector: str | None = None) -> list[dict[str, Any]]:
+        """Pods matching the selectors (all namespaces when ``namespace`` is None)."""
+        return self.list_objects("Pod", namespace, label_selector, field_selector)
+
+    def delete_pod(self, namespace: str, name: str, uid: str | None = None) -> str:
+        """Delete one pod, only if it is still the pod that was observed (same uid)."""
+        api = client.CoreV1Api(self.client)
+        body = client.V1DeleteOptions(
+            preconditions=client.V1Preconditions(uid=uid) if uid else None)
+        try:
+            count_request()
+            api.delete_namespaced_pod(name, namespace, body=body, _preload_content=False,
+                                      _request_timeout=self.timeout)
+        except ApiException as exc:
+            if exc.status == 404:
+                raise PreconditionFailed(f"pod {namespace}/{name} is already gone") from None
+            if exc.status == 409:
+                raise PreconditionFailed(
+                    f"pod {namespace}/{name} was replaced since it was observed") from None
+            raise self.error(f"delete pod {namespace}/{name}: " + describe_status(
+                exc.status or 0, _body(exc), credential=self._credential(),
+                need="delete on pods")) from None
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise self.error(f"delete pod {namespace}/{name}: {_net(exc, self.timeout)}") from None
+        return f"deleted pod {namespace}/{name}"
+
+    def _call(self, what: str, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        count_request()
+        try:
+            response = method(*args, **kwargs)
+            raw = response.data
+        except ApiException as exc:
+            if exc.status == 410:
+                raise self.error(f"{what}: the list expired while paging (410 Gone); "
+                                 "it is read again next pass") from None
+            raise self.error(f"{what}: " + describe_status(
+                exc.status or 0, _body(exc), credential=self._credential(),
+                need=f"list on {what.split()[1]}")) from None
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise self.error(f"{what}: {_net(exc, self.timeout)}") from None
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            raise self.error(f"{what}: answer is not JSON") from None
+        if not isinstance(data, dict):
+            raise self.error(f"{what}: answer is not an object")
+        return data
+
+    def _credential(self) -> str:
+        if self._config.in_cluster:
+            return "the service account"
+        return f"the credentials of cluster {self.target} (clusters.{self.target})"
+
+    def close(self) -> None:
+        """Close the client's connection pool."""
+        if self._client is not None:
+            self._client.close()  # type: ignore[no-untyped-call]
+
+
+def _body(exc: ApiException) -> str:
+    body = exc.body
+    if isinstance(body, bytes):
+        return body.decode("utf-8", "replace")
+    return str(body or "")
+
+
+def _net(exc: BaseException, timeout: float) -> str:
+    text = str(exc)
+    if "timed out" in text.lower() or isinstance(exc, urllib3.exceptions.TimeoutError):
+        return f"no answer within {timeout:g}s"
+    if "refused" in text.lower():
+        return "connection refused"
+    return f"network error ({type(exc).__name__})"

@@ -1,0 +1,575 @@
+"""The state store: findings and their lifecycle, the action audit log, the outbox.
+
+SQLite by default, any SQLAlchemy URL otherwise (PostgreSQL is tested). The
+schema carries a version in ``meta``; :data:`MIGRATIONS` brings an older file
+forward step by step, and a file newer than this code is refused rather than
+guessed at.
+
+Every write that belongs to one decision happens in one transaction, so a crash
+leaves either the old or the new state, never half of a pass.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from watchdogd.model import Action, Finding, Severity
+
+__all__ = ["SCHEMA_VERSION", "ActionRecord", "Notice", "Store", "StoreError", "Tracked"]
+
+SCHEMA_VERSION = 2
+
+
+class StoreError(Exception):
+    """The state store cannot be used (locked, corrupt, unreachable, too new)."""
+
+
+class UTCDateTime(sa.TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite drops the zone)."""
+
+    impl = sa.DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        return None if value is None else value.replace(tzinfo=UTC)
+
+
+metadata = sa.MetaData()
+
+meta_table = sa.Table(
+    "meta", metadata,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("value", sa.String(255), nullable=False),
+)
+
+findings_table = sa.Table(
+    "findings", metadata,
+    sa.Column("key", sa.String(1024), primary_key=True),
+    sa.Column("check_name", sa.String(64), nullable=False),
+    sa.Column("target", sa.String(255), nullable=False),
+    sa.Column("kind", sa.String(64), nullable=False),
+    sa.Column("subject", sa.String(700), nullable=False),
+    sa.Column("severity", sa.Integer, nullable=False),
+    sa.Column("message", sa.Text, nullable=False),
+    sa.Column("evidence", sa.Text, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("first_seen", UTCDateTime, nullable=False),
+    sa.Column("last_seen", UTCDateTime, nullable=False),
+    sa.Column("sightings", sa.Integer, nullable=False),
+    sa.Column("resolved_at", UTCDateTime),
+    sa.Column("notified_severity", sa.Integer),
+    sa.Column("notified_at", UTCDateTime),
+    sa.Index("ix_findings_check_target", "check_name", "target", "status"),
+)
+
+actions_table = sa.Table(
+    "actions", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("pass_id", sa.String(64), nullable=False),
+    sa.Column("finding_key", sa.String(1024), nullable=False),
+    sa.Column("name", sa.String(64), nullable=False),
+    sa.Column("source", sa.String(64), nullable=False),
+    sa.Column("target", sa.String(255), nullable=False),
+    sa.Column("call", sa.String(64), nullable=False),
+    sa.Column("params", sa.Text, nullable=False),
+    sa.Column("before", sa.Text, nullable=False),
+    sa.Column("destructive", sa.Boolean, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("detail", sa.Text),
+    sa.Column("started_at", UTCDateTime, nullable=False),
+    sa.Column("finished_at", UTCDateTime),
+    sa.Index("ix_actions_started", "started_at"),
+)
+
+outbox_table = sa.Table(
+    "outbox", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("finding_key", sa.String(1024), nullable=False),
+    sa.Column("event", sa.String(16), nullable=False),
+    sa.Column("severity", sa.Integer, nullable=False),
+    sa.Column("title", sa.Text, nullable=False),
+    sa.Column("body", sa.Text, nullable=False),
+    sa.Column("destination", sa.String(64), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("next_attempt_at", UTCDateTime, nullable=False),
+    sa.Column("delivered_at", UTCDateTime),
+    sa.Column("last_error", sa.Text),
+    sa.Index("ix_outbox_pending", "destination", "delivered_at", "id"),
+)
+
+# Added in schema 2: memory of conditions between passes, and the pass log.
+marks_table = sa.Table(
+    "marks", metadata,
+    sa.Column("check_name", sa.String(64), primary_key=True),
+    sa.Column("target", sa.String(255), primary_key=True),
+    sa.Column("mark", sa.String(1024), primary_key=True),
+    sa.Column("since", UTCDateTime, nullable=False),
+)
+
+passes_table = sa.Table(
+    "passes", metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("check_name", sa.String(64), nullable=False),
+    sa.Column("target", sa.String(255), nullable=False),
+    sa.Column("started_at", UTCDateTime, nullable=False),
+    sa.Column("finished_at", UTCDateTime, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("error", sa.Text),
+    sa.Index("ix_passes_finished", "finished_at"),
+)
+
+_V1_TABLES = (meta_table, findings_table, actions_table, outbox_table)
+_V2_TABLES = (marks_table, passes_table)
+
+
+def _migrate_to_1(conn: Connection) -> None:
+    metadata.create_all(conn, tables=list(_V1_TABLES))
+
+
+def _migrate_to_2(conn: Connection) -> None:
+    metadata.create_all(conn, tables=list(_V2_TABLES))
+
+
+#: Step ``n`` brings a schema from version ``n - 1`` to ``n``.
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _migrate_to_1, 2: _migrate_to_2}
+
+
+@dataclass
+class Tracked:
+    """A finding after tracking: its history and whether people should hear about it."""
+
+    finding: Finding
+    first_seen: datetime
+    sightings: int
+    event: str | None  # "new", "escalated", "reminder" or None
+
+
+@dataclass
+class Resolved:
+    """A finding that was open and was not seen in a complete pass."""
+
+    key: str
+    check: str
+    target: str
+    kind: str
+    subject: str
+    severity: Severity
+    message: str
+    notified: bool
+
+
+@dataclass
+class ActionRecord:
+    """One row of the audit log."""
+
+    id: int
+    pass_id: str
+    finding_key: str
+    name: str
+    target: str
+    params: dict[str, Any]
+    before: dict[str, Any]
+    destructive: bool
+    status: str
+    detail: str | None
+    started_at: datetime
+    finished_at: datetime | None
+
+
+@dataclass
+class Notice:
+    """One message for one destination, waiting in the outbox."""
+
+    id: int
+    finding_key: str
+    event: str
+    severity: Severity
+    title: str
+    body: str
+    destination: str
+    attempts: int
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def _connect_args(url: sa.URL) -> dict[str, Any]:
+    if url.get_backend_name() == "sqlite":
+        return {"timeout": 10}
+    if url.get_backend_name() == "postgresql":
+        return {"connect_timeout": 10}
+    return {}
+
+
+class Store:
+    """Findings, audit log and outbox over one SQLAlchemy engine."""
+
+    def __init__(self, url: str, *, upgrade: bool = True) -> None:
+        try:
+            parsed = sa.make_url(url)
+        except sa.exc.ArgumentError:
+            raise StoreError("state.url: not a valid database URL") from None
+        self._safe_url = parsed.render_as_string(hide_password=True)
+        if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
+            parsed = parsed.set(drivername="postgresql+psycopg")
+        if parsed.get_backend_name() == "sqlite" and parsed.database:
+            from pathlib import Path  # noqa: PLC0415
+
+            directory = Path(parsed.database).expanduser().parent
+            if not directory.is_dir():
+                raise StoreError(f"state database directory {directory} does not exist")
+        self.engine: Engine = sa.create_engine(
+            parsed, connect_args=_connect_args(parsed), pool_pre_ping=True
+        )
+        if parsed.get_backend_name() == "sqlite":
+            sa.event.listen(self.engine, "connect", _sqlite_pragmas)
+        if upgrade:
+            self.upgrade()
+
+    # -- schema -------------------------------------------------------------
+
+    def schema_version(self) -> int:
+        """The version recorded in the file, 0 for an empty database."""
+        with self._begin() as conn:
+            return self._version(conn)
+
+    def _version(self, conn: Connection) -> int:
+        if not sa.inspect(conn).has_table("meta"):
+            if sa.inspect(conn).get_table_names():
+                raise StoreError(f"{self._safe_url} holds tables but no watchdogd schema version")
+            return 0
+        row = conn.execute(
+            sa.select(meta_table.c.value).where(meta_table.c.key == "schema_version")
+        ).first()
+        return int(row[0]) if row else 0
+
+    def upgrade(self) -> None:
+        """Apply every migration the database has not seen yet, each in one transaction."""
+        with self._begin() as conn:
+            version = self._version(conn)
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"state database schema version {version} is newer than this watchdogd "
+                f"understands ({SCHEMA_VERSION}); upgrade watchdogd or point state.url elsewhere"
+            )
+        for step in range(version + 1, SCHEMA_VERSION + 1):
+            with self._begin() as conn:
+                MIGRATIONS[step](conn)
+                conn.execute(sa.delete(meta_table).where(meta_table.c.key == "schema_version"))
+                conn.execute(sa.insert(meta_table).values(key="schema_version", value=str(step)))
+
+    @contextmanager
+    def _begin(self) -> Iterator[Connection]:
+        try:
+            with self.engine.begin() as conn:
+                yield conn
+        except sa.exc.OperationalError as exc:
+            raise StoreError(f"state database {self._safe_url}: {_short(exc)}") from None
+        except sa.exc.DatabaseError as exc:
+            raise StoreError(f"state database {self._safe_url}: {_short(exc)}") from None
+
+    def close(self) -> None:
+        """Release pooled connections."""
+        self.engine.dispose()
+
+    # -- findings -----------------------------------------------------------
+
+    def track(
+        self,
+        check: str,
+        target: str,
+        findings: Sequence[Finding],
+        now: datetime,
+        *,
+        announce_after: int,
+        repeat_after: timedelta,
+    ) -> tuple[list[Tracked], list[Resolved]]:
+        """Match this pass's findings with the open ones; resolve the ones that vanished.
+
+        Only call this for a complete pass: an incomplete one proves nothing about
+        what vanished. A finding is announced once it has been seen
+        ``announce_after`` passes in a row, so a one-pass blip never pages anyone.
+        """
+        tracked: list[Tracked] = []
+        resolved: list[Resolved] = []
+        with self._begin() as conn:
+            rows = {
+                row.key: row
+                for row in conn.execute(
+                    sa.select(findings_table).where(
+                        findings_table.c.check_name == check,
+                        findings_table.c.target == target,
+                    )
+                )
+            }
+            seen = set()
+            for finding in findings:
+                seen.add(finding.key)
+                row = rows.get(finding.key)
+                values: dict[str, Any] = {
+                    "severity": int(finding.severity),
+                    "message": finding.message,
+                    "evidence": _json(finding.evidence),
+                    "last_seen": now,
+                    "status": "open",
+                    "resolved_at": None,
+                }
+                if row is None or row.status != "open":
+                    first_seen, sightings = now, 1
+                    notified_severity, notified_at = None, None
+                    values.update(notified_severity=None, notified_at=None)
+                else:
+                    first_seen, sightings = row.first_seen, row.sightings + 1
+                    notified_severity, notified_at = row.notified_severity, row.notified_at
+                values.update(first_seen=first_seen, sightings=sightings)
+                event = None
+                if sightings >= announce_after:
+                    if notified_at is None:
+                        event = "new"
+                    elif int(finding.severity) > (notified_severity or 0):
+                        event = "escalated"
+                    elif now - notified_at >= repeat_after:
+                        event = "reminder"
+                if event:
+                    values.update(notified_severity=int(finding.severity), notified_at=now)
+                if row is None:
+                    conn.execute(sa.insert(findings_table).values(
+                        key=finding.key, check_name=check, target=target, kind=finding.kind,
+                        subject=finding.subject, **values,
+                    ))
+                else:
+                    conn.execute(sa.update(findings_table)
+                                 .where(findings_table.c.key == finding.key).values(**values))
+                tracked.append(Tracked(finding, first_seen, sightings, event))
+            for key, row in rows.items():
+                if key in seen or row.status != "open":
+                    continue
+                conn.execute(sa.update(findings_table).where(findings_table.c.key == key)
+                             .values(status="resolved", resolved_at=now))
+                resolved.append(Resolved(
+                    key, check, target, row.kind, row.subject, Severity(row.severity),
+                    row.message, row.notified_at is not None,
+                ))
+        return tracked, resolved
+
+    def reset_sightings(self, keys: Iterable[str]) -> None:
+        """Make these findings prove themselves again before any action (after a crash)."""
+        keys = list(keys)
+        if not keys:
+            return
+        with self._begin() as conn:
+            conn.execute(sa.update(findings_table).where(findings_table.c.key.in_(keys))
+                         .values(sightings=0))
+
+    def findings(self, *, status: str | None = "open") -> list[dict[str, Any]]:
+        """Findings as plain dicts, newest first (for ``watchdogd findings``)."""
+        query = sa.select(findings_table).order_by(findings_table.c.last_seen.desc())
+        if status:
+            query = query.where(findings_table.c.status == status)
+        with self._begin() as conn:
+            return [
+                {
+                    "key": r.key, "check": r.check_name, "target": r.target, "kind": r.kind,
+                    "subject": r.subject, "severity": Severity(r.severity).label,
+                    "message": r.message, "evidence": json.loads(r.evidence),
+                    "status": r.status, "first_seen": r.first_seen, "last_seen": r.last_seen,
+                    "sightings": r.sightings, "resolved_at": r.resolved_at,
+                }
+                for r in conn.execute(query)
+            ]
+
+    # -- marks ----------------------------------------------------------------
+
+    def marks(self, check: str, target: str) -> dict[str, datetime]:
+        """When each remembered condition of this check target was first seen."""
+        with self._begin() as conn:
+            return {
+                r.mark: r.since
+                for r in conn.execute(sa.select(marks_table).where(
+                    marks_table.c.check_name == check, marks_table.c.target == target))
+            }
+
+    def set_marks(self, check: str, target: str, marks: Iterable[str], now: datetime) -> None:
+        """Keep the marks still present (with their first time), add new ones, drop the rest."""
+        wanted = set(marks)
+        with self._begin() as conn:
+            old = {
+                r.mark for r in conn.execute(sa.select(marks_table.c.mark).where(
+                    marks_table.c.check_name == check, marks_table.c.target == target))
+            }
+            gone = old - wanted
+            if gone:
+                conn.execute(sa.delete(marks_table).where(
+                    marks_table.c.check_name == check, marks_table.c.target == target,
+                    marks_table.c.mark.in_(gone)))
+            new = wanted - old
+            if new:
+                conn.execute(sa.insert(marks_table), [
+                    {"check_name": check, "target": target, "mark": m, "since": now} for m in new
+                ])
+
+    # -- actions (audit log) --------------------------------------------------
+
+    def begin_action(
+        self, pass_id: str, finding: Finding, action: Action, now: datetime
+    ) -> int:
+        """Write the intent, with the before-image, before anything is changed."""
+        with self._begin() as conn:
+            result = conn.execute(sa.insert(actions_table).values(
+                pass_id=pass_id, finding_key=finding.key, name=action.name,
+                source=action.source, target=action.target, call=action.call,
+                params=_json(dict(action.params)), before=_json(dict(action.before)),
+                destructive=action.destructive, status="started", detail=None, started_at=now,
+            ))
+            key = result.inserted_primary_key
+            assert key is not None
+            return int(key[0])
+
+    def finish_action(self, action_id: int, status: str, detail: str, now: datetime) -> None:
+        """Write the result of an action whose intent is already in the log."""
+        with self._begin() as conn:
+            conn.execute(sa.update(actions_table).where(actions_table.c.id == action_id)
+                         .values(status=status, detail=detail, finished_at=now))
+
+    def actions_since(self, since: datetime, *, destructive_only: bool = True) -> int:
+        """How many actions were attempted since ``since`` (for the hourly budget)."""
+        query = sa.select(sa.func.count()).select_from(actions_table).where(
+            actions_table.c.started_at >= since)
+        if destructive_only:
+            query = query.where(actions_table.c.destructive.is_(True))
+        with self._begin() as conn:
+            return int(conn.execute(query).scalar_one())
+
+    def interrupted_actions(self) -> list[ActionRecord]:
+        """Actions whose intent was written but whose result never was: a crash in between."""
+        return self.actions(status="started")
+
+    def actions(self, *, status: str | None = None, limit: int = 200) -> list[ActionRecord]:
+        """The audit log, newest first."""
+        query = sa.select(actions_table).order_by(actions_table.c.id.desc()).limit(limit)
+        if status:
+            query = query.where(actions_table.c.status == status)
+        with self._begin() as conn:
+            return [
+                ActionRecord(
+                    r.id, r.pass_id, r.finding_key, r.name, r.target, json.loads(r.params),
+                    json.loads(r.before), bool(r.destructive), r.status, r.detail,
+                    r.started_at, r.finished_at,
+                )
+                for r in conn.execute(query)
+            ]
+
+    # -- outbox -----------------------------------------------------------------
+
+    def enqueue(self, rows: Sequence[dict[str, Any]], now: datetime) -> None:
+        """Queue notices (one row per destination); delivery happens elsewhere."""
+        if not rows:
+            return
+        with self._begin() as conn:
+            conn.execute(sa.insert(outbox_table), [
+                {**row, "severity": int(row["severity"]), "created_at": now,
+                 "attempts": 0, "next_attempt_at": now}
+                for row in rows
+            ])
+
+    def pending_notices(self, destination: str, now: datetime, limit: int = 100) -> list[Notice]:
+        """Undelivered notices of one destination in the order they were queued.
+
+        Only notices up to the first one still waiting for its retry time are
+        returned, so that a later notice never overtakes an earlier one.
+        """
+        query = (sa.select(outbox_table)
+                 .where(outbox_table.c.destination == destination,
+                        outbox_table.c.delivered_at.is_(None))
+                 .order_by(outbox_table.c.id).limit(limit))
+        notices = []
+        with self._begin() as conn:
+            for r in conn.execute(query):
+                if r.next_attempt_at > now:
+                    break
+                notices.append(Notice(r.id, r.finding_key, r.event, Severity(r.severity),
+                                      r.title, r.body, r.destination, r.attempts))
+        return notices
+
+    def destinations_with_pending(self) -> list[str]:
+        """Destinations that still have undelivered notices."""
+        with self._begin() as conn:
+            return [r[0] for r in conn.execute(
+                sa.select(outbox_table.c.destination).distinct()
+                .where(outbox_table.c.delivered_at.is_(None)))]
+
+    def mark_delivered(self, notice_id: int, now: datetime) -> None:
+        """Record a successful delivery."""
+        with self._begin() as conn:
+            conn.execute(sa.update(outbox_table).where(outbox_table.c.id == notice_id)
+                         .values(delivered_at=now, attempts=outbox_table.c.attempts + 1))
+
+    def mark_failed(self, notice_id: int, error: str, retry_at: datetime) -> None:
+        """Record a failed attempt; the notice stays queued until ``retry_at``."""
+        with self._begin() as conn:
+            conn.execute(sa.update(outbox_table).where(outbox_table.c.id == notice_id)
+                         .values(attempts=outbox_table.c.attempts + 1, last_error=error,
+                                 next_attempt_at=retry_at))
+
+    def outbox(self) -> list[dict[str, Any]]:
+        """Every queued notice (for tests and ``watchdogd findings --outbox``)."""
+        with self._begin() as conn:
+            return [dict(r._mapping) for r in conn.execute(
+                sa.select(outbox_table).order_by(outbox_table.c.id))]
+
+    # -- passes -------------------------------------------------------------------
+
+    def record_pass(self, pass_id: str, check: str, target: str, started: datetime,
+                    finished: datetime, status: str, error: str | None) -> None:
+        """Remember one pass of one check target (for health and the CronJob mode)."""
+        with self._begin() as conn:
+            conn.execute(sa.insert(passes_table).values(
+                id=pass_id, check_name=check, target=target, started_at=started,
+                finished_at=finished, status=status, error=error))
+            conn.execute(sa.delete(passes_table).where(
+                passes_table.c.finished_at < finished - timedelta(days=30)))
+
+    def last_pass(self, check: str, target: str) -> datetime | None:
+        """When the last pass of this check target finished, if any."""
+        with self._begin() as conn:
+            return conn.execute(sa.select(sa.func.max(passes_table.c.finished_at)).where(
+                passes_table.c.check_name == check, passes_table.c.target == target)
+            ).scalar_one_or_none()
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cursor = dbapi_conn.cursor()
+    # WAL lets `watchdogd findings` read while the daemon writes.
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def _short(exc: sa.exc.DBAPIError | sa.exc.OperationalError) -> str:
+    """The driver's message without the SQL statement and parameters SQLAlchemy appends."""
+    orig = getattr(exc, "orig", None)
+    text = str(orig) if orig is not None else str(exc)
+    return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware (naive datetimes are refused by the store)."""
+    return datetime.now(UTC)
