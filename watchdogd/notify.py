@@ -58,12 +58,12 @@ class Destination:
     """One apprise entry and the lowest severity it wants."""
 
     def __init__(self, server: Any, timeout: float) -> None:
-        self.server = server
-        self.id = hashlib.sha256(server.url().encode()).hexdigest()[:12]
-        for attribute in ("socket_connect_timeout", "socket_read_timeout"):
-            if hasattr(server, attribute):
-                setattr(server, attribute, timeout)
-        tags = {t.lower() for t in (server.tags or ())}
+        # Keep the URL, not the plugin: a reused email plugin holds on to a
+        # closed SMTP session and its next send stalls for seconds.
+        self._url = server.url()
+        self.timeout = timeout
+        self.id = hashlib.sha256(self._url.encode()).hexdigest()[:12]
+        tags = {str(t).lower() for t in (server.tags or ())}
         levels = [s for s in Severity if s.label in tags]
         self.min_severity = min(levels) if levels else Severity.INFO
         self.label = f"{server.service_name or server.protocol}#{self.id}"
@@ -71,7 +71,11 @@ class Destination:
     def send(self, title: str, body: str, severity: Severity) -> bool:
         """Deliver one message; False when apprise says it did not arrive."""
         sender = apprise.Apprise()
-        sender.add(self.server)
+        sender.add(self._url)
+        for plugin in sender:
+            for attribute in ("socket_connect_timeout", "socket_read_timeout"):
+                if hasattr(plugin, attribute):
+                    setattr(plugin, attribute, self.timeout)
         return bool(sender.notify(title=title, body=body, notify_type=_NOTIFY_TYPE[severity]))
 
 
@@ -183,7 +187,7 @@ class Notifier:
                 store.mark_failed(notice.id, error, retry)
                 failed += 1
                 log.warning("notification not delivered", destination=destination.label,
-                            finding=notice.finding_key, event=notice.event,
+                            finding=notice.finding_key, notice=notice.event,
                             attempts=notice.attempts + 1, retry_at=retry.isoformat())
                 break  # keep the order: nothing after it goes out first
         return delivered, failed

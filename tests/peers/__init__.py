@@ -1,0 +1,1 @@
+"""Real peers (PostgreSQL, JupyterHub + CHP, ...) that integration tests run against."""

@@ -1,0 +1,368 @@
+"""The pass pipeline with in-memory adapters: policy gates, audit, tracking, safety rules."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from watchdogd.config import Config
+from watchdogd.engine import Engine
+from watchdogd.model import PreconditionFailed, SourceError
+from watchdogd.sources import Sources
+from watchdogd.store import Store
+
+T0 = datetime(2026, 11, 22, 3, 0, tzinfo=UTC)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **kwargs: float) -> None:
+        self.now += timedelta(**kwargs)
+
+
+class FakeWorld:
+    """The hub DB, Hub API, CHP and a cluster as plain data, with a call log."""
+
+    def __init__(self) -> None:
+        self.users: list[str] = []
+        self.running: dict[tuple[str, str], dict[str, Any]] = {}
+        self.pods: list[dict[str, Any]] = []
+        self.routes: dict[str, dict[str, Any]] = {"/": {"hub": True, "target": "http://hub"}}
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+        self.fail: dict[str, Exception] = {}
+        self.stop_raises: Exception | None = None
+        self.hub_pods = [{"metadata": {"name": "hub-1", "namespace": "jhub", "uid": "h"},
+                          "status": {"phase": "Running"}}]
+
+    def add(self, user: str, *, pod: bool = True, route: bool = True) -> None:
+        self.users.append(user)
+        self.running[(user, "")] = {
+            "user": user, "server_name": "", "server_id": len(self.running) + 1,
+            "state": {"pod_name": f"jupyter-{user}", "namespace": "jhub"},
+            "started": "2026-11-22T01:00:00+00:00", "last_activity": None,
+            "url": "http://10.0.0.5:8888", "base_url": f"/user/{user}/"}
+        if pod:
+            self.pods.append({"metadata": {"name": f"jupyter-{user}", "namespace": "jhub",
+                                           "uid": f"u-{user}",
+                                           "annotations": {"hub.jupyter.org/username": user}},
+                              "status": {"phase": "Running"}})
+        if route:
+            self.routes[f"/user/{user}"] = {"user": user, "server_name": "",
+                                            "target": "http://10.0.0.5:8888",
+                                            "jupyterhub": True}
+
+    def _maybe_fail(self, name: str) -> None:
+        if name in self.fail:
+            raise self.fail[name]
+
+    # hubdb
+    def sessions(self) -> dict[str, Any]:
+        self._maybe_fail("hubdb")
+        return {"schema": "f460b0348206", "schema_known": True, "users": list(self.users),
+                "running": list(self.running.values())}
+
+    # hubapi
+    def active_servers(self) -> list[dict[str, Any]]:
+        self._maybe_fail("hubapi")
+        return [{"user": u, "server_name": s, "pending": None, "ready": True,
+                 "started": "2026-11-22T01:00:00Z", "state": {}} for (u, s) in self.running]
+
+    def stop_server(self, user: str, server_name: str = "") -> str:
+        self.calls.append(("stop_server", {"user": user, "server_name": server_name}))
+        if self.stop_raises:
+            raise self.stop_raises
+        self.running.pop((user, server_name), None)
+        self.routes.pop(f"/user/{user}", None)
+        return "stopped (204)"
+
+    def sync_routes(self) -> str:
+        self.calls.append(("sync_routes", {}))
+        for (user, _), row in self.running.items():
+            self.routes[f"/user/{user}"] = {"user": user, "server_name": "",
+                                            "target": row["url"], "jupyterhub": True}
+        return "routes synced"
+
+    # proxy
+    def routes_(self) -> dict[str, Any]:
+        self._maybe_fail("proxy")
+        return dict(self.routes)
+
+    # kube
+    def pods_(self, namespace: str | None = None, label_selector: str | None = None,
+              field_selector: str | None = None) -> list[dict[str, Any]]:
+        self._maybe_fail("kube")
+        if label_selector == "component=hub":
+            return self.hub_pods
+        return list(self.pods)
+
+    def delete_pod(self, namespace: str, name: str, uid: str | None = None) -> str:
+        self.calls.append(("delete_pod", {"namespace": namespace, "name": name}))
+        self.pods = [p for p in self.pods if p["metadata"]["name"] != name]
+        return f"deleted pod {namespace}/{name}"
+
+
+class Adapter:
+    def __init__(self, world: FakeWorld) -> None:
+        self.world = world
+
+    def sessions(self) -> dict[str, Any]:
+        return self.world.sessions()
+
+    def active_servers(self) -> list[dict[str, Any]]:
+        return self.world.active_servers()
+
+    def stop_server(self, user: str, server_name: str = "") -> str:
+        return self.world.stop_server(user, server_name)
+
+    def sync_routes(self) -> str:
+        return self.world.sync_routes()
+
+    def routes(self) -> dict[str, Any]:
+        return self.world.routes_()
+
+    def pods(self, **kwargs: Any) -> list[dict[str, Any]]:
+        return self.world.pods_(**kwargs)
+
+    def delete_pod(self, namespace: str, name: str, uid: str | None = None) -> str:
+        return self.world.delete_pod(namespace, name, uid)
+
+
+def make_config(tmp_path: Path, **remediation: Any) -> Config:
+    data: dict[str, Any] = {
+        "state": {"url": f"sqlite:///{tmp_path}/state.db"},
+        "remediation": {"dry_run": False, "confirm_after": 2, "min_age": 0, **remediation},
+        "clusters": {"js2": {"kubeconfig": "/nonexistent"}},
+        "hubs": {"main": {"cluster": "js2", "api_url": "http://hub/hub/api",
+                          "proxy_api_url": "http://proxy:8001"}},
+    }
+    return Config.model_validate(data)
+
+
+@pytest.fixture
+def world() -> FakeWorld:
+    return FakeWorld()
+
+
+def make_engine(tmp_path: Path, world: FakeWorld, clock: Clock | None = None,
+                **remediation: Any) -> Engine:
+    config = make_config(tmp_path, **remediation)
+    factories = {name: (lambda _c, _n: Adapter(world)) for name in
+                 ("hubdb", "hubapi", "proxy", "kube")}
+    store = Store(config.state.resolved_url())
+    return Engine(config, store, Sources(config, factories), clock=clock or Clock())
+
+
+def statuses(report: Any) -> dict[str, tuple[str, str]]:
+    [check] = report.checks
+    return {f.tracked.finding.key: (f.tracked.finding.kind, str(f.action_status))
+            for f in check.findings}
+
+
+def test_dry_run_reports_and_changes_nothing(tmp_path: Path, world: FakeWorld) -> None:
+    world.add("alice", pod=False)
+    engine = make_engine(tmp_path, world, confirm_after=1)
+    engine.dry_run = True
+    report = engine.run_pass()
+    assert statuses(report) == {"sessions/main/stale-session/alice": ("stale-session", "dry-run")}
+    assert world.calls == []
+    assert report.as_json()["dry_run"] is True
+
+
+def test_action_only_after_confirmation_then_resolved(tmp_path: Path, world: FakeWorld) -> None:
+    world.add("alice", pod=False)
+    world.add("bob")
+    engine = make_engine(tmp_path, world)
+    first = engine.run_pass()
+    assert statuses(first) == {"sessions/main/stale-session/alice": ("stale-session",
+                                                                    "unconfirmed")}
+    assert world.calls == []
+    second = engine.run_pass()
+    assert statuses(second)["sessions/main/stale-session/alice"][1] == "done"
+    assert world.calls == [("stop_server", {"user": "alice", "server_name": ""})]
+    [record] = engine.store.actions()
+    assert (record.name, record.status, record.finding_key) == (
+        "stop-server", "done", "sessions/main/stale-session/alice")
+    assert record.before["hub_db"]["state"]["pod_name"] == "jupyter-alice"
+    assert record.finished_at is not None
+    third = engine.run_pass()
+    assert third.checks[0].findings == []
+    assert third.checks[0].resolved == ["sessions/main/stale-session/alice"]
+    assert engine.store.findings(status="open") == []
+
+
+def test_min_age_holds_actions_back(tmp_path: Path, world: FakeWorld) -> None:
+    world.add("alice", pod=False)
+    clock = Clock()
+    engine = make_engine(tmp_path, world, clock, confirm_after=1, min_age="5m")
+    report = engine.run_pass()
+    [entry] = report.checks[0].findings
+    assert entry.action_status == "unconfirmed"
+    assert "5m00s" in (entry.action_detail or "")
+    clock.advance(minutes=6)
+    assert statuses(engine.run_pass())["sessions/main/stale-session/alice"][1] == "done"
+
+
+@pytest.mark.parametrize("failing", ["hubdb", "hubapi", "proxy", "kube"])
+def test_any_failed_source_means_error_and_no_action(tmp_path: Path, world: FakeWorld,
+                                                     failing: str) -> None:
+    world.add("alice", pod=False)
+    engine = make_engine(tmp_path, world, confirm_after=1)
+    assert statuses(engine.run_pass())["sessions/main/stale-session/alice"][1] == "done"
+    world.add("bob", pod=False)
+    world.fail[failing] = SourceError(failing, "main", "HTTP 500")
+    report = engine.run_pass()
+    [check] = report.checks
+    assert check.status == "error"
+    assert f"{failing} main: HTTP 500" in (check.error or "")
+    assert check.findings == []
+    assert world.calls == [("stop_server", {"user": "alice", "server_name": ""})]
+    assert report.errors == 1
+    # An incomplete pass proves nothing about what vanished: nothing resolved.
+    assert check.resolved == []
+
+
+def test_unexpected_adapter_exception_is_an_error_not_empty_data(
+        tmp_path: Path, world: FakeWorld) -> None:
+    world.add("alice", pod=False)
+    world.fail["kube"] = RuntimeError("boom")
+    report = make_engine(tmp_path, world, confirm_after=1).run_pass()
+    assert report.checks[0].status == "error"
+    assert "RuntimeError: boom" in (report.checks[0].error or "")
+    assert world.calls == []
+
+
+def test_breaker_opens_and_acts_on_none(tmp_path: Path, world: FakeWorld) -> None:
+    for i in range(12):
+        world.add(f"user{i}", pod=False)
+    engine = make_engine(tmp_path, world, confirm_after=1, breaker_max=10)
+    report = engine.run_pass()
+    assert {s for _, s in statuses(report).values()} == {"breaker-open"}
+    assert world.calls == []
+    assert "breaker_max = 10" in (report.checks[0].breaker or "")
+
+
+def test_breaker_fraction_applies_to_large_targets_only(tmp_path: Path,
+                                                        world: FakeWorld) -> None:
+    for i in range(30):
+        world.add(f"user{i}", pod=i >= 8)
+    engine = make_engine(tmp_path, world, confirm_after=1, breaker_max=100,
+                         breaker_fraction=0.2, breaker_min_subjects=20, max_per_pass=100,
+                         max_per_hour=100)
+    report = engine.run_pass()
+    assert {s for _, s in statuses(report).values()} == {"breaker-open"}
+    assert "breaker_fraction" in (report.checks[0].breaker or "")
+
+
+def test_budgets_per_pass_and_per_hour(tmp_path: Path, world: FakeWorld) -> None:
+    for i in range(5):
+        world.add(f"user{i}", pod=False)
+    clock = Clock()
+    engine = make_engine(tmp_path, world, clock, confirm_after=1, max_per_pass=2,
+                         max_per_hour=3)
+    first = statuses(engine.run_pass())
+    assert sorted(s for _, s in first.values()) == ["done", "done", "over-budget",
+                                                    "over-budget", "over-budget"]
+    clock.advance(minutes=1)
+    second = statuses(engine.run_pass())
+    assert sorted(s for _, s in second.values()) == ["done", "over-budget", "over-budget"]
+    assert len(world.calls) == 3
+    clock.advance(minutes=61)
+    third = statuses(engine.run_pass())
+    assert sorted(s for _, s in third.values()) == ["done", "done"]
+
+
+def test_one_route_sync_serves_every_missing_route(tmp_path: Path, world: FakeWorld) -> None:
+    for name in ("a", "b", "c"):
+        world.add(name, route=False)
+    engine = make_engine(tmp_path, world, confirm_after=1)
+    report = engine.run_pass()
+    assert {s for _, s in statuses(report).values()} == {"done"}
+    assert world.calls == [("sync_routes", {})]
+
+
+def test_disabled_action_is_reported_not_run(tmp_path: Path, world: FakeWorld) -> None:
+    world.users.append("bob")
+    world.pods.append({"metadata": {"name": "jupyter-bob", "namespace": "jhub", "uid": "x",
+                                    "annotations": {"hub.jupyter.org/username": "bob"}},
+                       "status": {"phase": "Running"}})
+    report = make_engine(tmp_path, world, confirm_after=1).run_pass()
+    [entry] = report.checks[0].findings
+    assert entry.action_status == "disabled"
+    assert entry.action_detail == "delete-pod is not in remediation.enabled"
+    assert world.calls == []
+
+
+def test_precondition_failure_is_skipped_and_audited(tmp_path: Path, world: FakeWorld) -> None:
+    world.add("alice", pod=False)
+    world.stop_raises = PreconditionFailed("hub answered 400: pending stop")
+    engine = make_engine(tmp_path, world, confirm_after=1)
+    report = engine.run_pass()
+    [entry] = report.checks[0].findings
+    assert entry.action_status == "skipped"
+    [record] = engine.store.actions()
+    assert record.status == "skipped"
+    assert "pending stop" in (record.detail or "")
+
+
+def test_failed_action_is_audited_with_its_cause(tmp_path: Path, world: FakeWorld) -> None:
+    world.add("alice", pod=False)
+    world.stop_raises = SourceError("hubapi", "main", "DELETE /users/alice/server: HTTP 500")
+    engine = make_engine(tmp_path, world, confirm_after=1)
+    [entry] = engine.run_pass().checks[0].findings
+    assert entry.action_status == "failed"
+    assert engine.store.actions()[0].status == "failed"
+
+
+def test_interrupted_action_is_reconfirmed_before_any_retry(tmp_path: Path,
+                                                            world: FakeWorld) -> None:
+    world.add("alice", pod=False)
+    engine = make_engine(tmp_path, world, confirm_after=2)
+    engine.run_pass()  # sighting 1
+    # A crash between intent and result: the intent row has no result.
+    from watchdogd.model import Action, Finding, Severity
+
+    finding = Finding("sessions", "main", "stale-session", "alice", Severity.CRITICAL, "m")
+    engine.store.begin_action("crashed-pass", finding,
+                              Action("stop-server", "hubapi", "main", "stop_server",
+                                     {"user": "alice"}), T0)
+    assert engine.recover() == ["sessions/main/stale-session/alice"]
+    interrupted = [r for r in engine.store.actions() if r.pass_id == "crashed-pass"]
+    assert interrupted[0].status == "interrupted"
+    report = engine.run_pass()
+    [entry] = report.checks[0].findings
+    assert entry.tracked.sightings == 1
+    assert entry.action_status == "unconfirmed"
+    assert world.calls == []
+
+
+def test_report_matches_the_design_contract(tmp_path: Path, world: FakeWorld) -> None:
+    world.add("alice", pod=False)
+    report = make_engine(tmp_path, world, confirm_after=1).run_pass().as_json()
+    assert set(report) == {"version", "started_at", "finished_at", "dry_run", "checks",
+                           "summary"}
+    [check] = report["checks"]
+    assert {"check", "target", "status", "error", "duration_s", "requests",
+            "findings"} <= set(check)
+    [finding] = check["findings"]
+    assert set(finding) == {"key", "kind", "subject", "severity", "message", "evidence",
+                            "first_seen", "sightings", "action"}
+    assert finding["action"]["status"] == "done"
+    assert report["summary"] == {"findings": 1, "actions_done": 1, "errors": 0}
+    assert report["started_at"].endswith("Z")
+
+
+def test_follower_detects_but_never_acts(tmp_path: Path, world: FakeWorld) -> None:
+    world.add("alice", pod=False)
+    engine = make_engine(tmp_path, world, confirm_after=1)
+    engine.acting = lambda: False
+    [entry] = engine.run_pass().checks[0].findings
+    assert entry.action_status == "dry-run"
+    assert world.calls == []

@@ -1,0 +1,284 @@
+"""detect() of the sessions check on hand-built snapshots: every row of the table."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from watchdogd.checks import sessions
+from watchdogd.model import ImplausibleData, Snapshot
+
+NOW = datetime(2026, 11, 22, 3, 0, tzinfo=UTC)
+
+
+def settings(layout: str = "kubespawner", **check: Any) -> sessions.TargetSettings:
+    return sessions.TargetSettings(
+        hub="main", cluster="js2", namespace="jhub", layout=layout,
+        nublado_prefix="nublado-", hub_pod_selector="component=hub",
+        check=sessions.Settings(**check),
+    )
+
+
+def hub_pod() -> dict[str, Any]:
+    return {"metadata": {"name": "hub-7d9", "namespace": "jhub", "uid": "hub-uid",
+                         "labels": {"component": "hub"}},
+            "status": {"phase": "Running"}}
+
+
+def pod(user: str, server: str = "", *, phase: str = "Running", reason: str | None = None,
+        ip: str = "10.0.0.5", layout: str = "kubespawner", deleting: bool = False) -> dict[str, Any]:
+    if layout == "nublado":
+        metadata: dict[str, Any] = {"name": f"{user}-nb", "namespace": f"nublado-{user}",
+                                    "uid": f"uid-{user}"}
+    else:
+        name = f"jupyter-{user}" + (f"--{server}" if server else "")
+        metadata = {"name": name, "namespace": "jhub", "uid": f"uid-{user}-{server}",
+                    "labels": {"component": "singleuser-server"},
+                    "annotations": {"hub.jupyter.org/username": user,
+                                    "hub.jupyter.org/servername": server}}
+    if deleting:
+        metadata["deletionTimestamp"] = "2026-11-22T02:59:00Z"
+    status: dict[str, Any] = {"phase": phase, "podIP": ip}
+    if reason:
+        status["reason"] = reason
+    return {"metadata": metadata, "spec": {"nodeName": "node-1"}, "status": status}
+
+
+def running(user: str, server: str = "", *, ip: str = "10.0.0.5",
+            version: str = "7.0.0") -> dict[str, Any]:
+    name = f"jupyter-{user}" + (f"--{server}" if server else "")
+    return {"user": user, "server_name": server, "server_id": 1,
+            "state": {"pod_name": name, "namespace": "jhub", "kubespawner_version": version},
+            "started": "2026-11-22T02:00:00+00:00", "last_activity": None,
+            "url": f"http://{ip}:8888", "base_url": f"/user/{user}/"}
+
+
+def active(user: str, server: str = "", *, pending: str | None = None,
+           started: str = "2026-11-22T02:00:00Z") -> dict[str, Any]:
+    return {"user": user, "server_name": server, "pending": pending, "ready": pending is None,
+            "started": started, "last_activity": None, "url": f"/user/{user}/", "state": {}}
+
+
+def route(user: str, server: str = "",
+          target: str = "http://10.0.0.5:8888") -> tuple[str, dict[str, Any]]:
+    path = f"/user/{user}" + (f"/{server}" if server else "")
+    return path, {"user": user, "server_name": server, "target": target, "jupyterhub": True}
+
+
+Obj = dict[str, Any]
+
+
+def snapshot(*, users: list[str], db_running: list[Obj], api: list[Obj], pods: list[Obj],
+             routes: list[tuple[str, Obj]] | None = None, layout: str = "kubespawner",
+             marks: dict[str, datetime] | None = None, hub_pods: list[Obj] | None = None,
+             **check: Any) -> Snapshot:
+    route_table: dict[str, Obj] = {"/": {"hub": True, "target": "http://hub:8081"}}
+    route_table.update(dict(routes or []))
+    return Snapshot(
+        check="sessions", target="main", taken_at=NOW,
+        observations={
+            "hub_db": {"schema": "f460b0348206", "schema_known": True, "users": users,
+                       "running": db_running},
+            "hub_api": api, "pods": pods, "routes": route_table,
+            "hub_pods": [hub_pod()] if hub_pods is None else hub_pods,
+        },
+        settings=settings(layout, **check), marks=marks or {},
+    )
+
+
+def kinds(snap: Snapshot) -> dict[str, tuple[str, str | None]]:
+    detection = sessions.detect(snap, NOW)
+    return {f.subject: (f.kind, f.action.name if f.action else None)
+            for f in detection.findings}
+
+
+def test_healthy_session_has_no_findings() -> None:
+    snap = snapshot(users=["alice", "bob"], db_running=[running("alice")], api=[active("alice")],
+                    pods=[pod("alice")], routes=[route("alice")])
+    assert sessions.detect(snap, NOW).findings == []
+
+
+def test_running_without_pod_is_stale_session_with_stop_server() -> None:
+    snap = snapshot(users=["alice"], db_running=[running("alice")], api=[active("alice")],
+                    pods=[], routes=[route("alice")])
+    detection = sessions.detect(snap, NOW)
+    [finding] = detection.findings
+    assert (finding.kind, finding.subject, finding.severity.label) == (
+        "stale-session", "alice", "critical")
+    assert finding.action is not None
+    assert finding.action.name == "stop-server"
+    assert (finding.action.source, finding.action.call) == ("hubapi", "stop_server")
+    assert dict(finding.action.params) == {"user": "alice", "server_name": ""}
+    assert finding.action.destructive
+    assert finding.key == "sessions/main/stale-session/alice"
+
+
+@pytest.mark.parametrize(("phase", "reason"), [("Failed", None), ("Succeeded", None),
+                                               ("Failed", "Evicted")])
+def test_running_with_dead_pod_is_dead_session(phase: str, reason: str | None) -> None:
+    snap = snapshot(users=["alice"], db_running=[running("alice")], api=[active("alice")],
+                    pods=[pod("alice", phase=phase, reason=reason)], routes=[route("alice")])
+    assert kinds(snap) == {"alice": ("dead-session", "stop-server")}
+
+
+def test_pod_without_running_server_is_orphan_pod_with_uid_precondition() -> None:
+    snap = snapshot(users=["alice", "bob"], db_running=[], api=[], pods=[pod("bob")])
+    detection = sessions.detect(snap, NOW)
+    [finding] = detection.findings
+    assert (finding.kind, finding.subject) == ("orphan-pod", "bob")
+    assert finding.action is not None
+    assert finding.action.name == "delete-pod"
+    assert dict(finding.action.params) == {"namespace": "jhub", "name": "jupyter-bob",
+                                           "uid": "uid-bob-"}
+
+
+def test_running_pod_without_route_is_missing_route() -> None:
+    snap = snapshot(users=["alice"], db_running=[running("alice")], api=[active("alice")],
+                    pods=[pod("alice")], routes=[])
+    assert kinds(snap) == {"alice": ("missing-route", "sync-routes")}
+    [finding] = sessions.detect(snap, NOW).findings
+    assert finding.action is not None and not finding.action.destructive
+
+
+def test_route_of_stopped_server_is_stale_route() -> None:
+    snap = snapshot(users=["alice"], db_running=[], api=[], pods=[], routes=[route("alice")])
+    assert kinds(snap) == {"alice": ("stale-route", "sync-routes")}
+
+
+def test_route_not_owned_by_the_hub_is_ignored() -> None:
+    path, data = route("alice")
+    data["jupyterhub"] = False
+    snap = snapshot(users=["alice"], db_running=[], api=[], pods=[], routes=[(path, data)])
+    assert kinds(snap) == {}
+
+
+def test_route_to_wrong_target_is_route_mismatch() -> None:
+    snap = snapshot(users=["alice"], db_running=[running("alice")], api=[active("alice")],
+                    pods=[pod("alice")], routes=[route("alice", target="http://10.9.9.9:8888")])
+    assert kinds(snap) == {"alice": ("route-mismatch", "sync-routes")}
+
+
+def test_pending_spawn_too_long_is_stuck_spawn() -> None:
+    started = (NOW - timedelta(minutes=20)).isoformat()
+    snap = snapshot(users=["alice"], db_running=[running("alice")],
+                    api=[active("alice", pending="spawn", started=started)], pods=[])
+    assert kinds(snap) == {"alice": ("stuck-spawn", "stop-server")}
+
+
+def test_young_pending_spawn_is_left_alone_even_without_pod() -> None:
+    started = (NOW - timedelta(minutes=1)).isoformat()
+    snap = snapshot(users=["alice"], db_running=[running("alice")],
+                    api=[active("alice", pending="spawn", started=started)], pods=[])
+    assert kinds(snap) == {}
+
+
+def test_pending_stop_is_remembered_and_becomes_stuck_stop() -> None:
+    snap = snapshot(users=["alice"], db_running=[running("alice")],
+                    api=[active("alice", pending="stop")], pods=[])
+    first = sessions.detect(snap, NOW)
+    assert first.findings == []  # a stop in progress: never stop twice
+    assert first.marks == {"pending-stop:alice"}
+    later = snapshot(users=["alice"], db_running=[running("alice")],
+                     api=[active("alice", pending="stop")], pods=[],
+                     marks={"pending-stop:alice": NOW - timedelta(minutes=11)})
+    [finding] = sessions.detect(later, NOW).findings
+    assert finding.kind == "stuck-stop"
+    assert finding.severity.label == "critical"
+    assert finding.action is not None
+    assert finding.action.name == "restart-hub"
+    assert dict(finding.action.params)["name"] == "hub-7d9"
+
+
+def test_db_running_but_api_not_active_is_not_judged() -> None:
+    # The DB and the API were read a moment apart and disagree: no verdict.
+    snap = snapshot(users=["alice"], db_running=[running("alice")], api=[], pods=[])
+    assert kinds(snap) == {}
+
+
+def test_terminating_pod_is_not_an_orphan() -> None:
+    snap = snapshot(users=["bob"], db_running=[], api=[], pods=[pod("bob", deleting=True)])
+    assert kinds(snap) == {}
+
+
+def test_named_servers_are_separate_subjects() -> None:
+    snap = snapshot(
+        users=["alice"],
+        db_running=[running("alice"), running("alice", "gpu", ip="10.0.0.6")],
+        api=[active("alice"), active("alice", "gpu")],
+        pods=[pod("alice")],
+        routes=[route("alice"), route("alice", "gpu", target="http://10.0.0.6:8888")],
+    )
+    detection = sessions.detect(snap, NOW)
+    [finding] = detection.findings
+    assert (finding.kind, finding.subject) == ("stale-session", "alice/gpu")
+    assert finding.action is not None
+    assert dict(finding.action.params) == {"user": "alice", "server_name": "gpu"}
+
+
+def test_nublado_layout_matches_pods_by_namespace() -> None:
+    snap = snapshot(
+        users=["alice", "bob", "carol"], layout="nublado",
+        db_running=[running("alice"), running("carol")],
+        api=[active("alice"), active("carol")],
+        pods=[pod("alice", layout="nublado"), pod("bob", layout="nublado")],
+        routes=[route("alice"), route("carol")],
+    )
+    assert kinds(snap) == {"carol": ("stale-session", "stop-server"),
+                           "bob": ("orphan-pod", "delete-pod")}
+
+
+def test_nublado_username_that_is_no_namespace_name() -> None:
+    snap = snapshot(users=["Alice_X"], layout="nublado", db_running=[], api=[], pods=[])
+    assert kinds(snap) == {"Alice_X": ("invalid-username-label", None)}
+
+
+@pytest.mark.parametrize("name", ["_alice", "a" * 200, "ünïcödé" * 5])
+def test_escape_scheme_invalid_label_values(name: str) -> None:
+    snap = snapshot(users=[name, "bob"], db_running=[running("bob", version="6.2.0")],
+                    api=[active("bob")], pods=[pod("bob")], routes=[route("bob")])
+    assert kinds(snap) == {name: ("invalid-username-label", None)}
+
+
+def test_safe_scheme_reports_no_label_problems() -> None:
+    snap = snapshot(users=["_alice", "bob"], db_running=[running("bob", version="7.0.0")],
+                    api=[active("bob")], pods=[pod("bob")], routes=[route("bob")])
+    assert kinds(snap) == {}
+
+
+def test_escape_slug_matches_kubespawner_6() -> None:
+    assert sessions.escape_slug("_alice") == "-5falice"
+    assert sessions.escape_slug("a-b") == "a-2db"
+    assert sessions.escape_slug("Bob") == "-42ob"
+    assert not sessions.is_valid_label("-5falice")
+    assert sessions.is_valid_label("alice")
+
+
+def test_hostile_usernames_flow_through_unchanged() -> None:
+    hostile = "o'brien\"; drop table users;--"
+    snap = snapshot(users=[hostile], db_running=[running(hostile)], api=[active(hostile)],
+                    pods=[], routes=[route(hostile)])
+    [finding] = sessions.detect(snap, NOW).findings
+    assert finding.subject == hostile
+    assert finding.action is not None
+    assert dict(finding.action.params)["user"] == hostile
+
+
+def test_missing_hub_pod_makes_the_snapshot_implausible() -> None:
+    snap = snapshot(users=["alice"], db_running=[running("alice")], api=[active("alice")],
+                    pods=[], hub_pods=[])
+    with pytest.raises(ImplausibleData, match="hub pod"):
+        sessions.detect(snap, NOW)
+
+
+def test_hub_db_without_users_but_with_pods_is_implausible() -> None:
+    snap = snapshot(users=[], db_running=[], api=[], pods=[pod("alice")])
+    with pytest.raises(ImplausibleData, match="no users"):
+        sessions.detect(snap, NOW)
+
+
+def test_subjects_count_every_session_pod_and_route() -> None:
+    snap = snapshot(users=["a", "b", "c"], db_running=[running("a")], api=[active("a")],
+                    pods=[pod("a"), pod("b")], routes=[route("a"), route("c")])
+    assert sessions.detect(snap, NOW).subjects == 3
