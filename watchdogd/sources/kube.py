@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 import urllib3
+import yaml
 from kubernetes import client
 from kubernetes import config as kube_config
 from kubernetes.client.exceptions import ApiException
@@ -56,8 +57,14 @@ def api_client(name: str, config: ClusterConfig) -> client.ApiClient:
                 client_configuration=configuration,
                 persist_config=False,
             )
-    except (kube_config.ConfigException, OSError, ValueError) as exc:
-        raise SourceError("kube", name, f"cannot load the cluster credentials: {exc}") from None
+    except (kube_config.ConfigException, OSError, ValueError, TypeError, KeyError,
+            yaml.YAMLError) as exc:
+        # The first line only: YAML errors quote the file, which may hold a token.
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        if isinstance(exc, yaml.YAMLError):
+            first = "the kubeconfig is not valid YAML"
+        raise SourceError("kube", name,
+                          f"cannot load the cluster credentials: {first[:200]}") from None
     # One retry is enough to ride over a dropped keep-alive connection; more
     # would multiply the timeout an operator configured.
     configuration.retries = 1
