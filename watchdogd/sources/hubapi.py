@@ -106,7 +106,12 @@ def _servers_of(user: Any, http: HttpClient) -> list[dict[str, Any]]:
     if not isinstance(user, dict) or not isinstance(user.get("name"), str):
         raise http.error("GET /users: a user entry has no name")
     result = []
-    servers = user.get("servers") or {}
+    if "servers" not in user:
+        # The hub leaves the key out when the token may not read servers:
+        # that must not look like a user without servers.
+        raise http.error("GET /users: user entries have no servers; the token needs "
+                         "the read:servers scope")
+    servers = user["servers"]
     if not isinstance(servers, dict):
         raise http.error(f"GET /users: servers of a user is {type(servers).__name__}")
     for name, server in servers.items():
