@@ -226,5 +226,5 @@ def test_unreachable_hub(serve: Callable[[Handler], Scripted]) -> None:
     server.close()
     source = HubApiSource("main", hub_config(url))
     source.http._sleep = lambda _s: None
-    with pytest.raises(SourceError, match="cannot connect to http://127.0.0.1"):
+    with pytest.raises(SourceError, match=r"cannot connect to http://127\.0\.0\.1"):
         source.active_servers()

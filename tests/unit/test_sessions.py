@@ -28,7 +28,8 @@ def hub_pod() -> dict[str, Any]:
 
 
 def pod(user: str, server: str = "", *, phase: str = "Running", reason: str | None = None,
-        ip: str = "10.0.0.5", layout: str = "kubespawner", deleting: bool = False) -> dict[str, Any]:
+        ip: str = "10.0.0.5", layout: str = "kubespawner",
+        deleting: bool = False) -> dict[str, Any]:
     if layout == "nublado":
         metadata: dict[str, Any] = {"name": f"{user}-nb", "namespace": f"nublado-{user}",
                                     "uid": f"uid-{user}"}
