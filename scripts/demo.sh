@@ -8,6 +8,11 @@ python="${WATCHDOGD_PYTHON:-python3}"
 if [ ! -x .venv/bin/python ]; then
     "$python" -m venv .venv
 fi
-.venv/bin/python -m pip install -q --upgrade pip >/dev/null
-.venv/bin/python -m pip install -q -e . >/dev/null
+mkdir -p .cache
+if ! { .venv/bin/python -m pip install -q --upgrade pip &&
+       .venv/bin/python -m pip install -q -e .; } >.cache/pip.log 2>&1; then
+    tail -n 40 .cache/pip.log
+    echo "pip install failed; the whole log is in .cache/pip.log" >&2
+    exit 1
+fi
 exec .venv/bin/watchdogd demo "$@"

@@ -18,8 +18,13 @@ step "python environment"
 if [ ! -x .venv/bin/python ]; then
     "$python" -m venv .venv
 fi
-.venv/bin/python -m pip install -q --upgrade pip >/dev/null
-.venv/bin/python -m pip install -q -e ".[test]" >/dev/null
+mkdir -p .cache
+if ! { .venv/bin/python -m pip install -q --upgrade pip &&
+       .venv/bin/python -m pip install -q -e ".[test]"; } >.cache/pip.log 2>&1; then
+    tail -n 40 .cache/pip.log
+    echo "pip install failed; the whole log is in .cache/pip.log" >&2
+    exit 1
+fi
 echo "watchdogd $(.venv/bin/python -c 'import watchdogd; print(watchdogd.__version__)') with test extras in .venv"
 
 step "real peers: configurable-http-proxy, PostgreSQL"
@@ -29,7 +34,7 @@ step "real peers: Cinder and Keystone"
 bash scripts/setup-cinder-venv.sh
 
 step "lint and types"
-.venv/bin/ruff check watchdogd tests bench
+.venv/bin/ruff check .
 .venv/bin/mypy watchdogd
 
 step "tests"

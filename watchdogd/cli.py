@@ -48,7 +48,8 @@ def _load(path: str | None) -> Config:
         raise Fatal(f"configuration has {len(exc.problems)} problem(s)", EXIT_CONFIG) from None
 
 
-def _engine(config: Config, dry_run: bool | None) -> Any:
+def _engine(config: Config, dry_run: bool | None, *, sources: Any = None,
+            acting: Any = None) -> Any:
     from watchdogd.engine import Engine  # noqa: PLC0415
     from watchdogd.notify import Notifier, NotifyConfigError  # noqa: PLC0415
     from watchdogd.sources import Sources  # noqa: PLC0415
@@ -62,7 +63,9 @@ def _engine(config: Config, dry_run: bool | None) -> Any:
         notifier = Notifier.from_config(config.notify)
     except NotifyConfigError as exc:
         raise Fatal(str(exc), EXIT_CONFIG) from None
-    return Engine(config, store, Sources(config), notifier=notifier, dry_run=dry_run)
+    extra = {} if acting is None else {"acting": acting}
+    return Engine(config, store, Sources(config) if sources is None else sources,
+                  notifier=notifier, dry_run=dry_run, **extra)
 
 
 config_option = click.option(
@@ -105,8 +108,14 @@ def check(config_path: str | None, only: Sequence[str], target: str | None,
     if not engine.plan(only or None, target):
         raise Fatal("nothing to check: no configured target matches"
                     + (f" --target {target}" if target else ""), EXIT_USAGE)
-    engine.recover()
-    report = engine.run_pass(only or None, target)
+    from watchdogd.store import StoreError  # noqa: PLC0415
+
+    try:
+        engine.recover()
+        report = engine.run_pass(only or None, target)
+    except StoreError as exc:
+        # Without the store there is no confirmation and no audit: stop, act on nothing more.
+        raise Fatal(f"state: {exc}", EXIT_INCOMPLETE) from None
     if as_json:
         click.echo(json.dumps(report.as_json(), indent=2, default=str))
     else:
@@ -122,14 +131,61 @@ def check(config_path: str | None, only: Sequence[str], target: str | None,
 @click.option("--dry-run/--no-dry-run", default=None,
               help="Override remediation.dry_run.")
 def run(config_path: str | None, dry_run: bool | None) -> None:
-    """Run the daemon: passes on schedule until SIGTERM."""
+    """Run the daemon: passes on schedule until SIGTERM.
+
+    Under systemd (``Type=notify``) it reports readiness, pings the watchdog
+    while passes complete, and announces its shutdown. With
+    ``[daemon] leader_election`` only the replica holding the Lease remediates
+    and notifies; the others detect, for their metrics.
+    """
     from watchdogd import logs  # noqa: PLC0415
-    from watchdogd.daemon import Daemon  # noqa: PLC0415
+    from watchdogd.daemon import Daemon, supervise  # noqa: PLC0415
+    from watchdogd.metrics import Health, InstrumentedSources, Metrics, MetricsServer  # noqa: PLC0415
+    from watchdogd.sdnotify import SystemdNotifier, watchdog_period  # noqa: PLC0415
 
     logs.configure()
     config = _load(config_path)
-    engine = _engine(config, dry_run)
-    sys.exit(Daemon(config, engine).run())
+    elector = _elector(config) if config.daemon.leader_election else None
+    health = Health(stuck_after=2 * config.daemon.pass_timeout.total_seconds())
+    metrics = Metrics(health, leader=elector.is_leader if elector else lambda: True)
+    server = None
+    if config.daemon.metrics_listen:
+        try:
+            server = MetricsServer(metrics, config.daemon.metrics_listen)
+        except ValueError as exc:
+            raise Fatal(str(exc), EXIT_CONFIG) from None
+    engine = _engine(config, dry_run, sources=InstrumentedSources(config, metrics),
+                     acting=elector.is_leader if elector else None)
+    sys.exit(supervise(Daemon(config, engine), systemd=SystemdNotifier.from_env(),
+                       watchdog_period=watchdog_period(), health=health, metrics=metrics,
+                       server=server, elector=elector))
+
+
+def _elector(config: Config) -> Any:
+    """The Lease elector of ``[daemon]``, on the lease cluster's credentials."""
+    from watchdogd.leader import KubeLeaseApi, LeaderElector, default_identity  # noqa: PLC0415
+    from watchdogd.model import SourceError  # noqa: PLC0415
+    from watchdogd.sources.kube import api_client  # noqa: PLC0415
+
+    daemon = config.daemon
+    cluster = daemon.lease_cluster
+    if cluster is None:
+        if len(config.clusters) != 1:
+            raise Fatal("daemon.lease_cluster: leader election needs the cluster that holds "
+                        f"the Lease ({len(config.clusters)} clusters are configured)",
+                        EXIT_CONFIG)
+        cluster = next(iter(config.clusters))
+    duration = daemon.lease_duration.total_seconds()
+    if duration < 3:
+        raise Fatal("daemon.lease_duration: at least 3s (renewals run every third of it)",
+                    EXIT_CONFIG)
+    try:
+        client = api_client(cluster, config.clusters[cluster])
+    except SourceError as exc:
+        raise Fatal(f"daemon.lease_cluster: {exc}", EXIT_CONFIG) from None
+    timeout = min(duration / 3, config.clusters[cluster].timeout.total_seconds())
+    api = KubeLeaseApi(client, daemon.lease_namespace, daemon.lease_name, timeout=timeout)
+    return LeaderElector(api, default_identity(), duration)
 
 
 @cli.group("config")
