@@ -10,6 +10,7 @@ import pytest
 
 from tests.peers.receivers import JsonReceiver, SmtpReceiver
 from tests.unit.test_engine import Adapter, Clock, FakeWorld, make_config
+from watchdogd.checks import REGISTRY
 from watchdogd.config import NotifyConfig
 from watchdogd.engine import Engine
 from watchdogd.notify import Notifier, load_destinations
@@ -27,7 +28,8 @@ def engine_with(tmp_path: Path, world: FakeWorld, urls: str, clock: Clock,
     notify = NotifyConfig(urls_file=str(urls_file), retry_after=timedelta(minutes=1))
     factories = {n: (lambda _c, _n: Adapter(world)) for n in ("hubdb", "hubapi", "proxy", "kube")}
     return Engine(config, Store(config.state.resolved_url()), Sources(config, factories),
-                  notifier=Notifier.from_config(notify), clock=clock)
+                  notifier=Notifier.from_config(notify), clock=clock,
+                  registry={"sessions": REGISTRY["sessions"]})
 
 
 def test_new_action_and_resolved_notices_reach_http_and_smtp(tmp_path: Path) -> None:

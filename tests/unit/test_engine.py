@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from watchdogd.checks import REGISTRY
 from watchdogd.config import Config
 from watchdogd.engine import Engine
 from watchdogd.model import PreconditionFailed, SourceError
@@ -157,7 +158,9 @@ def make_engine(tmp_path: Path, world: FakeWorld, clock: Clock | None = None,
     factories = {name: (lambda _c, _n: Adapter(world)) for name in
                  ("hubdb", "hubapi", "proxy", "kube")}
     store = Store(config.state.resolved_url())
-    return Engine(config, store, Sources(config, factories), clock=clock or Clock())
+    # This fake world only has what the sessions check reads.
+    return Engine(config, store, Sources(config, factories), clock=clock or Clock(),
+                  registry={"sessions": REGISTRY["sessions"]})
 
 
 def statuses(report: Any) -> dict[str, tuple[str, str]]:

@@ -48,6 +48,9 @@ def describe_status(status: int, body: str, *, credential: str, need: str = "") 
     detail = _error_detail(body)
     if status == 401:
         return f"401 Unauthorized: {credential} is wrong or expired"
+    if status == 403 and detail == "Missing or invalid credentials.":
+        # JupyterHub answers an unknown token with this 403, never with a 401.
+        return f"403 Forbidden: {credential} is wrong or expired ({detail})"
     if status == 403:
         hint = f"; it needs {need}" if need else ""
         return f"403 Forbidden: {credential} lacks permission{hint}" + (

@@ -1,0 +1,261 @@
+"""The real engine against a simulated world: each session problem is found, planned, and fixed.
+
+Every test builds a :class:`~watchdogd.sim.world.World` (KubeSim + ChpSim + HubSim on free
+ports, a real TOML configuration), plants one problem, and runs passes of the real Engine
+(Store, Sources, the sessions check) with a simulated clock that moves five minutes a pass.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from watchdogd.cli import main
+from watchdogd.sim.world import EXPECTED_ACTION, SimClock, World, dumps_toml
+
+KINDS = list(EXPECTED_ACTION)
+
+
+@pytest.fixture
+def make_world() -> Iterator[Callable[..., World]]:
+    worlds: list[World] = []
+
+    def make(**kwargs: Any) -> World:
+        world = World(clock=SimClock(), **kwargs).start()
+        worlds.append(world)
+        world.healthy(users=4, running=3)
+        return world
+
+    yield make
+    for world in worlds:
+        world.stop()
+
+
+def run(world: World, passes: int, **engine: Any) -> list[dict[str, Any]]:
+    """``passes`` sessions passes, five simulated minutes apart; their JSON reports."""
+    clock = world.clock
+    assert isinstance(clock, SimClock)
+    eng = world.engine(**engine)
+    reports = []
+    for _ in range(passes):
+        report = eng.run_pass(only=["sessions"]).as_json()
+        assert report["summary"]["errors"] == 0, report
+        reports.append(report)
+        clock.advance(minutes=5)
+    return reports
+
+
+def findings(report: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
+    return {(f["kind"], f["subject"]): f for c in report["checks"] for f in c["findings"]}
+
+
+def plant(world: World, kind: str) -> str:
+    """Plant one problem of ``kind``; returns its subject."""
+    injectors: dict[str, Callable[[], str]] = {
+        "stale-session": lambda: world.stale_session("niklaus"),
+        "dead-session": lambda: world.dead_session("radia"),
+        "orphan-pod": lambda: world.orphan_pod("tim"),
+        "missing-route": lambda: world.missing_route("guido"),
+        "stale-route": lambda: world.stale_route("bjarne"),
+        "route-mismatch": lambda: world.route_mismatch("larry"),
+        "stuck-spawn": lambda: world.stuck_spawn("donald", minutes=30),
+        "stuck-stop": lambda: world.stuck_stop("sophie"),
+        "invalid-username-label": lambda: world.invalid_username("_alice"),
+    }
+    return injectors[kind]()
+
+
+def test_a_healthy_world_has_no_findings(make_world: Callable[..., World]) -> None:
+    world = make_world()
+    [report] = run(world, 1)
+    assert findings(report) == {}
+    assert [c["status"] for c in report["checks"]] == ["ok"]
+
+
+def test_the_world_is_sane_for_every_registered_check(make_world: Callable[..., World]) -> None:
+    """``watchdogd check -c world.toml`` with all checks: no check finds the world implausible."""
+    world = make_world()
+    report = world.engine(dry_run=True).run_pass().as_json()
+    assert report["summary"]["errors"] == 0, [c["error"] for c in report["checks"]]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_each_kind_is_found_with_its_planned_action(
+        make_world: Callable[..., World], kind: str) -> None:
+    world = make_world()
+    subject = plant(world, kind)
+    # a pending stop becomes stuck-stop after checks.sessions.stuck_stop_after (10m)
+    reports = run(world, 3 if kind == "stuck-stop" else 1, dry_run=True)
+    found = findings(reports[-1])
+    assert set(found) == {(kind, subject)}, found.keys()
+    action = found[(kind, subject)]["action"]
+    expected = EXPECTED_ACTION[kind]
+    if expected is None:
+        assert action is None
+    else:
+        assert action["name"] == expected
+        assert action["status"] in ("unconfirmed", "disabled")
+        if kind == "stuck-stop":
+            assert action["status"] == "disabled"
+
+
+def test_dry_run_changes_nothing(make_world: Callable[..., World]) -> None:
+    world = make_world()
+    world.stale_session("niklaus")
+    reports = run(world, 3, dry_run=True)
+    action = findings(reports[-1])[("stale-session", "niklaus")]["action"]
+    assert action["status"] == "dry-run"
+    assert world.hub.is_running("niklaus")
+
+
+def test_the_fixable_problems_are_resolved(make_world: Callable[..., World]) -> None:
+    world = make_world()
+    for kind in KINDS:
+        plant(world, kind)
+    reports = run(world, 3)
+    first, second, third = (findings(r) for r in reports)
+    # pass 1: everything unconfirmed, nothing done
+    assert all(f["action"] is None or f["action"]["status"] in ("unconfirmed", "disabled")
+               for f in first.values())
+    assert len(first) == 8  # stuck-stop is not stuck yet at t+0
+    # pass 2: confirmed, done through the Hub API and the Kubernetes API
+    done = {k: f["action"]["name"] for k, f in second.items()
+            if f["action"] and f["action"]["status"] == "done"}
+    assert done == {
+        ("stale-session", "niklaus"): "stop-server",
+        ("dead-session", "radia"): "stop-server",
+        ("orphan-pod", "tim"): "delete-pod",
+        ("missing-route", "guido"): "sync-routes",
+        ("stale-route", "bjarne"): "sync-routes",
+        ("route-mismatch", "larry"): "sync-routes",
+        ("stuck-spawn", "donald"): "stop-server",
+    }
+    # pass 3: what was fixed is gone; what is left to people stays, with the reason
+    assert set(third) == {("stuck-stop", "sophie"), ("invalid-username-label", "_alice")}
+    assert third[("stuck-stop", "sophie")]["action"]["status"] == "disabled"
+    resolved = {key for c in reports[2]["checks"] for key in c["resolved"]}
+    assert "sessions/main/stale-session/niklaus" in resolved
+    # ...and the world says so, not just the report
+    hub, kube, chp = world.hub, world.kube, world.chp
+    for user in ("niklaus", "radia", "donald"):
+        assert not hub.is_running(user), user
+    assert kube.get("Pod", "jupyter-radia", "jhub") is None
+    assert kube.get("Pod", "jupyter-donald", "jhub") is None
+    assert kube.get("Pod", "jupyter-tim", "jhub") is None
+    assert chp.route("/user/guido") is not None
+    assert chp.route("/user/bjarne") is None
+    larry = hub.spawner("larry")
+    assert larry is not None
+    assert chp.route("/user/larry") == {
+        "user": "larry", "server_name": "", "jupyterhub": True,
+        "target": f"http://{larry['server']['ip']}:8888",
+        "last_activity": chp.routes["/user/larry"]["last_activity"]}
+    assert hub.is_running("sophie")
+    assert hub.pending("sophie") == "stop"
+    # the healthy users were never touched
+    assert all(hub.is_running(u) for u in ("ada", "alan", "barbara"))
+
+
+def test_restart_hub_clears_a_stuck_stop_when_enabled(make_world: Callable[..., World]) -> None:
+    world = make_world(remediation={"enabled": ["stop-server", "sync-routes", "restart-hub"]})
+    world.stuck_stop("sophie")
+    old_pod = world.hub.hub_pod
+    reports = run(world, 4)
+    actions = [findings(r).get(("stuck-stop", "sophie"), {}).get("action") for r in reports]
+    assert actions[0] is None  # not stuck yet at t+0 and t+5 min
+    assert actions[2] == {"name": "restart-hub", "status": "unconfirmed",
+                          "detail": "seen in 1 of 2 passes needed"}
+    assert actions[3] is not None
+    assert actions[3]["status"] == "done"
+    world.hub.check_restart()  # the Deployment brings a new hub pod
+    assert world.hub.restarts == 1
+    assert world.hub.hub_pod != old_pod
+    assert not world.hub.is_running("sophie")
+    [after] = run(world, 1)
+    assert findings(after) == {}
+
+
+def test_nublado_layout(make_world: Callable[..., World]) -> None:
+    world = make_world(layout="nublado", namespace="nublado")
+    world.stale_session("rubin")
+    world.orphan_pod("vera")
+    reports = run(world, 3)
+    assert set(findings(reports[0])) == {("stale-session", "rubin"), ("orphan-pod", "vera")}
+    assert findings(reports[2]) == {}
+    assert not world.hub.is_running("rubin")
+    assert world.kube.get("Pod", "vera-nb", "nublado-vera") is None
+
+
+def test_config_file_is_complete_and_loads(make_world: Callable[..., World]) -> None:
+    world = make_world(notify_url="json://127.0.0.1:9/never")
+    text = world.config_path.read_text()
+    assert world.hub.token not in text  # secrets live in files
+    config = world.load_config()
+    hub = config.hubs["main"]
+    assert hub.api_url == world.hub.api_url
+    assert hub.api_token is not None
+    assert hub.api_token.get_secret_value() == world.hub.token
+    assert hub.proxy_api_url == world.chp.url
+    assert config.clusters["sim"].kubeconfig == str(world.kubeconfig_path)
+    assert config.notify.urls is not None
+    assert config.remediation.dry_run is False
+
+
+def test_parts_plug_in(make_world: Callable[..., World]) -> None:
+    class Part:
+        name = "extra"
+        checks = ("nodes",)
+        started = stopped = False
+
+        def start(self, world: World) -> None:
+            self.started = True
+
+        def config(self, world: World) -> dict[str, Any]:
+            return {"checks": {"nodes": {"interval": "2m"}}}
+
+        def stop(self) -> None:
+            self.stopped = True
+
+    world = make_world()
+    part = Part()
+    world.add_part(part)
+    assert part.started
+    assert world.parts["extra"] is part
+    assert world.checks_in_play == ["sessions", "nodes"]
+    assert "[checks.nodes]" in world.config_path.read_text()
+    assert world.load_config().check("nodes").interval.total_seconds() == 120
+    world.stop()
+    assert part.stopped
+
+
+def test_dumps_toml_round_trips() -> None:
+    import tomllib
+
+    data = {"a": 1, "b": {"c": "x\"y", "d": [1, 2], "e": {"f": True}}, "g": {"h.i": 1.5}}
+    assert tomllib.loads(dumps_toml(data)) == data
+
+
+def test_watchdogd_demo_exits_0_and_explains(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["demo", "--passes", "4"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for kind in KINDS:
+        assert kind in out
+    assert "held back, not confirmed yet" in out
+    assert "DONE: stopped (204)" in out
+    assert "The world converged: 7 of 7 fixable problems fixed" in out
+
+
+def test_watchdogd_demo_json(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["demo", "--passes", "2", "--json"])
+    assert exit_info.value.code == 0
+    reports = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(reports) == 2
+    assert reports[0]["summary"]["actions_done"] == 0
+    assert reports[1]["summary"]["actions_done"] == 7
+    assert reports[1]["dry_run"] is False
