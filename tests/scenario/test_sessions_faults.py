@@ -60,7 +60,7 @@ def assert_error_and_untouched(world: World, expected: str,
         assert secret not in stderr
 
 
-Fault = Callable[[World], None]
+Fault = Callable[[World], object]
 
 FAULTS: dict[str, tuple[Fault, str]] = {
     "kube down": (lambda w: w.kube.down(), "kube sim: list pods in namespace jhub"),
