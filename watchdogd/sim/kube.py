@@ -992,7 +992,7 @@ def _table(rt: ResourceType, entries: list[_Entry], list_meta: Obj, include: str
 @dataclass
 class _Fault:
     pattern: re.Pattern[str]
-    status: int
+    status: int | None
     times: int | None
     hang: float | None
     after: int
@@ -1430,13 +1430,14 @@ class KubeSim:
 
     # -- faults and observation ------------------------------------------------------------
 
-    def fail(self, path_regex: str, *, status: int = 500, times: int | None = None,
+    def fail(self, path_regex: str, *, status: int | None = 500, times: int | None = None,
              hang: float | None = None, after: int = 0) -> None:
         """Make requests whose path (no query) matches ``path_regex`` (``re.search``) fail.
 
         Each of the next ``times`` matches (None: all) after the first ``after`` gets ``status``
         with a Status body; with ``hang`` the answer comes only after that many seconds (so a
-        client's timeout fires first).  ``status=0`` closes the connection without an answer.
+        client's timeout fires first).  ``status=0`` closes the connection without an answer;
+        ``status=None`` with ``hang`` is a slow API: the real answer, late.
         """
         with self._meta_lock:
             self._faults.append(_Fault(re.compile(path_regex), status, times, hang, after))
@@ -1482,6 +1483,7 @@ class KubeSim:
             if fault.status == 0 or self._closing.is_set():
                 h.close_connection = True
                 return
+        if fault is not None and fault.status is not None:
             message = _FAULT_MESSAGES.get(fault.status, f"simulated fault ({fault.status})")
             h.write_response(_json_response(fault.status, ApiError(fault.status, message).status()))
             return
