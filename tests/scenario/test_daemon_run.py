@@ -45,7 +45,7 @@ def test_sigterm_lets_the_running_pass_finish(tmp_path: Path) -> None:
             wait_for("the pod list request", lambda: any(
                 "/namespaces/jhub/pods" in path for _, path in world.kube.requests))
             daemon.send_signal(signal.SIGTERM)
-            out, err = daemon.communicate(timeout=60)
+            _out, err = daemon.communicate(timeout=60)
         finally:
             if daemon.poll() is None:
                 daemon.kill()
