@@ -185,9 +185,18 @@ class HubConfig(Section):
     proxy_token: SecretStr | None = None
     proxy_token_file: str | None = None
     timeout: Duration = timedelta(seconds=15)
-    pod_selector: str = "component=singleuser-server"
+    #: label selector of user server pods; default by layout (see :meth:`user_pod_selector`)
+    pod_selector: str | None = None
     hub_pod_selector: str = "component=hub"
     nublado_namespace_prefix: str = "nublado-"
+
+    def user_pod_selector(self) -> str:
+        """The selector of user pods: the configured one, else the layout's own labels."""
+        if self.pod_selector is not None:
+            return self.pod_selector
+        if self.layout == "nublado":
+            return "nublado.lsst.io/category=lab"
+        return "component=singleuser-server"
 
     @field_validator("api_url", "proxy_api_url")
     @classmethod

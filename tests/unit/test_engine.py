@@ -245,6 +245,7 @@ def test_unexpected_adapter_exception_is_an_error_not_empty_data(
 def test_breaker_opens_and_acts_on_none(tmp_path: Path, world: FakeWorld) -> None:
     for i in range(12):
         world.add(f"user{i}", pod=False)
+    world.add("healthy")
     engine = make_engine(tmp_path, world, confirm_after=1, breaker_max=10)
     report = engine.run_pass()
     assert {s for _, s in statuses(report).values()} == {"breaker-open"}
@@ -267,6 +268,7 @@ def test_breaker_fraction_applies_to_large_targets_only(tmp_path: Path,
 def test_budgets_per_pass_and_per_hour(tmp_path: Path, world: FakeWorld) -> None:
     for i in range(5):
         world.add(f"user{i}", pod=False)
+    world.add("healthy")
     clock = Clock()
     engine = make_engine(tmp_path, world, clock, confirm_after=1, max_per_pass=2,
                          max_per_hour=3)

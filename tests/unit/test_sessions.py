@@ -283,3 +283,39 @@ def test_subjects_count_every_session_pod_and_route() -> None:
     snap = snapshot(users=["a", "b", "c"], db_running=[running("a")], api=[active("a")],
                     pods=[pod("a"), pod("b")], routes=[route("a"), route("c")])
     assert sessions.detect(snap, NOW).subjects == 3
+
+
+def test_nublado_pod_is_matched_by_its_user_label() -> None:
+    labelled = pod("x", layout="nublado")
+    labelled["metadata"].update(name="lab-7f2", namespace="nublado-alice",
+                                labels={"nublado.lsst.io/category": "lab",
+                                        "nublado.lsst.io/user": "alice"})
+    snap = snapshot(users=["alice"], layout="nublado", db_running=[running("alice")],
+                    api=[active("alice")], pods=[labelled], routes=[route("alice")])
+    assert kinds(snap) == {}
+
+
+def test_many_running_servers_and_not_one_pod_is_implausible() -> None:
+    names = [f"u{i}" for i in range(5)]
+    snap = snapshot(users=names, db_running=[running(n) for n in names],
+                    api=[active(n) for n in names], pods=[], routes=[route(n) for n in names])
+    with pytest.raises(ImplausibleData, match="none of the 5 running servers has a pod"):
+        sessions.detect(snap, NOW)
+
+
+def test_a_few_servers_without_pods_are_judged() -> None:
+    # A small hub really can lose every pod at once (one node died).
+    names = [f"u{i}" for i in range(4)]
+    snap = snapshot(users=names, db_running=[running(n) for n in names],
+                    api=[active(n) for n in names], pods=[], routes=[route(n) for n in names])
+    assert {kind for kind, _ in kinds(snap).values()} == {"stale-session"}
+
+
+def test_default_pod_selector_follows_the_layout() -> None:
+    from watchdogd.config import HubConfig
+
+    base = {"cluster": "c", "api_url": "http://hub/hub/api"}
+    assert HubConfig(**base).user_pod_selector() == "component=singleuser-server"
+    assert HubConfig(**base, layout="nublado").user_pod_selector() == (
+        "nublado.lsst.io/category=lab")
+    assert HubConfig(**base, layout="nublado", pod_selector="x=y").user_pod_selector() == "x=y"

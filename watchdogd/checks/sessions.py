@@ -53,6 +53,10 @@ KINDS = (
 
 ANNOTATION_USER = "hub.jupyter.org/username"
 ANNOTATION_SERVER = "hub.jupyter.org/servername"
+NUBLADO_USER_LABEL = "nublado.lsst.io/user"
+#: With at least this many running servers and not one pod among them, the pod list
+#: (its namespace or selector) is wrong, not every lab gone at once.
+PLAUSIBLE_RUNNING_WITHOUT_PODS = 5
 LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _SAFE_ESCAPE = frozenset("abcdefghijklmnopqrstuvwxyz0123456789")
@@ -108,7 +112,7 @@ def _needs(name: str, hub: HubConfig) -> tuple[Need, ...]:
     ]
     if hub.proxy_api_url:
         needs.append(Need.of("routes", "proxy", name, "routes"))
-    selector = hub.pod_selector or None
+    selector = hub.user_pod_selector() or None
     if hub.layout == "nublado":
         needs.append(Need.of("pods", "kube", hub.cluster, "pods", label_selector=selector))
     else:
@@ -174,9 +178,13 @@ def _pod_key(pod: dict[str, Any], s: TargetSettings) -> SessionKey | None:
     """Which session a pod belongs to, or None when it is not a user server."""
     metadata = pod.get("metadata") or {}
     if s.layout == "nublado":
+        # Nublado labels its lab pods with the user; the namespace says it too.
         namespace = metadata.get("namespace") or ""
         if not namespace.startswith(s.nublado_prefix):
             return None
+        user = (metadata.get("labels") or {}).get(NUBLADO_USER_LABEL)
+        if isinstance(user, str) and user:
+            return (user, "")
         user = namespace[len(s.nublado_prefix):]
         return (user, "") if metadata.get("name") == f"{user}-nb" else None
     annotations = metadata.get("annotations") or {}
@@ -282,6 +290,15 @@ def detect(snapshot: Snapshot, now: datetime) -> Detection:
         key = _pod_key(pod, s)
         if key is not None:
             by_key.setdefault(key, []).append(pod)
+
+    with_pod = sum(1 for key, row in running.items() if key in by_key or (
+        (row.get("state") or {}).get("namespace"), (row.get("state") or {}).get("pod_name"))
+        in by_name)
+    if len(running) >= PLAUSIBLE_RUNNING_WITHOUT_PODS and with_pod == 0:
+        raise ImplausibleData(
+            f"none of the {len(running)} running servers has a pod in the pod list "
+            f"(namespace {s.namespace}, layout {s.layout}): check the hub's namespace and "
+            "pod_selector before anything is stopped")
 
     claimed: set[int] = set()
     for key, row in running.items():
