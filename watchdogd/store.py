@@ -309,6 +309,10 @@ class Store:
         """
         tracked: list[Tracked] = []
         resolved: list[Resolved] = []
+        # One executemany per statement kind: a pass with thousands of findings (failed
+        # pods, TLS secrets) must not compile thousands of statements.
+        inserts: list[dict[str, Any]] = []
+        updates: list[dict[str, Any]] = []
         with self._begin() as conn:
             rows = {
                 row.key: row
@@ -334,7 +338,6 @@ class Store:
                 if row is None or row.status != "open":
                     first_seen, sightings = now, 1
                     notified_severity, notified_at = None, None
-                    values.update(notified_severity=None, notified_at=None)
                 else:
                     first_seen, sightings = row.first_seen, row.sightings + 1
                     notified_severity, notified_at = row.notified_severity, row.notified_at
@@ -348,25 +351,32 @@ class Store:
                     elif now - notified_at >= repeat_after:
                         event = "reminder"
                 if event:
-                    values.update(notified_severity=int(finding.severity), notified_at=now)
+                    notified_severity, notified_at = int(finding.severity), now
+                values.update(notified_severity=notified_severity, notified_at=notified_at)
                 if row is None:
-                    conn.execute(sa.insert(findings_table).values(
-                        key=finding.key, check_name=check, target=target, kind=finding.kind,
-                        subject=finding.subject, **values,
-                    ))
+                    inserts.append({"key": finding.key, "check_name": check, "target": target,
+                                    "kind": finding.kind, "subject": finding.subject, **values})
                 else:
-                    conn.execute(sa.update(findings_table)
-                                 .where(findings_table.c.key == finding.key).values(**values))
+                    updates.append({"b_key": finding.key, **values})
                 tracked.append(Tracked(finding, first_seen, sightings, event))
+            if inserts:
+                conn.execute(sa.insert(findings_table), inserts)
+            if updates:
+                conn.execute(sa.update(findings_table)
+                             .where(findings_table.c.key == sa.bindparam("b_key")), updates)
+            gone: list[str] = []
             for key, row in rows.items():
                 if key in seen or row.status != "open":
                     continue
-                conn.execute(sa.update(findings_table).where(findings_table.c.key == key)
-                             .values(status="resolved", resolved_at=now))
+                gone.append(key)
                 resolved.append(Resolved(
                     key, check, target, row.kind, row.subject, Severity(row.severity),
                     row.message, row.notified_at is not None,
                 ))
+            for start in range(0, len(gone), 500):
+                conn.execute(sa.update(findings_table)
+                             .where(findings_table.c.key.in_(gone[start:start + 500]))
+                             .values(status="resolved", resolved_at=now))
         return tracked, resolved
 
     def reset_sightings(self, keys: Iterable[str]) -> None:

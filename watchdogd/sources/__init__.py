@@ -43,6 +43,12 @@ def _proxy(config: Config, name: str) -> Any:
     return ProxySource(name, config.hubs[name])
 
 
+def _tls(config: Config, name: str) -> Any:
+    from watchdogd.sources.tls import TlsSource  # noqa: PLC0415
+
+    return TlsSource(name, config)
+
+
 #: source name -> factory(config, target name). Imports are lazy so that a
 #: check run never pays for the SDKs of sources it does not use.
 FACTORIES: dict[str, Factory] = {
@@ -50,6 +56,7 @@ FACTORIES: dict[str, Factory] = {
     "hubdb": _hubdb,
     "hubapi": _hubapi,
     "proxy": _proxy,
+    "tls": _tls,
 }
 
 
