@@ -304,6 +304,7 @@ class Engine:
                 subjects: int, marks: set[str], result: CheckResult, budget: Budget,
                 pass_id: str, acting: bool, now: datetime) -> None:
         policy = self.config.remediation
+        findings = _unique(findings, spec.name, check_target.name)
         tracked, resolved = self.store.track(
             spec.name, check_target.name, findings, now,
             announce_after=policy.confirm_after, repeat_after=self.config.notify.repeat_after)
@@ -377,6 +378,22 @@ class Engine:
                         finding=record.finding_key, started_at=_iso(record.started_at))
         self.store.reset_sightings(r.finding_key for r in interrupted)
         return [r.finding_key for r in interrupted]
+
+
+def _unique(findings: list[Finding], check: str, target: str) -> list[Finding]:
+    """One finding per key: the first wins, the others wait for the next pass.
+
+    Two findings with one key (two orphan pods of one user) would be one row in
+    the store; acting on the second before the first is resolved gains nothing.
+    """
+    seen: dict[str, Finding] = {}
+    for finding in findings:
+        if finding.key in seen:
+            log.info("duplicate finding key; handled next pass", check=check, target=target,
+                     key=finding.key)
+            continue
+        seen[finding.key] = finding
+    return list(seen.values())
 
 
 def _identity(action: Action) -> tuple[Any, ...]:

@@ -371,3 +371,20 @@ def test_follower_detects_but_never_acts(tmp_path: Path, world: FakeWorld) -> No
     [entry] = engine.run_pass().checks[0].findings
     assert entry.action_status == "dry-run"
     assert world.calls == []
+
+
+def test_two_findings_with_one_key_do_not_break_the_pass(tmp_path: Path,
+                                                         world: FakeWorld) -> None:
+    world.add("alice")
+    world.users.append("bob")
+    for name in ("jupyter-bob", "jupyter-bob-old"):
+        world.pods.append({"metadata": {"name": name, "namespace": "jhub", "uid": name,
+                                        "annotations": {"hub.jupyter.org/username": "bob"}},
+                           "status": {"phase": "Running"}})
+    engine = make_engine(tmp_path, world, confirm_after=1)
+    for _ in range(2):
+        report = engine.run_pass()
+        [check] = report.checks
+        assert check.status == "findings"
+        assert [f.tracked.finding.key for f in check.findings] == [
+            "sessions/main/orphan-pod/bob"]
