@@ -108,4 +108,19 @@ if command -v runuser >/dev/null 2>&1; then
 else
     apt_install util-linux
 fi
+# --- JupyterHub 5.x in its own venv -----------------------------------------------------------
+# z2jh still ships JupyterHub 5.5: the integration tests run the same repairs against it.
+HUB5_VERSION="${WATCHDOGD_HUB5_VERSION:-5.5.4}"
+HUB5_VENV="$REPO/.cache/hub5-venv"
+HUB5_MARKER="$HUB5_VENV/.watchdogd-jupyterhub-$HUB5_VERSION"
+if [ -f "$HUB5_MARKER" ]; then
+    say "JupyterHub $HUB5_VERSION already present in $HUB5_VENV"
+else
+    rm -rf "$HUB5_VENV"
+    "${WATCHDOGD_PYTHON:-python3}" -m venv "$HUB5_VENV"
+    "$HUB5_VENV/bin/python" -m pip install -q "jupyterhub==$HUB5_VERSION" "psycopg[binary]" \
+        >"$REPO/.cache/hub5-pip.log" 2>&1 || { tail -n 30 "$REPO/.cache/hub5-pip.log"; die "pip install jupyterhub==$HUB5_VERSION failed"; }
+    touch "$HUB5_MARKER"
+    say "installed JupyterHub $HUB5_VERSION into $HUB5_VENV"
+fi
 say "done"

@@ -104,18 +104,50 @@ def findings_of(report: PassReport) -> dict[str, tuple[str, str | None]]:
             for f in check.findings}
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def deployment(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Deployment]:
+REPO = Path(__file__).resolve().parents[2]
+#: JupyterHub 5.x in its own venv (scripts/setup-test-peers.sh): z2jh still ships 5.5.
+HUB5_PYTHON = REPO / ".cache" / "hub5-venv" / "bin" / "python"
+ALEMBIC = {"6": "f460b0348206", "5": "4621fec11365"}
+
+
+def start_deployment(request: pytest.FixtureRequest, tmp_path: Path, backend: str,
+                     version: str) -> Iterator[Deployment]:
     require_or_skip(hub_available())
+    if version == "5":
+        require_or_skip(None if HUB5_PYTHON.exists() else
+                        f"no JupyterHub 5 venv at {HUB5_PYTHON}: run scripts/setup-test-peers.sh")
     db_url = None
-    if request.param == "postgresql":
+    if backend == "postgresql":
         postgres: RealPostgres = request.getfixturevalue("postgres")
         db_url = postgres.create_database(f"hub_{tmp_path.name[-12:].lower()}".replace("-", "_"))
     with KubeSim() as kube, JsonReceiver() as http, SmtpReceiver() as smtp:
         hub = RealHub(tmp_path / "hub", db_url=db_url, kube_url=kube.url,
                       kube_token=kube.token)
+        if version == "5":
+            hub.python = str(HUB5_PYTHON)
         with hub:
-            yield Deployment(tmp_path, hub, kube, http, smtp)
+            deployment = Deployment(tmp_path, hub, kube, http, smtp)
+            engine = sa.create_engine(hub.db_url)
+            with engine.connect() as conn:
+                revision = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
+            engine.dispose()
+            assert revision == ALEMBIC[version]
+            yield deployment
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def deployment(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Deployment]:
+    yield from start_deployment(request, tmp_path, request.param, "6")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def deployment_hub5(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Deployment]:
+    yield from start_deployment(request, tmp_path, request.param, "5")
+
+
+def test_stale_session_on_jupyterhub_5(deployment_hub5: Deployment) -> None:
+    """The same repair on JupyterHub 5.x (schema 4621fec11365), still what z2jh ships."""
+    test_stale_session_is_stopped_through_the_hub_and_resolved(deployment_hub5)
 
 
 def test_stale_session_is_stopped_through_the_hub_and_resolved(deployment: Deployment) -> None:
