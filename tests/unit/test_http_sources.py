@@ -88,7 +88,8 @@ def test_active_servers_reads_every_page(serve: Callable[[Handler], Scripted]) -
 
     def handler(method: str, path: str, query: dict[str, list[str]]) -> tuple[int, Any]:
         assert (method, path, query["state"]) == ("GET", "/hub/api/users", ["active"])
-        offset, limit = int(query["offset"][0]), int(query["limit"][0])
+        # Like the hub: the asked-for limit is clamped to api_page_max_limit (200).
+        offset, limit = int(query["offset"][0]), min(200, int(query["limit"][0]))
         return 200, users_page(names[offset:offset + limit], offset, len(names))
 
     server = serve(handler)

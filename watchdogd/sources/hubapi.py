@@ -17,7 +17,9 @@ from watchdogd.sources.base import HttpClient
 
 __all__ = ["HubApiSource"]
 
-PAGE_SIZE = 200  # the hub's maximum page
+#: Asked for per page. The hub clamps it to c.JupyterHub.api_page_max_limit (200 by
+#: default); an operator who raises that limit gets fewer, larger pages.
+PAGE_SIZE = 1000
 PAGINATION = "application/jupyterhub-pagination+json"
 
 
