@@ -131,14 +131,62 @@ def check(config_path: str | None, only: Sequence[str], target: str | None,
 @click.option("--dry-run/--no-dry-run", default=None,
               help="Override remediation.dry_run.")
 def run(config_path: str | None, dry_run: bool | None) -> None:
-    """Run the daemon: passes on schedule until SIGTERM."""
+    """Run the daemon: passes on schedule until SIGTERM.
+
+    Under systemd (``Type=notify``) it reports readiness, pings the watchdog
+    while passes complete, and announces its shutdown. With
+    ``[daemon] leader_election`` only the replica holding the Lease remediates
+    and notifies; the others detect, for their metrics.
+    """
     from watchdogd import logs  # noqa: PLC0415
-    from watchdogd.daemon import Daemon  # noqa: PLC0415
+    from watchdogd.daemon import Daemon, supervise  # noqa: PLC0415
+    from watchdogd.metrics import Health, InstrumentedSources, Metrics, MetricsServer  # noqa: PLC0415
+    from watchdogd.sdnotify import SystemdNotifier, watchdog_period  # noqa: PLC0415
 
     logs.configure()
     config = _load(config_path)
-    engine = _engine(config, dry_run)
-    sys.exit(Daemon(config, engine).run())
+    elector = _elector(config) if config.daemon.leader_election else None
+    health = Health(stuck_after=2 * config.daemon.pass_timeout.total_seconds())
+    metrics = Metrics(health, leader=elector.is_leader if elector else lambda: True)
+    server = None
+    if config.daemon.metrics_listen:
+        try:
+            server = MetricsServer(metrics, config.daemon.metrics_listen)
+        except ValueError as exc:
+            raise Fatal(str(exc), EXIT_CONFIG) from None
+    engine = _engine(config, dry_run, sources=InstrumentedSources(config, metrics),
+                     acting=elector.is_leader if elector else None)
+    sys.exit(supervise(Daemon(config, engine), systemd=SystemdNotifier.from_env(),
+                       watchdog_period=watchdog_period(), health=health, metrics=metrics,
+                       server=server, elector=elector))
+
+
+def _elector(config: Config) -> Any:
+    """The Lease elector of ``[daemon]``, on the lease cluster's credentials."""
+    from watchdogd.leader import KubeLeaseApi, LeaderElector, default_identity  # noqa: PLC0415
+    from watchdogd.model import SourceError  # noqa: PLC0415
+    from watchdogd.sources.kube import api_client  # noqa: PLC0415
+
+    daemon = config.daemon
+    cluster = daemon.lease_cluster
+    if cluster is None:
+        # The first cluster of the file, as documented: every replica reads the same
+        # file, so they all meet on the same Lease.
+        if not config.clusters:
+            raise Fatal("daemon.leader_election: no [clusters.X] to hold the Lease",
+                        EXIT_CONFIG)
+        cluster = next(iter(config.clusters))
+    duration = daemon.lease_duration.total_seconds()
+    if duration < 3:
+        raise Fatal("daemon.lease_duration: at least 3s (renewals run every third of it)",
+                    EXIT_CONFIG)
+    try:
+        client = api_client(cluster, config.clusters[cluster])
+    except SourceError as exc:
+        raise Fatal(f"daemon.lease_cluster: {exc}", EXIT_CONFIG) from None
+    timeout = min(duration / 3, config.clusters[cluster].timeout.total_seconds())
+    api = KubeLeaseApi(client, daemon.lease_namespace, daemon.lease_name, timeout=timeout)
+    return LeaderElector(api, default_identity(), duration)
 
 
 @cli.group("config")

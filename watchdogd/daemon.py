@@ -4,6 +4,12 @@ APScheduler 3's BlockingScheduler runs one job per check at the check's
 interval. Jobs run one at a time (a single worker thread): passes never overlap,
 so budgets and the audit log stay simple, and the collect stage inside a pass
 is concurrent anyway. SIGTERM lets the running pass finish, then exits 0.
+
+:func:`supervise` adds what runs around the scheduler in production: systemd
+notifications (``READY=1`` once the first pass is scheduled, ``WATCHDOG=1``
+while passes keep completing, ``STOPPING=1``), the ``/metrics`` and
+``/healthz`` endpoint, and the Lease elector whose ``is_leader`` is the
+engine's ``acting`` gate. Each is optional, so tests can run any subset.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import threading
 from collections.abc import Callable
 from datetime import timedelta
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from apscheduler.executors.pool import ThreadPoolExecutor
@@ -22,7 +28,14 @@ from apscheduler.schedulers.blocking import BlockingScheduler
 from watchdogd.config import Config
 from watchdogd.engine import Engine, PassReport
 
-__all__ = ["Daemon"]
+if TYPE_CHECKING:
+    from watchdogd.leader import LeaderElector
+    from watchdogd.metrics import Health, Metrics, MetricsServer
+    from watchdogd.sdnotify import SystemdNotifier
+
+__all__ = ["Daemon", "supervise"]
+
+EXIT_CONFIG = 78
 
 log = structlog.get_logger("watchdogd.daemon")
 
@@ -38,7 +51,9 @@ class Daemon:
         self.stopping = threading.Event()
         self.on_ready: list[Callable[[], None]] = []
         self.on_stopping: list[Callable[[], None]] = []
+        self.on_pass_start: list[Callable[[str], None]] = []
         self.on_pass: list[Callable[[str, PassReport | None], None]] = []
+        self.scheduled: dict[str, float] = {}
 
     def schedule(self) -> list[str]:
         """Add one job per enabled check, the first run now; return the check names."""
@@ -56,6 +71,7 @@ class Daemon:
                 misfire_grace_time=max(1, int(interval)),
             )
             names.append(name)
+            self.scheduled[name] = interval
         notifier = self.engine.notifier
         if notifier is not None:
             retry = self.config.notify.retry_after.total_seconds()
@@ -67,6 +83,8 @@ class Daemon:
     def _run_check(self, name: str) -> None:
         if self.stopping.is_set():
             return
+        for started in self.on_pass_start:
+            started(name)
         try:
             report = self.engine.run_pass(only=[name])
         except Exception as exc:  # the store or a bug: log, keep the daemon alive
@@ -78,8 +96,10 @@ class Daemon:
                      duration_s=round((report.finished_at - report.started_at)
                                       .total_seconds(), 3))
         for callback in self.on_pass:
-            callback(name, report)
-        return
+            try:
+                callback(name, report)
+            except Exception as exc:  # a hook must never take the scheduler down
+                log.error("pass hook failed", check=name, error=f"{type(exc).__name__}: {exc}")
 
     def _deliver(self) -> None:
         notifier = self.engine.notifier
@@ -119,6 +139,98 @@ class Daemon:
         self.scheduler.start()
         log.info("stopped")
         return 0
+
+
+def supervise(
+    daemon: Daemon,
+    *,
+    systemd: SystemdNotifier | None = None,
+    watchdog_period: float | None = None,
+    health: Health | None = None,
+    metrics: Metrics | None = None,
+    server: MetricsServer | None = None,
+    elector: LeaderElector | None = None,
+) -> int:
+    """Run ``daemon`` with systemd notification, metrics, health and leader election.
+
+    Start order: the metrics endpoint (a bad ``metrics_listen`` is a configuration
+    error, exit 78, before anything else happens), the elector (its first round runs
+    at once, so the first pass usually already knows whether it may act), then the
+    scheduler. ``READY=1`` goes out when the first passes are scheduled, and the
+    watchdog starts pinging then. On SIGTERM: ``STOPPING=1``, the elector resigns
+    (no new actions or notifications), the running pass finishes, and only then is
+    the Lease released, so two replicas never act at once.
+    """
+    from watchdogd.sdnotify import Watchdog  # noqa: PLC0415
+
+    if health is not None:
+        def track(name: str, report: PassReport | None) -> None:
+            health.pass_finished(name, report is not None)
+
+        daemon.on_pass_start.append(health.pass_started)
+        daemon.on_pass.append(track)
+    if metrics is not None:
+        daemon.engine.listeners.append(metrics.observe)
+        def count_failure(name: str, report: PassReport | None) -> None:
+            if report is None:
+                metrics.pass_failed(name)
+
+        daemon.on_pass.append(count_failure)
+    if systemd is not None and systemd.enabled:
+        def status(name: str, report: PassReport | None) -> None:
+            systemd.status(_status_line(name, report))
+
+        daemon.on_pass.append(status)
+
+    pinger: Watchdog | None = None
+
+    def ready() -> None:
+        nonlocal pinger
+        if health is not None:
+            for name, interval in daemon.scheduled.items():
+                health.expect(name, interval)
+        if systemd is None:
+            return
+        systemd.ready(f"scheduled {', '.join(daemon.scheduled)}")
+        if watchdog_period is not None:
+            alive = health.alive if health is not None else (lambda: True)
+            pinger = Watchdog(systemd, watchdog_period, alive)
+            pinger.start()
+
+    def stopping() -> None:
+        if systemd is not None:
+            systemd.stopping("finishing the running pass")
+        if elector is not None:
+            elector.resign()
+
+    daemon.on_ready.append(ready)
+    daemon.on_stopping.append(stopping)
+
+    if server is not None:
+        try:
+            server.start()
+        except OSError as exc:
+            log.error("cannot serve metrics", listen=f"{server.host}:{server.port}",
+                      error=exc.strerror or str(exc), setting="daemon.metrics_listen")
+            return EXIT_CONFIG
+    if elector is not None:
+        elector.start()
+    try:
+        return daemon.run()
+    finally:
+        if pinger is not None:
+            pinger.stop()
+        if elector is not None:
+            elector.stop(release=True)
+        if server is not None:
+            server.stop()
+
+
+def _status_line(name: str, report: PassReport | None) -> str:
+    if report is None:
+        return f"{name}: the last pass failed (see the log)"
+    return (f"{name}: {report.findings} finding(s), {report.actions_done} action(s) done, "
+            f"{report.errors} error(s) at {report.finished_at:%H:%M:%S}Z")
 
 
 def _now() -> Any:

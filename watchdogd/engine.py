@@ -335,6 +335,9 @@ class Engine:
         """Run one action with its intent and result in the audit log."""
         action = finding.action
         assert action is not None
+        if not self.acting():
+            # The lease was lost during this pass: another replica may act now.
+            return ActionStatus.SKIPPED, "not done: this replica is no longer the leader"
         identity = _identity(action)
         if identity in done:
             # Several findings can share one remedy (one route sync for a hub).

@@ -1,42 +1,101 @@
 """Logging: structlog, JSON lines for machines, readable lines for people.
 
 Every log line goes to stderr so that ``watchdogd check --json`` keeps stdout
-for the report. Secrets never reach a logger: sources hold them, and errors
-name the credential ("the API token of hub main"), never its value.
+for the report. On a TTY the lines are readable; anywhere else (systemd's
+journal, a container runtime, a CronJob's log) each line is one JSON object, and
+that holds for the libraries' own messages too: the standard library's logging
+(APScheduler, urllib3, openstacksdk) and Python warnings are rendered by the same
+processors, so a log collector never meets a line it cannot parse.
+
+Secrets never reach a logger on purpose: sources hold them, and errors name the
+credential ("the API token of hub main"), never its value. As a second line of
+defence, :func:`redact` masks values under secret-looking keys and the password
+of any ``scheme://user:password@host`` URL before a line is rendered.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
+from collections.abc import MutableMapping
+from typing import Any, TextIO
 
 import structlog
 
-__all__ = ["configure"]
+__all__ = ["configure", "redact"]
+
+_SECRET_KEY = re.compile(r"(token|password|passwd|secret|authorization|api[_-]?key|cookie)",
+                         re.IGNORECASE)
+_URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:@]*:)[^/\s@]+@")
+_MASK = "***"
 
 
-def configure(*, json_lines: bool | None = None, level: str = "INFO") -> None:
+def _scrub(value: Any) -> Any:
+    if isinstance(value, str):
+        return _URL_PASSWORD.sub(lambda m: f"{m.group('head')}{_MASK}@", value)
+    if isinstance(value, dict):
+        return {k: (_MASK if isinstance(k, str) and _SECRET_KEY.search(k) and v
+                    else _scrub(v)) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_scrub(v) for v in value)
+    return value
+
+
+def redact(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+           ) -> MutableMapping[str, Any]:
+    """structlog processor: mask secret-looking keys and passwords in URLs."""
+    for key, value in list(event_dict.items()):
+        if _SECRET_KEY.search(key) and value and key != "event":
+            event_dict[key] = _MASK
+        else:
+            event_dict[key] = _scrub(value)
+    return event_dict
+
+
+def configure(*, json_lines: bool | None = None, level: str = "INFO",
+              stream: TextIO | None = None) -> None:
     """Set up structlog and the standard library's logging once per process."""
+    out = sys.stderr if stream is None else stream
     if json_lines is None:
-        json_lines = not sys.stderr.isatty()
+        json_lines = not out.isatty()
     renderer: structlog.types.Processor = (
         structlog.processors.JSONRenderer() if json_lines
         else structlog.dev.ConsoleRenderer(colors=False)
     )
+    shared: list[structlog.types.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        redact,
+    ]
+    if json_lines:
+        shared.append(structlog.processors.format_exc_info)
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            renderer,
-        ],
+        processors=[*shared, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=out),
         cache_logger_on_first_use=False,
     )
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # The standard library's records (libraries, warnings) through the same processors.
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+    ))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        if getattr(old, "_watchdogd", False):
+            root.removeHandler(old)
+    handler._watchdogd = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING)
+    # Off and on again: captureWarnings(True) is a no-op when an earlier configure()
+    # captured already, even if warnings.showwarning was swapped since (test runners do).
+    logging.captureWarnings(False)
+    logging.captureWarnings(True)
     # urllib3 and kubernetes log full URLs with query strings at debug level.
-    for noisy in ("urllib3", "kubernetes", "keystoneauth", "openstack", "stevedore"):
+    for noisy in ("urllib3", "kubernetes", "keystoneauth", "openstack", "stevedore",
+                  "apscheduler"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -388,3 +388,16 @@ def test_two_findings_with_one_key_do_not_break_the_pass(tmp_path: Path,
         assert check.status == "findings"
         assert [f.tracked.finding.key for f in check.findings] == [
             "sessions/main/orphan-pod/bob"]
+
+
+def test_leadership_lost_during_a_pass_stops_further_actions(tmp_path: Path,
+                                                             world: FakeWorld) -> None:
+    world.add("alice", pod=False)
+    world.add("bob", pod=False)
+    world.add("carol")
+    engine = make_engine(tmp_path, world, confirm_after=1)
+    answers = iter([True, True, False])  # the pass starts as leader, then loses the lease
+    engine.acting = lambda: next(answers, False)
+    [check] = engine.run_pass().checks
+    assert sorted(str(f.action_status) for f in check.findings) == ["done", "skipped"]
+    assert len(world.calls) == 1

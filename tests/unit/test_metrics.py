@@ -1,0 +1,344 @@
+"""/metrics and /healthz over real HTTP, fed by real engine passes.
+
+A small check registered only for these tests plans actions on two targets, one of
+whose source fails; the engine runs real passes (policy, store, listeners) and the
+endpoint is scraped with ``requests`` and parsed with prometheus_client's own parser.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from watchdogd.checks import CheckSpec
+from watchdogd.config import CheckConfig, Config
+from watchdogd.engine import Engine
+from watchdogd.metrics import Health, InstrumentedSources, Metrics, MetricsServer, parse_listen
+from watchdogd.model import (
+    Action,
+    CheckTarget,
+    Detection,
+    Finding,
+    Need,
+    Severity,
+    Snapshot,
+    SourceError,
+)
+from watchdogd.store import Store
+
+
+class World:
+    """Items per target; an item named ``bad-*`` is a finding with a planned ``fix``."""
+
+    def __init__(self) -> None:
+        self.items: dict[str, list[str]] = {"t1": ["ok", "bad-a", "bad-b"], "t2": ["ok"]}
+        self.broken: set[str] = {"t2"}
+        self.fixed: list[str] = []
+
+
+class Adapter:
+    def __init__(self, world: World, target: str) -> None:
+        self.world = world
+        self.target = target
+
+    def items(self) -> list[str]:
+        if self.target in self.world.broken:
+            raise SourceError("fake", self.target, "connection refused")
+        return list(self.world.items[self.target])
+
+    def fix(self, item: str) -> str:
+        self.world.fixed.append(item)
+        self.world.items[self.target].remove(item)
+        return f"fixed {item}"
+
+
+def _targets(config: Config) -> list[CheckTarget]:
+    return [CheckTarget(t, (Need.of("items", "fake", t, "items"),)) for t in ("t1", "t2")]
+
+
+def _detect(snapshot: Snapshot, now: datetime) -> Detection:
+    findings = [
+        Finding("probe", snapshot.target, "bad-item", item,
+                Severity.CRITICAL if item == "bad-a" else Severity.WARNING, f"{item} is bad",
+                action=Action("fix", "fake", snapshot.target, "fix", {"item": item}))
+        for item in snapshot["items"] if item.startswith("bad-")
+    ]
+    return Detection(findings, len(snapshot["items"]))
+
+
+PROBE = CheckSpec("probe", ("bad-item",), lambda c: CheckConfig(), _targets, _detect,
+                  CheckConfig)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = datetime(2026, 11, 22, 3, 0, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> Iterator[tuple[World, Engine, Metrics, str]]:
+    world = World()
+    config = Config.model_validate({
+        "remediation": {"dry_run": False, "confirm_after": 2, "min_age": 0,
+                        "enabled": ["stop-server"]},
+    })
+    metrics = Metrics(Health(stuck_after=600))
+    sources = InstrumentedSources(config, metrics,
+                                  {"fake": lambda _c, target: Adapter(world, target)})
+    # "fix" is not a configured remediation name: allow it for this test's policy.
+    config = config.model_copy(update={"remediation": config.remediation.model_copy(
+        update={"enabled": ["fix"]})})
+    engine = Engine(config, Store(f"sqlite:///{tmp_path}/state.db"), sources,
+                    registry={"probe": PROBE}, clock=Clock())
+    engine.listeners.append(metrics.observe)
+    server = MetricsServer(metrics, "127.0.0.1:0")
+    host, port = server.start()
+    try:
+        yield world, engine, metrics, f"http://{host}:{port}"
+    finally:
+        server.stop()
+
+
+def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    response = requests.get(f"{url}/metrics", timeout=10)
+    assert response.status_code == 200
+    assert response.headers["Content-Type"].startswith("text/plain")
+    samples = {}
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def value(samples: dict[Any, float], name: str, **labels: str) -> float | None:
+    return samples.get((name, tuple(sorted(labels.items()))))
+
+
+def test_metrics_after_passes(setup: tuple[World, Engine, Metrics, str]) -> None:
+    world, engine, _metrics, url = setup
+    engine.run_pass()
+    first = scrape(url)
+    assert value(first, "watchdogd_passes_total", check="probe", target="t1",
+                 status="findings") == 1
+    assert value(first, "watchdogd_passes_total", check="probe", target="t2",
+                 status="error") == 1
+    assert value(first, "watchdogd_pass_duration_seconds_count", check="probe",
+                 target="t1") == 1
+    assert value(first, "watchdogd_findings_open", check="probe", target="t1",
+                 kind="bad-item", severity="critical") == 1
+    assert value(first, "watchdogd_findings_open", check="probe", target="t1",
+                 kind="bad-item", severity="warning") == 1
+    assert value(first, "watchdogd_actions_total", action="fix", status="unconfirmed") == 2
+    assert value(first, "watchdogd_source_errors_total", source="fake", target="t2") == 1
+    assert value(first, "watchdogd_last_success_timestamp_seconds", check="probe",
+                 target="t1") == engine.clock().timestamp()
+    # A target whose pass could not complete has no "last success".
+    assert value(first, "watchdogd_last_success_timestamp_seconds", check="probe",
+                 target="t2") is None
+    assert value(first, "watchdogd_leader") == 1
+    assert value(first, "watchdogd_healthy") == 1
+
+    engine.run_pass()  # confirmed: both fixed
+    second = scrape(url)
+    assert sorted(world.fixed) == ["bad-a", "bad-b"]
+    assert value(second, "watchdogd_actions_total", action="fix", status="done") == 2
+    assert value(second, "watchdogd_source_errors_total", source="fake", target="t2") == 2
+
+    engine.run_pass()  # nothing open any more: the gauges go away, the counters stay
+    third = scrape(url)
+    assert not [k for k in third if k[0] == "watchdogd_findings_open"]
+    assert value(third, "watchdogd_passes_total", check="probe", target="t1",
+                 status="ok") == 1
+
+
+def test_an_incomplete_pass_keeps_the_last_open_findings(
+        setup: tuple[World, Engine, Metrics, str]) -> None:
+    world, engine, _metrics, url = setup
+    engine.run_pass()
+    world.broken = {"t1", "t2"}
+    engine.run_pass()
+    samples = scrape(url)
+    # Nothing is known about t1 now; like the store, the metrics resolve nothing.
+    assert value(samples, "watchdogd_findings_open", check="probe", target="t1",
+                 kind="bad-item", severity="critical") == 1
+    assert value(samples, "watchdogd_source_errors_total", source="fake", target="t1") == 1
+
+
+def test_openmetrics_when_asked(setup: tuple[World, Engine, Metrics, str]) -> None:
+    _world, engine, _metrics, url = setup
+    engine.run_pass()
+    response = requests.get(f"{url}/metrics", timeout=10,
+                            headers={"Accept": "application/openmetrics-text"})
+    assert response.headers["Content-Type"].startswith("application/openmetrics-text")
+    assert response.text.rstrip().endswith("# EOF")
+
+
+def test_unknown_path_is_404(setup: tuple[World, Engine, Metrics, str]) -> None:
+    assert requests.get(f"{setup[3]}/", timeout=10).status_code == 404
+
+
+class Monotonic:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_healthz_turns_unhealthy_when_passes_stop_completing() -> None:
+    clock = Monotonic()
+    health = Health(stuck_after=600, clock=clock)
+    health.expect("sessions", 60)
+    health.expect("certs", 6 * 3600)
+    server = MetricsServer(Metrics(health), "127.0.0.1:0")
+    host, port = server.start()
+    url = f"http://{host}:{port}/healthz"
+    try:
+        assert requests.get(url, timeout=10).status_code == 200
+        health.pass_started("sessions")
+        clock.now += 5
+        health.pass_finished("sessions", True)
+        clock.now += 3 * 60  # exactly three intervals since the last completed pass
+        assert requests.get(url, timeout=10).status_code == 200
+        clock.now += 1
+        response = requests.get(url, timeout=10)
+        assert response.status_code == 503
+        assert "sessions: no pass completed in 3m01s" in response.text
+        assert "certs" not in response.text  # 6 h interval: 18 h before it is stale
+        # Passes that start and fail do not count as completing.
+        health.pass_started("sessions")
+        health.pass_finished("sessions", False)
+        assert requests.get(url, timeout=10).status_code == 503
+        assert not health.alive()
+        health.pass_started("sessions")
+        health.pass_finished("sessions", True)
+        assert requests.get(url, timeout=10).status_code == 200
+        assert health.alive()
+        metrics_text = requests.get(f"http://{host}:{port}/metrics", timeout=10).text
+        assert "watchdogd_healthy 1.0" in metrics_text
+    finally:
+        server.stop()
+
+
+def test_a_stuck_pass_is_unhealthy() -> None:
+    clock = Monotonic()
+    health = Health(stuck_after=600, clock=clock)
+    health.expect("sessions", 3600)
+    health.pass_started("sessions")
+    clock.now += 601
+    assert health.problems() == ["sessions: a pass has been running for 10m01s"]
+    assert not health.alive()
+
+
+def test_never_completed_since_start() -> None:
+    clock = Monotonic()
+    health = Health(stuck_after=600, clock=clock)
+    health.expect("sessions", 60)
+    clock.now += 181
+    assert health.problems() == [
+        "sessions: no pass completed since start 3m01s (3 intervals are 3m00s)"]
+
+
+def test_leader_gauge_follows_the_gate(tmp_path: Path) -> None:
+    leading = [False]
+    metrics = Metrics(leader=lambda: leading[0])
+    body, _ = metrics.exposition()
+    assert b"watchdogd_leader 0.0" in body
+    leading[0] = True
+    assert b"watchdogd_leader 1.0" in metrics.exposition()[0]
+
+
+def test_listen_addresses() -> None:
+    assert parse_listen("127.0.0.1:9464") == ("127.0.0.1", 9464)
+    assert parse_listen(":9464") == ("127.0.0.1", 9464)  # localhost unless configured
+    assert parse_listen("[::1]:9464") == ("::1", 9464)
+    assert parse_listen("0.0.0.0:0") == ("0.0.0.0", 0)
+    for bad in ("9464", "host:", "host:99999", "host:http"):
+        with pytest.raises(ValueError, match="metrics_listen"):
+            parse_listen(bad)
+    assert Config().daemon.metrics_listen == "127.0.0.1:9464"
+
+
+def test_ipv6_loopback() -> None:
+    server = MetricsServer(Metrics(), "[::1]:0")
+    try:
+        host, port = server.start()
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    try:
+        assert requests.get(f"http://[{host}]:{port}/healthz", timeout=10).text == "ok\n"
+    finally:
+        server.stop()
+
+
+def test_precondition_failures_are_not_source_errors(tmp_path: Path) -> None:
+    from watchdogd.model import PreconditionFailed
+
+    class Gone:
+        def act(self) -> str:
+            raise PreconditionFailed("already gone")
+
+        def read(self) -> str:
+            raise SourceError("fake", "t", "refused")
+
+    metrics = Metrics()
+    sources = InstrumentedSources(Config(), metrics, {"fake": lambda _c, _t: Gone()})
+    adapter = sources.adapter("fake", "t")
+    with pytest.raises(PreconditionFailed):
+        adapter.act()
+    with pytest.raises(SourceError):
+        adapter.read()
+    with pytest.raises(SourceError):
+        sources.adapter("missing", "t")  # not configured: counted too
+    body = metrics.exposition()[0].decode()
+    assert 'watchdogd_source_errors_total{source="fake",target="t"} 1.0' in body
+    assert 'watchdogd_source_errors_total{source="missing",target="t"} 1.0' in body
+
+
+def test_durations_are_observed(setup: tuple[World, Engine, Metrics, str]) -> None:
+    _world, engine, metrics, _url = setup
+    engine.run_pass()
+    engine.clock.now += timedelta(minutes=1)  # type: ignore[attr-defined]
+    engine.run_pass()
+    body = metrics.exposition()[0].decode()
+    assert 'watchdogd_pass_duration_seconds_count{check="probe",target="t1"} 2.0' in body
+
+
+def run_daemon(tmp_path: Path, daemon: str) -> subprocess.CompletedProcess[str]:
+    """``watchdogd run`` in a new process with a config whose [daemon] is ``daemon``."""
+    config = tmp_path / "watchdogd.toml"
+    config.write_text(f"[state]\n[daemon]\n{daemon}\n"
+                      '[clusters.c]\nkubeconfig = "/nonexistent"\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WATCHDOGD_")}
+    env["WATCHDOGD_STATE__URL"] = f"sqlite:///{tmp_path}/state.db"
+    return subprocess.run([sys.executable, "-m", "watchdogd", "run", "--config", str(config)],
+                          capture_output=True, text=True, timeout=60, env=env, check=False)
+
+
+def test_a_metrics_port_in_use_is_a_configuration_error(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = run_daemon(tmp_path, f'metrics_listen = "127.0.0.1:{port}"')
+    assert result.returncode == 78, result.stderr
+    assert "daemon.metrics_listen" in result.stderr
+
+
+def test_an_invalid_metrics_address_is_a_configuration_error(tmp_path: Path) -> None:
+    result = run_daemon(tmp_path, 'metrics_listen = "localhost"')
+    assert result.returncode == 78
+    assert "daemon.metrics_listen: expected host:port" in result.stderr
