@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from types import ModuleType
 
-from watchdogd.checks import certs, nodes, sessions
+from watchdogd.checks import certs, nodes, orphans, sessions, volumes
 from watchdogd.config import CheckConfig, Config
 from watchdogd.model import CheckTarget, Detection, Snapshot
 
@@ -55,5 +55,6 @@ class CheckSpec:
 REGISTRY: dict[str, CheckSpec] = {
     spec.name: spec for spec in (
         CheckSpec.of(sessions), CheckSpec.of(certs), CheckSpec.of(nodes),
+        CheckSpec.of(volumes), CheckSpec.of(orphans),
     )
 }

@@ -49,6 +49,12 @@ def _tls(config: Config, name: str) -> Any:
     return TlsSource(name, config)
 
 
+def _openstack(config: Config, name: str) -> Any:
+    from watchdogd.sources.openstack import OpenStackSource  # noqa: PLC0415
+
+    return OpenStackSource(name, config.clouds[name])
+
+
 #: source name -> factory(config, target name). Imports are lazy so that a
 #: check run never pays for the SDKs of sources it does not use.
 FACTORIES: dict[str, Factory] = {
@@ -56,6 +62,7 @@ FACTORIES: dict[str, Factory] = {
     "hubdb": _hubdb,
     "hubapi": _hubapi,
     "proxy": _proxy,
+    "openstack": _openstack,
     "tls": _tls,
 }
 

@@ -1,0 +1,209 @@
+"""detect() of the orphans check on hand-built snapshots: union over clusters, quarantine,
+deletion budget, released PVs and extra claims of departed users."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from watchdogd.checks import orphans
+from watchdogd.config import Config
+from watchdogd.model import Detection, ImplausibleData, Snapshot
+
+NOW = datetime(2026, 11, 22, 3, 0, tzinfo=UTC)
+Obj = dict[str, Any]
+CLUSTERS = ("c1", "c2", "c3")
+
+
+def ts(delta: timedelta) -> str:
+    return (NOW - delta).replace(tzinfo=None).isoformat(timespec="microseconds")
+
+
+def volume(vid: str, *, status: str = "available", name: str | None = None,
+           age: timedelta = timedelta(days=10), metadata: dict[str, str] | None = None,
+           attached: bool = False) -> Obj:
+    return {"id": vid, "name": name if name is not None else f"pvc-{vid}", "status": status,
+            "size": 10, "created_at": ts(age), "updated_at": ts(age), "metadata": metadata or {},
+            "attachments": [{"attachment_id": "a", "server_id": "s"}] if attached else []}
+
+
+def pv(name: str, vid: str | None, *, phase: str = "Bound", in_tree: bool = False) -> Obj:
+    spec: Obj = {"persistentVolumeReclaimPolicy": "Retain",
+                 "claimRef": {"namespace": "jhub", "name": "claim-x"}}
+    if vid is not None:
+        spec["cinder" if in_tree else "csi"] = ({"volumeID": vid} if in_tree
+                                               else {"volumeHandle": vid})
+    return {"metadata": {"name": name}, "spec": spec, "status": {"phase": phase}}
+
+
+def pvc(name: str, *, user: str | None = None, labels: dict[str, str] | None = None) -> Obj:
+    meta: Obj = {"name": name, "namespace": "jhub", "labels": labels or {}}
+    if user:
+        meta["annotations"] = {"hub.jupyter.org/username": user}
+    return {"metadata": meta, "spec": {"volumeName": f"pv-{name}"}, "status": {"phase": "Bound"}}
+
+
+def snapshot(vols: list[Obj], pvs: dict[str, list[Obj]] | None = None, *,
+             pvcs: list[Obj] | None = None, users: list[str] | None = None,
+             marks: dict[str, datetime] | None = None, **check: Any) -> Snapshot:
+    hubs = (orphans.HubRef("main", "c1", "jhub", "kubespawner"),)
+    settings = orphans.TargetSettings("js2", "js2", CLUSTERS, hubs, orphans.Settings(**check))
+    obs: dict[str, Any] = {"volumes": {"items": vols, "pages": 1},
+                           "pvcs:c1": pvcs or [],
+                           "hub_db:main": {"users": users if users is not None else ["alice"],
+                                           "running": []}}
+    for cluster in CLUSTERS:
+        obs[f"pvs:{cluster}"] = (pvs or {}).get(cluster, [])
+    return Snapshot("orphans", "js2", NOW, obs, {}, settings, marks or {})
+
+
+def kinds(detection: Detection, kind: str) -> dict[str, Any]:
+    return {f.subject: f for f in detection.findings if f.kind == kind}
+
+
+def test_targets_one_per_cloud_and_per_loose_cluster() -> None:
+    config = Config.model_validate({
+        "clusters": {"c1": {}, "c2": {}, "lone": {}},
+        "hubs": {"main": {"cluster": "c1", "api_url": "http://hub:8081/hub/api"}},
+        "clouds": {"js2": {"cloud": "js2", "clusters": ["c1", "c2"]},
+                   "empty": {"cloud": "other"}},
+    })
+    by_name = {t.name: t for t in orphans.targets(config)}
+    assert set(by_name) == {"js2", "lone"}  # a cloud without clusters gets no verdict
+    keys = {n.key for n in by_name["js2"].needs}
+    assert keys == {"volumes", "pvs:c1", "pvs:c2", "pvcs:c1", "hub_db:main"}
+    assert {n.key for n in by_name["lone"].needs} == {"pvs:lone"}
+
+
+def test_union_over_clusters_by_handle_in_tree_id_and_name() -> None:
+    vols = [volume("v1"), volume("v2"), volume("v3"), volume("v4", name="pvc-by-name"),
+            volume("v5"), volume("v6", name="boot-disk")]
+    pvs = {"c1": [pv("pvc-v1", "v1")], "c2": [pv("legacy", "v2", in_tree=True)],
+           "c3": [pv("pvc-by-name", None), pv("pvc-other", "v3")]}
+    found = kinds(orphans.detect(snapshot(vols, pvs), NOW), "orphan-volume")
+    assert set(found) == {"v5"}  # v6 is not a pvc-* volume
+
+
+def test_young_volume_is_no_verdict() -> None:
+    vols = [volume("v1", age=timedelta(minutes=5)), volume("v2")]
+    found = kinds(orphans.detect(snapshot(vols, {"c1": [pv("x", "v2")]}), NOW),
+                  "orphan-volume")
+    assert found == {}
+
+
+def test_pvs_that_match_nothing_of_this_cloud_are_implausible() -> None:
+    vols = [volume("v1"), volume("v2")]
+    with pytest.raises(ImplausibleData, match="clusters right"):
+        orphans.detect(snapshot(vols, {"c1": [pv("p", "elsewhere")]}), NOW)
+
+
+def test_auth_failure_is_no_verdict() -> None:
+    snap = snapshot([])
+    snap.observations["volumes"] = {"auth_error": "Keystone rejected"}
+    with pytest.raises(ImplausibleData, match="Keystone rejected"):
+        orphans.detect(snap, NOW)
+
+
+def test_first_sighting_plans_a_quarantine_with_the_date() -> None:
+    vols = [volume("v1"), volume("keep")]
+    detection = orphans.detect(snapshot(vols, {"c1": [pv("k", "keep")]}), NOW)
+    finding = kinds(detection, "orphan-volume")["v1"]
+    assert finding.action is not None and finding.action.name == "quarantine"
+    assert not finding.action.destructive
+    assert finding.action.params["key"] == "watchdogd-orphaned-since"
+    assert finding.action.params["value"] == "2026-11-22T03:00:00Z"
+    assert "orphan:v1" in detection.marks
+
+
+def test_attached_orphan_is_reported_but_never_touched() -> None:
+    vols = [volume("v1", status="in-use", attached=True), volume("keep")]
+    finding = kinds(orphans.detect(snapshot(vols, {"c1": [pv("k", "keep")]}), NOW),
+                    "orphan-volume")["v1"]
+    assert finding.action is None and "not quarantined" in finding.message
+
+
+def quarantined(vid: str, days: int) -> Obj:
+    return volume(vid, metadata={"watchdogd-orphaned-since":
+                                 (NOW - timedelta(days=days)).strftime("%Y-%m-%dT%H:%M:%SZ")})
+
+
+def test_quarantined_volume_waits_for_both_dates() -> None:
+    vols = [quarantined("v1", 20), volume("keep")]
+    pvs = {"c1": [pv("k", "keep")]}
+    # Our own memory only started 3 days ago (state lost): not yet.
+    young = orphans.detect(snapshot(vols, pvs, marks={"orphan:v1": NOW - timedelta(days=3)}),
+                           NOW)
+    finding = kinds(young, "orphan-volume")["v1"]
+    assert finding.action is None and "deletable from" in finding.message
+    old = orphans.detect(snapshot(vols, pvs, marks={"orphan:v1": NOW - timedelta(days=15)}),
+                         NOW)
+    finding = kinds(old, "orphan-volume")["v1"]
+    assert finding.action is not None and finding.action.name == "delete-orphan-volume"
+    assert finding.action.destructive
+    assert finding.action.params["quarantine_value"] == vols[0]["metadata"][
+        "watchdogd-orphaned-since"]
+    assert finding.action.before["volume"]["id"] == "v1"
+
+
+def test_delete_budget_takes_the_oldest_quarantine_first() -> None:
+    vols = [quarantined(f"v{i}", 20 + i) for i in range(4)] + [volume("keep")]
+    marks = {f"orphan:v{i}": NOW - timedelta(days=30) for i in range(4)}
+    found = kinds(orphans.detect(snapshot(vols, {"c1": [pv("k", "keep")]}, marks=marks,
+                                          delete_max_per_pass=2), NOW), "orphan-volume")
+    deleting = {s for s, f in found.items() if f.action is not None}
+    assert deleting == {"v3", "v2"}
+    assert "delete_max_per_pass" in found["v0"].message
+
+
+def test_unparsable_quarantine_mark_is_left_alone() -> None:
+    vols = [volume("v1", metadata={"watchdogd-orphaned-since": "soon"}), volume("keep")]
+    finding = kinds(orphans.detect(snapshot(vols, {"c1": [pv("k", "keep")]}), NOW),
+                    "orphan-volume")["v1"]
+    assert finding.action is None
+
+
+def test_released_and_failed_pvs() -> None:
+    vols = [volume("v1"), volume("v2")]
+    pvs = {"c2": [pv("pvc-v1", "v1", phase="Released"), pv("pvc-v2", "v2", phase="Failed"),
+                  pv("ok", None)]}
+    found = kinds(orphans.detect(snapshot(vols, pvs), NOW), "released-pv")
+    assert set(found) == {"c2/pvc-v1", "c2/pvc-v2"}
+    assert found["c2/pvc-v1"].evidence["volume"]["id"] == "v1"
+    assert found["c2/pvc-v1"].action is None
+
+
+@pytest.mark.parametrize(("name", "slug"), [
+    ("jupyter-alex", "jupyter-alex"),
+    ("jupyter-Alex", "jupyter-alex---3a1c285c"),
+    ("user@email.com", "user-email-com---0925f997"),
+    ("-start", "start---f587e2dc"),
+    ("9z9", "x-9z9---224de202"),
+    ("has.dot", "has-dot---03e27fdf"),
+    ("username--servername", "username-servername---d957f1de"),
+])
+def test_safe_slug_matches_kubespawner(name: str, slug: str) -> None:
+    assert orphans.safe_slug(name) == slug
+
+
+def test_extra_pvcs_of_departed_users() -> None:
+    claims = [
+        pvc("postgres-alice"),                       # alice exists
+        pvc("postgres-bob"),                         # bob is gone
+        pvc("postgres-user-email-com---0925f997"),   # slug of an existing user
+        pvc("scratch-1", user="carol", labels={"component": "extra-pvc"}),  # gone, by label
+        pvc("scratch-2", labels={"component": "extra-pvc"}),  # whose? no verdict
+        pvc("claim-bob"),                            # the home claim is not an extra claim
+    ]
+    snap = snapshot([], pvcs=claims, users=["alice", "user@email.com"])
+    found = kinds(orphans.detect(snap, NOW), "orphan-extra-pvc")
+    assert set(found) == {"c1/jhub/postgres-bob", "c1/jhub/scratch-1"}
+    assert found["c1/jhub/scratch-1"].evidence["user"] == "carol"
+    assert found["c1/jhub/postgres-bob"].action is None
+
+
+def test_hub_without_users_but_with_extra_claims_is_implausible() -> None:
+    snap = snapshot([], pvcs=[pvc("postgres-bob")], users=[])
+    with pytest.raises(ImplausibleData, match="no users"):
+        orphans.detect(snap, NOW)

@@ -1,0 +1,391 @@
+"""Orphans: Cinder volumes no PV references, released PVs, extra claims of departed users.
+
+* ``orphan-volume``: a volume named ``pvc-*`` (what cinder-csi creates for a PV) that no PV of
+  *any* of the cloud's clusters references, by CSI volume handle, in-tree ``cinder.volumeID``
+  or name. The verdict needs the union over every cluster: if one cluster's PV list failed
+  there is no verdict at all (the engine reports the target as ``error``), because the missing
+  cluster may be the one using the volume. Volumes younger than ``min_volume_age`` are left
+  alone (cinder-csi creates the volume a moment before the PV).
+* ``released-pv``: a PV in phase ``Released`` or ``Failed`` (its claim is gone; with the
+  ``Retain`` policy nothing will ever clean it up).
+* ``orphan-extra-pvc``: a per-user claim beyond the home claim (``postgres-{username}`` and
+  other ``extra_pvc_patterns``, or labelled ``extra_pvc_selector``) whose hub user no longer
+  exists in the hub database of the hub that owns that namespace. Users are matched by the
+  claim's ``hub.jupyter.org/username`` annotation, else by the name in the pattern compared
+  with the users' KubeSpawner slugs (``safe`` and ``escape`` schemes).
+
+Everything is reported only. Two opt-in actions exist for orphaned volumes (enable them in
+``remediation.enabled``):
+
+* ``quarantine`` writes ``quarantine_key = <date first seen orphaned>`` into the volume's
+  metadata (non-destructive; the date survives a loss of watchdogd's state);
+* ``delete-orphan-volume`` deletes a quarantined volume once both the metadata date and
+  watchdogd's own continuous sighting are ``quarantine_days`` old, only while it is
+  ``available`` and unattached, at most ``delete_max_per_pass`` per pass (and within the
+  global budget and breaker). The source re-reads the volume and refuses if its status,
+  ``updated_at``, attachments or quarantine mark changed.
+
+Hub users come from the ``hubdb`` source's ``sessions()`` (one query per hub, no request per
+user).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from pydantic import ConfigDict, Field
+
+from watchdogd.checks.sessions import escape_slug
+from watchdogd.checks.volumes import (
+    auth_error,
+    parse_time,
+    pv_volume_id,
+    pvcs_need,
+    pvs_need,
+    volume_summary,
+    volumes_need,
+)
+from watchdogd.config import CheckConfig, Config, Duration
+from watchdogd.model import (
+    Action,
+    CheckTarget,
+    Detection,
+    Finding,
+    ImplausibleData,
+    Need,
+    Severity,
+    Snapshot,
+)
+
+NAME = "orphans"
+KINDS = ("orphan-volume", "released-pv", "orphan-extra-pvc")
+
+ANNOTATION_USER = "hub.jupyter.org/username"
+
+
+class Settings(CheckConfig):
+    """``[checks.orphans]``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    interval: Duration = timedelta(hours=1)
+    volume_prefix: str = "pvc-"
+    #: no verdict on volumes younger than this (the PV follows the volume by a moment)
+    min_volume_age: Duration = timedelta(hours=1)
+    quarantine_days: int = Field(14, ge=1)
+    quarantine_key: str = "watchdogd-orphaned-since"
+    delete_max_per_pass: int = Field(2, ge=0)
+    released_phases: list[str] = Field(default_factory=lambda: ["Released", "Failed"])
+    extra_pvc_patterns: list[str] = Field(default_factory=lambda: ["postgres-{username}"])
+    #: ``key=value[,key=value]``: claims with these labels are extra per-user claims too
+    extra_pvc_selector: str = "component=extra-pvc"
+
+
+@dataclass(frozen=True)
+class HubRef:
+    """A hub whose namespace may hold extra per-user claims."""
+
+    name: str
+    cluster: str
+    namespace: str
+    layout: str
+
+
+@dataclass(frozen=True)
+class TargetSettings:
+    """What detect() needs to know about one cloud (or one cluster without a cloud)."""
+
+    name: str
+    cloud: str | None
+    clusters: tuple[str, ...]
+    hubs: tuple[HubRef, ...]
+    check: Settings
+
+
+def settings(config: Config) -> Settings:
+    """The validated ``[checks.orphans]`` section."""
+    return Settings.model_validate(config.check(NAME).model_dump())
+
+
+def hub_need(hub: str) -> Need:
+    """The hub database's users (the sessions() read of the hubdb source)."""
+    return Need.of(f"hub_db:{hub}", "hubdb", hub, "sessions")
+
+
+def targets(config: Config) -> list[CheckTarget]:
+    """One target per cloud (over all its clusters), one per cluster that is in no cloud.
+
+    A cloud without clusters gets no target: with no PV list, every volume would look
+    orphaned.
+    """
+    check = settings(config)
+    result = []
+    in_clouds: set[str] = set()
+    groups: list[tuple[str, str | None, tuple[str, ...]]] = []
+    for name, cloud in config.clouds.items():
+        if cloud.clusters:
+            groups.append((name, name, tuple(cloud.clusters)))
+            in_clouds.update(cloud.clusters)
+    for cluster in config.clusters:
+        if cluster not in in_clouds:
+            name = cluster if cluster not in config.clouds else f"cluster-{cluster}"
+            groups.append((name, None, (cluster,)))
+    for name, cloud_name, clusters in groups:
+        hubs = tuple(HubRef(h, hub.cluster, hub.namespace, hub.layout)
+                     for h, hub in config.hubs.items() if hub.cluster in clusters)
+        needs: list[Need] = [volumes_need(cloud_name)] if cloud_name else []
+        for cluster in clusters:
+            needs.append(pvs_need(cluster))
+            if any(h.cluster == cluster and h.layout == "kubespawner" for h in hubs):
+                needs.append(pvcs_need(cluster))
+        needs += [hub_need(h.name) for h in hubs if h.layout == "kubespawner"]
+        result.append(CheckTarget(name, tuple(needs),
+                                  TargetSettings(name, cloud_name, clusters, hubs, check)))
+    return result
+
+
+# -- slugs (how KubeSpawner puts a username into a claim name) ---------------------------------
+
+_NON_ALNUM = re.compile(r"[^a-z0-9]+")
+_OBJECT_NAME = re.compile(r"^[a-z][a-z0-9-]{0,61}[a-z0-9]$|^[a-z]$")
+
+
+def safe_slug(name: str) -> str:
+    """KubeSpawner 7's ``safe`` slug: the name if it is a valid object name (and has no
+    ``--``), else a stripped, lowercased prefix, ``---`` and 8 hex of its sha256."""
+    if "--" not in name and _OBJECT_NAME.match(name):
+        return name
+    digest = hashlib.sha256(name.encode("utf-8")).hexdigest()[:8]
+    stripped = _NON_ALNUM.sub("-", name.lower()).lstrip("-")[:21].rstrip("-")
+    if stripped and not stripped[0].isalpha():
+        stripped = "x-" + stripped[:19]
+    return f"{stripped or 'x'}---{digest}"
+
+
+def _user_keys(users: list[str]) -> set[str]:
+    keys: set[str] = set()
+    for user in users:
+        keys.update({user, user.lower(), safe_slug(user), escape_slug(user)})
+    return keys
+
+
+def _pattern_regex(pattern: str) -> re.Pattern[str]:
+    parts = re.split(r"(\{username\})", pattern)
+    body = "".join("(?P<username>.+)" if p == "{username}" else re.escape(p) for p in parts)
+    return re.compile(f"^{body}$")
+
+
+def _selector(text: str) -> dict[str, str]:
+    pairs = {}
+    for term in text.split(","):
+        key, sep, value = term.partition("=")
+        if sep and key.strip():
+            pairs[key.strip()] = value.strip()
+    return pairs
+
+
+# -- detection ---------------------------------------------------------------------------------
+
+
+class _Detector:
+    def __init__(self, snapshot: Snapshot, now: datetime) -> None:
+        self.s: TargetSettings = snapshot.settings
+        self.snapshot = snapshot
+        self.now = now
+        self.findings: list[Finding] = []
+        self.marks: set[str] = set()
+
+    def finding(self, kind: str, subject: str, severity: Severity, message: str,
+                evidence: dict[str, Any], action: Action | None = None) -> None:
+        self.findings.append(Finding(NAME, self.s.name, kind, subject, severity, message,
+                                     evidence, action))
+
+
+def detect(snapshot: Snapshot, now: datetime) -> Detection:
+    """Orphaned volumes (union over clusters), released PVs, extra claims of gone users."""
+    d = _Detector(snapshot, now)
+    pvs = {cluster: snapshot[f"pvs:{cluster}"] for cluster in d.s.clusters}
+    subjects = 0
+    if d.s.cloud is not None:
+        problem = auth_error(snapshot, ("volumes",))
+        if problem is not None:
+            raise ImplausibleData(f"no orphan verdict for cloud {d.s.cloud}: {problem}")
+        subjects += _orphan_volumes(d, snapshot["volumes"]["items"], pvs)
+    volumes_by_id = ({str(v["id"]): v for v in snapshot["volumes"]["items"]}
+                     if d.s.cloud is not None else {})
+    for cluster, items in pvs.items():
+        subjects += _released(d, cluster, items, volumes_by_id)
+    subjects += _extra_pvcs(d)
+    return Detection(d.findings, subjects, d.marks)
+
+
+def _orphan_volumes(d: _Detector, volumes: list[dict[str, Any]],
+                    pvs: dict[str, list[dict[str, Any]]]) -> int:
+    s = d.s.check
+    referenced_ids: set[str] = set()
+    referenced_names: set[str] = set()
+    handles = 0
+    for items in pvs.values():
+        for pv in items:
+            referenced_names.add(str((pv.get("metadata") or {}).get("name")))
+            vid = pv_volume_id(pv)
+            if vid:
+                referenced_ids.add(vid)
+                handles += 1
+    candidates = [v for v in volumes if str(v.get("name") or "").startswith(s.volume_prefix)]
+    ids = {str(v["id"]) for v in volumes}
+    if handles and candidates and not referenced_ids & ids:
+        raise ImplausibleData(
+            f"none of the {handles} Cinder-backed PVs of clusters {', '.join(d.s.clusters)} "
+            f"references a volume of cloud {d.s.cloud}: is clouds.{d.s.cloud}.clusters right? "
+            "No orphan verdict")
+    deletable: list[tuple[datetime, dict[str, Any], dict[str, Any], datetime]] = []
+    for volume in candidates:
+        vid = str(volume["id"])
+        if vid in referenced_ids or str(volume.get("name")) in referenced_names:
+            continue
+        created = parse_time(volume.get("created_at"))
+        if created is None or d.now - created < s.min_volume_age:
+            continue
+        mark = f"orphan:{vid}"
+        d.marks.add(mark)
+        since = d.snapshot.marks.get(mark, d.now)
+        summary = volume_summary(volume)
+        quarantine = (volume.get("metadata") or {}).get(s.quarantine_key)
+        evidence = {"volume": summary, "orphaned_since": since.isoformat(),
+                    "quarantined_since": quarantine, "clusters": list(d.s.clusters)}
+        text = (f"volume {volume.get('name')} ({vid}, {volume.get('size')} GB, "
+                f"{volume.get('status')}) is referenced by no PV in "
+                f"{', '.join(d.s.clusters)}; seen orphaned since {since:%Y-%m-%d %H:%M}")
+        status = volume.get("status")
+        if status != "available" or volume.get("attachments"):
+            d.finding("orphan-volume", vid, Severity.WARNING,
+                      text + f"; it is {status} and attached to something: not quarantined "
+                             "(a cluster watchdogd does not know may use it)", evidence)
+            continue
+        observed = {"volume_id": vid, "observed_status": "available",
+                    "observed_updated_at": volume.get("updated_at")}
+        if not quarantine:
+            d.finding("orphan-volume", vid, Severity.WARNING, text, evidence,
+                      Action("quarantine", "openstack", d.s.cloud or "", "quarantine_volume",
+                             {**observed, "key": s.quarantine_key,
+                              "value": since.strftime("%Y-%m-%dT%H:%M:%SZ")},
+                             destructive=False, before={"volume": summary}))
+            continue
+        marked = parse_time(quarantine)
+        if marked is None:
+            d.finding("orphan-volume", vid, Severity.WARNING,
+                      text + f"; its quarantine mark {quarantine!r} is not a date: left alone",
+                      evidence)
+            continue
+        ready = max(marked, since) + timedelta(days=s.quarantine_days)
+        if d.now < ready:
+            d.finding("orphan-volume", vid, Severity.WARNING,
+                      text + f"; quarantined since {marked:%Y-%m-%d}, deletable from "
+                             f"{ready:%Y-%m-%d}", evidence)
+            continue
+        deletable.append((marked, volume, evidence, ready))
+
+    deletable.sort(key=lambda item: (item[0], str(item[1]["id"])))
+    for index, (marked, volume, evidence, _ready) in enumerate(deletable):
+        vid = str(volume["id"])
+        text = (f"volume {volume.get('name')} ({vid}, {volume.get('size')} GB) has been "
+                f"orphaned and quarantined since {marked:%Y-%m-%d}")
+        if index >= s.delete_max_per_pass:
+            d.finding("orphan-volume", vid, Severity.WARNING,
+                      text + f"; waits for a later pass (checks.orphans.delete_max_per_pass = "
+                             f"{s.delete_max_per_pass})", evidence)
+            continue
+        d.finding("orphan-volume", vid, Severity.WARNING, text + "; it is deleted", evidence,
+                  Action("delete-orphan-volume", "openstack", d.s.cloud or "", "delete_volume",
+                         {"volume_id": vid, "observed_status": "available",
+                          "observed_updated_at": volume.get("updated_at"),
+                          "quarantine_key": s.quarantine_key,
+                          "quarantine_value": (volume.get("metadata") or {})
+                          .get(s.quarantine_key)},
+                         destructive=True, before={"volume": volume}))
+    return len(candidates)
+
+
+def _released(d: _Detector, cluster: str, pvs: list[dict[str, Any]],
+              volumes: dict[str, dict[str, Any]]) -> int:
+    phases = set(d.s.check.released_phases)
+    for pv in pvs:
+        phase = (pv.get("status") or {}).get("phase")
+        if phase not in phases:
+            continue
+        name = str((pv.get("metadata") or {}).get("name"))
+        spec = pv.get("spec") or {}
+        claim = spec.get("claimRef") or {}
+        vid = pv_volume_id(pv)
+        volume = volumes.get(vid or "")
+        evidence = {"cluster": cluster, "pv": name, "phase": phase,
+                    "reclaim_policy": spec.get("persistentVolumeReclaimPolicy"),
+                    "claim": f"{claim.get('namespace')}/{claim.get('name')}" if claim else None,
+                    "volume_id": vid,
+                    "volume": volume_summary(volume) if volume is not None else None,
+                    "message": (pv.get("status") or {}).get("message")}
+        d.finding("released-pv", f"{cluster}/{name}", Severity.WARNING,
+                  f"PV {name} in cluster {cluster} is {phase}"
+                  + (f" (its claim {evidence['claim']} is gone)" if claim else "")
+                  + f"; reclaim policy {spec.get('persistentVolumeReclaimPolicy')}: delete it "
+                    "(and its volume) or re-bind it by hand", evidence)
+    return len(pvs)
+
+
+def _extra_pvcs(d: _Detector) -> int:
+    s = d.s.check
+    patterns = [_pattern_regex(p) for p in s.extra_pvc_patterns]
+    selector = _selector(s.extra_pvc_selector)
+    users_by_place: dict[tuple[str, str], list[str]] = {}
+    hubs_by_place: dict[tuple[str, str], list[str]] = {}
+    for hub in d.s.hubs:
+        if hub.layout != "kubespawner":
+            continue
+        db = d.snapshot[f"hub_db:{hub.name}"]
+        users_by_place.setdefault((hub.cluster, hub.namespace), []).extend(db["users"])
+        hubs_by_place.setdefault((hub.cluster, hub.namespace), []).append(hub.name)
+    examined = 0
+    for (cluster, namespace), users in sorted(users_by_place.items()):
+        keys = _user_keys(users)
+        claims = [c for c in d.snapshot[f"pvcs:{cluster}"]
+                  if (c.get("metadata") or {}).get("namespace") == namespace]
+        extra = []
+        for claim in claims:
+            metadata = claim.get("metadata") or {}
+            labels = metadata.get("labels") or {}
+            name = str(metadata.get("name"))
+            matched = next((m for m in (p.match(name) for p in patterns) if m), None)
+            labelled = bool(selector) and all(labels.get(k) == v for k, v in selector.items())
+            if not matched and not labelled:
+                continue
+            annotated = (metadata.get("annotations") or {}).get(ANNOTATION_USER) or labels.get(
+                ANNOTATION_USER)
+            owner = annotated or (matched.group("username") if matched else None)
+            if not owner:
+                continue  # labelled, but whose? no verdict
+            extra.append((claim, str(owner)))
+        examined += len(extra)
+        if extra and not users:
+            raise ImplausibleData(
+                f"hub(s) {', '.join(hubs_by_place[(cluster, namespace)])} list no users, yet "
+                f"{len(extra)} extra claims exist in {cluster}/{namespace}: the hub database "
+                "read cannot be trusted")
+        for claim, owner in extra:
+            if owner in keys or owner.lower() in keys:
+                continue
+            metadata = claim.get("metadata") or {}
+            name = str(metadata.get("name"))
+            volume_name = (claim.get("spec") or {}).get("volumeName")
+            d.finding("orphan-extra-pvc", f"{cluster}/{namespace}/{name}", Severity.INFO,
+                      f"claim {namespace}/{name} in cluster {cluster} belongs to {owner!r}, who "
+                      f"is no longer a user of hub {', '.join(hubs_by_place[(cluster, namespace)])}"
+                      + (f" (volume {volume_name})" if volume_name else ""),
+                      {"cluster": cluster, "namespace": namespace, "claim": name,
+                       "user": owner, "volume_name": volume_name,
+                       "phase": (claim.get("status") or {}).get("phase"),
+                       "created": metadata.get("creationTimestamp")})
+    return examined

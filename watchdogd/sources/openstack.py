@@ -1,0 +1,530 @@
+"""OpenStack Cinder (and Keystone), through openstacksdk's proxies, read as raw JSON.
+
+openstacksdk is used for what it is good at: clouds.yaml, authentication (password or
+application credential, re-authenticating on a 401), the service catalog and microversion
+headers. Lists are *not* read as SDK resource objects: on the real Cinder API with 5,006 volumes
+the objects cost 23x the client CPU of the raw pages. Instead every list is fetched with
+``proxy.get(path, microversion=...)`` and parsed as JSON, page by page:
+
+* volumes follow Cinder's ``volumes_links`` (only the ``marker`` is taken from the link: behind a
+  TLS-terminating proxy the link's scheme and host are often wrong);
+* attachments have no links at all, so they are paged with ``marker`` until a page comes back
+  shorter than the pages before it, or empty (Cinder caps ``limit`` at ``osapi_max_limit``
+  without saying so, so a short *first* page proves nothing and is confirmed by one more
+  request).
+
+An authentication failure (keystoneauth's ``Unauthorized``, which is not an ``SDKException``,
+or a 401 that survives the SDK's own re-authentication) is returned as ``{"auth_error": ...}``
+rather than raised: the volumes check turns it into a ``credential-invalid`` finding. Anything
+else that prevents a complete answer raises :class:`~watchdogd.model.SourceError`. Reads are
+retried on connection errors and 500/502/503/504; writes never are.
+
+Every action re-reads what it is about to change and raises
+:class:`~watchdogd.model.PreconditionFailed` when the volume's status or ``updated_at`` moved
+since the pass observed them, so a volume that changed state during the pass is never touched.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+from keystoneauth1 import exceptions as ks_exc
+
+from watchdogd.config import CloudConfig
+from watchdogd.model import PreconditionFailed, SourceError
+from watchdogd.sources.base import count_request, describe_status
+
+__all__ = ["ATTACHMENTS_MICROVERSION", "AuthFailed", "OpenStackSource"]
+
+#: Attachments (the new attach API) exist from 3.27; every block-storage request uses it.
+ATTACHMENTS_MICROVERSION = "3.27"
+RETRY_STATUSES = frozenset({500, 502, 503, 504})
+#: Fields of a volume nobody here reads that make every page bigger.
+_DROP_VOLUME_FIELDS = ("links",)
+
+
+class AuthFailed(Exception):
+    """Keystone or Cinder rejected the credentials (after the SDK's own re-authentication)."""
+
+
+def _connect(config: CloudConfig) -> Any:
+    """Build an openstacksdk Connection from the clouds.yaml entry and the overrides."""
+    import openstack.connection  # noqa: PLC0415 - the SDK is heavy; import when used
+    from openstack import config as os_config  # noqa: PLC0415
+
+    overrides: dict[str, Any] = {
+        "api_timeout": config.timeout.total_seconds(),
+        # Retries are ours (counted, bounded, reads only); the SDK's would hide requests.
+        "connect_retries": 0,
+        "status_code_retries": 0,
+        "block_storage_api_version": "3",
+    }
+    if config.region:
+        overrides["region_name"] = config.region
+    if config.auth_url:
+        overrides["auth_url"] = config.auth_url
+    if config.block_storage_endpoint:
+        overrides["block_storage_endpoint_override"] = config.block_storage_endpoint
+    if config.application_credential_id:
+        if config.application_credential_secret is None:
+            raise SourceError("openstack", config.cloud,
+                              "application_credential_id is set but no secret "
+                              "(application_credential_secret_file)")
+        overrides.update(
+            auth_type="v3applicationcredential",
+            application_credential_id=config.application_credential_id,
+            application_credential_secret=config.application_credential_secret
+            .get_secret_value(),
+        )
+    files = [config.clouds_yaml] if config.clouds_yaml else None
+    try:
+        loader = os_config.OpenStackConfig(config_files=files, load_envvars=False)
+        if config.application_credential_id:
+            # The entry's own auth (a password, a project scope) would be merged with the
+            # credential and rejected: keep only where Keystone is.
+            entry = (loader.cloud_config.get("clouds") or {}).get(config.cloud)
+            if isinstance(entry, dict):
+                auth = entry.get("auth") or {}
+                entry["auth"] = {k: v for k, v in auth.items() if k == "auth_url"}
+                entry.pop("auth_type", None)
+        region = loader.get_one(cloud=config.cloud, **overrides)
+        return openstack.connection.Connection(config=region)
+    except Exception as exc:  # ConfigException, OSError, yaml errors, plugin errors
+        where = config.clouds_yaml or "clouds.yaml"
+        raise SourceError("openstack", config.cloud,
+                          f"cannot load cloud {config.cloud!r} from {where}: "
+                          f"{type(exc).__name__}: {_first_line(exc)}") from None
+
+
+class OpenStackSource:
+    """One cloud's Cinder and Keystone, with the credentials of its clouds.yaml entry."""
+
+    def __init__(self, target: str, config: CloudConfig, *,
+                 connect: Callable[[CloudConfig], Any] = _connect,
+                 retries: int = 2, sleep: Callable[[float], None] = time.sleep) -> None:
+        self.target = target
+        self.config = config
+        self.page_size = config.page_size
+        self.timeout = config.timeout.total_seconds()
+        self.retries = retries
+        self._sleep = sleep
+        self._connect = connect
+        self._conn: Any = None
+        self._lock = threading.Lock()
+
+    # -- plumbing ------------------------------------------------------------------------------
+
+    def error(self, cause: str) -> SourceError:
+        """A SourceError naming this cloud."""
+        return SourceError("openstack", self.target, cause)
+
+    @property
+    def conn(self) -> Any:
+        """The SDK connection, built once (thread-safe); every HTTP response is counted."""
+        with self._lock:
+            if self._conn is None:
+                conn = self._connect(self.config)
+                session = getattr(getattr(conn, "session", None), "session", None)
+                if session is not None:
+                    session.hooks.setdefault("response", []).append(_count_response)
+                self._conn = conn
+            return self._conn
+
+    @property
+    def _credential(self) -> str:
+        return f"the credentials of cloud {self.config.cloud!r} (clouds.{self.target})"
+
+    @contextmanager
+    def _sdk(self, what: str) -> Iterator[None]:
+        """Translate keystoneauth/SDK exceptions into AuthFailed or SourceError."""
+        from openstack import exceptions as sdk_exc  # noqa: PLC0415
+
+        try:
+            yield
+        except ks_exc.Unauthorized:
+            raise AuthFailed(f"{what}: Keystone rejected {self._credential} "
+                             "(401 Unauthorized: wrong, expired or revoked)") from None
+        except (ks_exc.EndpointNotFound, ks_exc.EmptyCatalog) as exc:
+            raise self.error(f"{what}: the service catalog has no usable endpoint "
+                             f"({_first_line(exc)})") from None
+        except ks_exc.DiscoveryFailure as exc:
+            raise self.error(f"{what}: version discovery failed, Keystone or Cinder is "
+                             f"unreachable or not what was expected ({_where(exc)})") from None
+        except ks_exc.ConnectionError as exc:
+            raise _Retriable(f"{what}: cannot connect to {_where(exc)}") from None
+        except (ks_exc.ClientException, sdk_exc.SDKException) as exc:
+            raise self.error(f"{what}: {type(exc).__name__}: {_first_line(exc)}") from None
+
+    def _request(self, service: str, method: str, path: str, *, what: str,
+                 json: Any = None, ok: tuple[int, ...] = (200,), retry: bool = False,
+                 microversion: str | None = ATTACHMENTS_MICROVERSION) -> Any:
+        """One request (retried if ``retry``); returns the response with a status in ``ok``."""
+        attempts = 1 + (self.retries if retry else 0)
+        last = ""
+        for attempt in range(attempts):
+            if attempt:
+                self._sleep(min(0.2 * 2 ** attempt, 2.0))
+            try:
+                with self._sdk(what):
+                    proxy = getattr(self.conn, service)
+                    kwargs: dict[str, Any] = {"raise_exc": False, "connect_retries": 0}
+                    if microversion is not None and service == "block_storage":
+                        kwargs["microversion"] = microversion
+                    if json is not None:
+                        kwargs["json"] = json
+                    response = proxy.request(path, method, **kwargs)
+            except _Retriable as exc:
+                count_request()  # no response reached the hook
+                last = str(exc)
+                continue
+            status = response.status_code
+            if status in ok:
+                return response
+            if status == 401:
+                raise AuthFailed(f"{what}: {self._credential} rejected with 401 even after "
+                                 "re-authentication")
+            last = f"{what}: " + describe_status(status, _error_text(response),
+                                                 credential=self._credential,
+                                                 need=_need_for(path, method))
+            if status not in RETRY_STATUSES:
+                break
+        raise self.error(last)
+
+    def _get_json(self, service: str, path: str, *, what: str, ok: tuple[int, ...] = (200,),
+                  microversion: str | None = ATTACHMENTS_MICROVERSION) -> Any:
+        response = self._request(service, "GET", path, what=what, retry=True, ok=ok,
+                                 microversion=microversion)
+        if response.status_code == 404:
+            return None
+        try:
+            return response.json()
+        except ValueError:
+            raise self.error(f"{what}: the answer is not JSON") from None
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    def volumes(self) -> dict[str, Any]:
+        """Every volume of every project (``all_tenants``), with details, all pages.
+
+        Returns ``{"items": [...], "pages": n, "all_projects": bool | None}`` (False: the
+        credential is not admin and Cinder listed its own project only), or
+        ``{"auth_error": why}``.
+        """
+        try:
+            items: list[dict[str, Any]] = []
+            seen: set[str] = set()
+            marker: str | None = None
+            pages = 0
+            while True:
+                query = {"all_tenants": "1", "limit": str(self.page_size)}
+                if marker:
+                    query["marker"] = marker
+                data = self._get_json("block_storage", "/volumes/detail?" + urlencode(query),
+                                      what="list volumes")
+                page = _items(data, "volumes")
+                if page is None:
+                    raise self.error("list volumes: the answer has no volumes list")
+                pages += 1
+                for volume in page:
+                    vid = volume.get("id")
+                    if not isinstance(vid, str) or vid in seen:
+                        raise self.error("list volumes: a volume without id, or seen twice: "
+                                         "the list changed while paging")
+                    seen.add(vid)
+                    for key in _DROP_VOLUME_FIELDS:
+                        volume.pop(key, None)
+                items.extend(page)
+                marker = _next_marker(data.get("volumes_links"))
+                if marker is None and len(page) >= self.page_size:
+                    marker = str(page[-1]["id"])  # a full page without a link: ask once more
+                if marker is None or not page:
+                    # Cinder silently ignores all_tenants for a non-admin: say which it was
+                    # (only admins see the tenant attribute).
+                    scope = (any("os-vol-tenant-attr:tenant_id" in v for v in items)
+                             if items else None)
+                    return {"items": items, "pages": pages, "all_projects": scope}
+        except AuthFailed as exc:
+            return {"auth_error": str(exc)}
+
+    def attachments(self) -> dict[str, Any]:
+        """Every attachment of every project (3.27), all pages: ``{"items", "pages"}``.
+
+        Reserved attachments only show up here, never in a volume's ``attachments``.
+        """
+        try:
+            items: list[dict[str, Any]] = []
+            seen: set[str] = set()
+            marker: str | None = None
+            pages = 0
+            previous: int | None = None
+            while True:
+                query = {"all_tenants": "1", "limit": str(self.page_size)}
+                if marker:
+                    query["marker"] = marker
+                data = self._get_json("block_storage", "/attachments/detail?"
+                                      + urlencode(query), what="list attachments")
+                page = _items(data, "attachments")
+                if page is None:
+                    raise self.error("list attachments: the answer has no attachments list")
+                pages += 1
+                for attachment in page:
+                    aid = attachment.get("id")
+                    if not isinstance(aid, str) or aid in seen:
+                        raise self.error("list attachments: an attachment without id, or seen "
+                                         "twice: the list changed while paging")
+                    seen.add(aid)
+                    attachment.pop("connection_info", None)  # can hold target secrets
+                items.extend(page)
+                # The end: an empty page, or one shorter than the pages before it. A short
+                # first page may be Cinder's silent cap, so it is confirmed by one more page.
+                if not page or (previous is not None and len(page) < previous):
+                    return {"items": items, "pages": pages}
+                previous = max(previous or 0, len(page))
+                marker = str(page[-1]["id"])
+        except AuthFailed as exc:
+            return {"auth_error": str(exc)}
+
+    def application_credentials(self) -> dict[str, Any]:
+        """The application credentials of the authenticated user, with ``expires_at``.
+
+        Returns ``{"items", "user_id", "in_use"}`` (``in_use``: the id of the credential this
+        connection authenticates with, if any), or ``{"auth_error": why}``.
+        """
+        try:
+            with self._sdk("who am I"):
+                user_id = self.conn.current_user_id
+            if not user_id:
+                raise self.error("the token names no user: cannot list its credentials")
+            data = self._get_json("identity", f"/users/{user_id}/application_credentials",
+                                  what="list application credentials", microversion=None)
+            items = _items(data, "application_credentials")
+            if items is None:
+                raise self.error("list application credentials: the answer has no list")
+            if data.get("truncated"):
+                raise self.error("list application credentials: Keystone truncated the list "
+                                 "(list_limit)")
+            clean = [{k: c.get(k) for k in ("id", "name", "expires_at", "project_id",
+                                            "description", "unrestricted")} for c in items]
+            in_use = None
+            with self._sdk("read the auth options"):
+                auth = getattr(self.conn.config, "auth", None) or {}
+                in_use = auth.get("application_credential_id") if isinstance(auth, dict) else None
+            return {"items": clean, "user_id": user_id, "in_use": in_use}
+        except AuthFailed as exc:
+            return {"auth_error": str(exc)}
+
+    def volume(self, volume_id: str) -> dict[str, Any] | None:
+        """One volume's detail, or None when it does not exist (any more)."""
+        data = self._get_json("block_storage", f"/volumes/{volume_id}",
+                              what=f"show volume {volume_id}", ok=(200, 404))
+        if data is None:
+            return None
+        volume = data.get("volume") if isinstance(data, dict) else None
+        if not isinstance(volume, dict):
+            raise self.error(f"show volume {volume_id}: the answer has no volume")
+        return volume
+
+    def volume_attachments(self, volume_id: str) -> list[dict[str, Any]]:
+        """The attachments of one volume, any status (reserved ones included)."""
+        query = urlencode({"all_tenants": "1", "volume_id": volume_id})
+        data = self._get_json("block_storage", f"/attachments/detail?{query}",
+                              what=f"list attachments of volume {volume_id}")
+        items = _items(data, "attachments")
+        if items is None:
+            raise self.error(f"list attachments of volume {volume_id}: no attachments list")
+        return items
+
+    # -- actions -------------------------------------------------------------------------------
+
+    def _fresh(self, volume_id: str, observed_status: str, observed_updated_at: str | None,
+               what: str) -> dict[str, Any]:
+        """Re-read a volume right before changing it; refuse if it moved since observed."""
+        try:
+            volume = self.volume(volume_id)
+        except AuthFailed as exc:
+            raise self.error(str(exc)) from None
+        if volume is None:
+            raise PreconditionFailed(f"volume {volume_id} no longer exists")
+        if volume.get("status") != observed_status:
+            raise PreconditionFailed(
+                f"volume {volume_id} is now {volume.get('status')!r}, not {observed_status!r} "
+                f"as observed: not going to {what}")
+        if observed_updated_at is not None and volume.get("updated_at") != observed_updated_at:
+            raise PreconditionFailed(
+                f"volume {volume_id} changed since it was observed (updated_at "
+                f"{observed_updated_at} -> {volume.get('updated_at')}): not going to {what}")
+        return volume
+
+    def _attachments_of(self, volume_id: str) -> list[dict[str, Any]]:
+        try:
+            return self.volume_attachments(volume_id)
+        except AuthFailed as exc:
+            raise self.error(str(exc)) from None
+
+    def _write(self, method: str, path: str, *, what: str, json: Any = None,
+               ok: tuple[int, ...]) -> Any:
+        try:
+            return self._request("block_storage", method, path, what=what, json=json, ok=ok)
+        except AuthFailed as exc:
+            raise self.error(str(exc)) from None
+
+    def reset_volume_status(self, volume_id: str, status: str, observed_status: str,
+                            observed_updated_at: str | None) -> str:
+        """``os-reset_status`` (admin): ``available`` when no attachment is left, ``in-use``
+        when only attached ones are. It only edits Cinder's database, so it is done only when
+        nothing is attached in a way the new status would contradict."""
+        if status not in ("available", "in-use"):
+            raise ValueError(f"refusing to reset a volume to {status!r}")
+        self._fresh(volume_id, observed_status, observed_updated_at, f"reset it to {status}")
+        attachments = self._attachments_of(volume_id)
+        states = sorted(str(a.get("status")) for a in attachments)
+        if status == "available" and attachments:
+            raise PreconditionFailed(f"volume {volume_id} has attachments ({', '.join(states)}): "
+                                     "not resetting it to available")
+        if status == "in-use" and (not attachments
+                                   or any(s != "attached" for s in states)):
+            raise PreconditionFailed(f"volume {volume_id} attachments are "
+                                     f"[{', '.join(states)}]: in-use needs only attached ones")
+        attach_status = "detached" if status == "available" else "attached"
+        self._write("POST", f"/volumes/{volume_id}/action", what=f"reset volume {volume_id}",
+                    json={"os-reset_status": {"status": status, "attach_status": attach_status}},
+                    ok=(202, 200))
+        return f"volume {volume_id}: status {observed_status} -> {status}"
+
+    def delete_attachment(self, attachment_id: str, volume_id: str, observed_status: str,
+                          observed_volume_status: str,
+                          observed_volume_updated_at: str | None) -> str:
+        """Delete a dangling (reserved, never connected) attachment (3.27)."""
+        data = self._get_json("block_storage", f"/attachments/{attachment_id}",
+                              what=f"show attachment {attachment_id}", ok=(200, 404))
+        if data is None:
+            raise PreconditionFailed(f"attachment {attachment_id} no longer exists")
+        attachment = data.get("attachment") if isinstance(data, dict) else None
+        if not isinstance(attachment, dict):
+            raise self.error(f"show attachment {attachment_id}: the answer has no attachment")
+        if attachment.get("status") != observed_status or attachment.get("volume_id") != volume_id:
+            raise PreconditionFailed(
+                f"attachment {attachment_id} is now {attachment.get('status')!r} (was "
+                f"{observed_status!r}): not deleting it")
+        if attachment.get("connection_info"):
+            raise PreconditionFailed(f"attachment {attachment_id} has a connection now: "
+                                     "something is attaching it")
+        self._fresh(volume_id, observed_volume_status, observed_volume_updated_at,
+                    f"delete attachment {attachment_id}")
+        self._write("DELETE", f"/attachments/{attachment_id}",
+                    what=f"delete attachment {attachment_id}", ok=(200, 202, 204))
+        after = self.volume(volume_id)
+        now = after.get("status") if after else "gone"
+        return (f"deleted {observed_status} attachment {attachment_id} of volume {volume_id}; "
+                f"the volume is now {now}")
+
+    def quarantine_volume(self, volume_id: str, key: str, value: str, observed_status: str,
+                          observed_updated_at: str | None) -> str:
+        """Mark an orphaned volume in its metadata (``key = value``, the date first seen)."""
+        volume = self._fresh(volume_id, observed_status, observed_updated_at, "quarantine it")
+        if volume.get("attachments"):
+            raise PreconditionFailed(f"volume {volume_id} is attached now")
+        current = (volume.get("metadata") or {}).get(key)
+        if current:
+            return f"volume {volume_id} was already quarantined ({key}={current})"
+        self._write("POST", f"/volumes/{volume_id}/metadata", what=f"mark volume {volume_id}",
+                    json={"metadata": {key: value}}, ok=(200,))
+        return f"volume {volume_id} quarantined: {key}={value}"
+
+    def delete_volume(self, volume_id: str, observed_status: str,
+                      observed_updated_at: str | None, quarantine_key: str,
+                      quarantine_value: str) -> str:
+        """Delete an orphaned volume that has been quarantined, if nothing changed since."""
+        if observed_status != "available":
+            raise ValueError("only available volumes are deleted")
+        volume = self._fresh(volume_id, observed_status, observed_updated_at, "delete it")
+        if volume.get("attachments") or self._attachments_of(volume_id):
+            raise PreconditionFailed(f"volume {volume_id} has attachments now: not deleting it")
+        mark = (volume.get("metadata") or {}).get(quarantine_key)
+        if mark != quarantine_value:
+            raise PreconditionFailed(f"volume {volume_id} quarantine mark is {mark!r}, not "
+                                     f"{quarantine_value!r}: not deleting it")
+        self._write("DELETE", f"/volumes/{volume_id}", what=f"delete volume {volume_id}",
+                    ok=(202, 204))
+        return f"deleted orphaned volume {volume_id} ({volume.get('name')}), quarantined " \
+               f"since {quarantine_value}"
+
+    def close(self) -> None:
+        """Close the SDK connection (its session and pools)."""
+        with self._lock:
+            conn, self._conn = self._conn, None
+        if conn is not None:
+            close = getattr(conn, "close", None)
+            if close is not None:
+                close()
+
+
+class _Retriable(Exception):
+    """A connection failure worth one more try."""
+
+
+def _count_response(response: Any, *args: Any, **kwargs: Any) -> None:
+    """requests hook: every HTTP response (Keystone and discovery included) is a request."""
+    count_request()
+
+
+def _items(data: Any, key: str) -> list[dict[str, Any]] | None:
+    if not isinstance(data, dict):
+        return None
+    items = data.get(key)
+    if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+        return None
+    return items
+
+
+def _next_marker(links: Any) -> str | None:
+    """The ``marker`` of a ``rel=next`` link (scheme and host of the link are ignored)."""
+    if not isinstance(links, list):
+        return None
+    for link in links:
+        if isinstance(link, dict) and link.get("rel") == "next" and link.get("href"):
+            markers = parse_qs(urlsplit(str(link["href"])).query).get("marker")
+            if markers:
+                return markers[-1]
+    return None
+
+
+def _error_text(response: Any) -> str:
+    """Cinder wraps errors as ``{"itemNotFound": {"message": ...}}``; Keystone as ``error``."""
+    try:
+        data = response.json()
+    except ValueError:
+        return str(getattr(response, "text", "") or "")
+    if isinstance(data, dict) and len(data) == 1:
+        (inner,) = data.values()
+        if isinstance(inner, dict) and isinstance(inner.get("message"), str):
+            return str(inner["message"])
+    return str(getattr(response, "text", "") or "")
+
+
+def _need_for(path: str, method: str) -> str:
+    if "/action" in path:
+        return "the admin role (volume_extension:volume_admin_actions:reset_status)"
+    if "all_tenants" in path:
+        return "the admin role to list every project's volumes"
+    return f"permission for {method} {urlsplit(path).path}"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:300]
+
+
+_URL = re.compile(r"https?://[^\s/'\"]+")
+
+
+def _where(exc: BaseException) -> str:
+    """The host part of the URL in a keystoneauth message (never a path or query)."""
+    match = _URL.search(str(exc))
+    return match.group(0) if match else type(exc).__name__
