@@ -26,6 +26,7 @@ from watchdogd.model import (
     Action,
     ActionStatus,
     CheckTarget,
+    Detection,
     Finding,
     ImplausibleData,
     Need,
@@ -211,7 +212,13 @@ class Engine:
         raises anything but SourceError is still recorded as failed: a bug in a
         source must not turn into "no pods".
         """
-        needs = list(dict.fromkeys(need for _, t in planned for need in t.needs))
+        # Needs are fetched once per (source, target, call, params): the key is only
+        # the name a check gives the observation in its snapshot.
+        wanted = list(dict.fromkeys(need for _, t in planned for need in t.needs))
+        fetches: dict[tuple[Any, ...], Need] = {}
+        for need in wanted:
+            fetches.setdefault(_fetch_id(need), need)
+        needs = list(fetches.values())
         observations: dict[Need, Any] = {}
         errors: dict[Need, str] = {}
         requests: dict[Need, int] = {}
@@ -250,6 +257,13 @@ class Engine:
                               error=errors[need], traceback=traceback.format_exc())
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
+        for need in wanted:  # the same observation under every key that asked for it
+            first = fetches[_fetch_id(need)]
+            if first in observations:
+                observations[need] = observations[first]
+                requests[need] = requests.get(first, 0)
+            elif first in errors:
+                errors[need] = errors[first]
         return observations, errors, requests
 
     def _run_target(
@@ -292,23 +306,25 @@ class Engine:
             log.warning("check target not completed", check=spec.name,
                         target=check_target.name, error=result.error)
         else:
-            self._handle(spec, check_target, detection.findings, detection.subjects,
-                         detection.marks, result, budget, pass_id, acting, started)
+            self._handle(spec, check_target, detection, result, budget, pass_id, acting,
+                         started)
         result.duration_s = time.monotonic() - clock
         self.store.record_pass(pass_id + "-" + spec.name + "-" + check_target.name,
                                spec.name, check_target.name, started, self.clock(),
                                result.status, result.error)
         return result
 
-    def _handle(self, spec: CheckSpec, check_target: CheckTarget, findings: list[Finding],
-                subjects: int, marks: set[str], result: CheckResult, budget: Budget,
-                pass_id: str, acting: bool, now: datetime) -> None:
+    def _handle(self, spec: CheckSpec, check_target: CheckTarget, detection: Detection,
+                result: CheckResult, budget: Budget, pass_id: str, acting: bool,
+                now: datetime) -> None:
         policy = self.config.remediation
-        findings = _unique(findings, spec.name, check_target.name)
+        findings = _unique(detection.findings, spec.name, check_target.name)
+        subjects = detection.subjects
         tracked, resolved = self.store.track(
             spec.name, check_target.name, findings, now,
-            announce_after=policy.confirm_after, repeat_after=self.config.notify.repeat_after)
-        self.store.set_marks(spec.name, check_target.name, marks, now)
+            announce_after=policy.confirm_after, repeat_after=self.config.notify.repeat_after,
+            resolve=not detection.partial)
+        self.store.set_marks(spec.name, check_target.name, detection.marks, now)
         result.status = "findings" if findings else "ok"
         result.resolved = [r.key for r in resolved]
         decisions, breaker = decide(tracked, policy=policy, dry_run=self.dry_run or not acting,
@@ -381,6 +397,10 @@ class Engine:
                         finding=record.finding_key, started_at=_iso(record.started_at))
         self.store.reset_sightings(r.finding_key for r in interrupted)
         return [r.finding_key for r in interrupted]
+
+
+def _fetch_id(need: Need) -> tuple[Any, ...]:
+    return (need.source, need.target, need.call, need.params)
 
 
 def _unique(findings: list[Finding], check: str, target: str) -> list[Finding]:

@@ -218,3 +218,6 @@ class Detection:
     findings: list[Finding]
     subjects: int
     marks: set[str] = field(default_factory=set)
+    #: True when only some subjects could be judged (a credential was refused):
+    #: the findings it has are tracked, but none that are missing count as resolved.
+    partial: bool = False

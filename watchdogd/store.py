@@ -300,12 +300,14 @@ class Store:
         *,
         announce_after: int,
         repeat_after: timedelta,
+        resolve: bool = True,
     ) -> tuple[list[Tracked], list[Resolved]]:
         """Match this pass's findings with the open ones; resolve the ones that vanished.
 
-        Only call this for a complete pass: an incomplete one proves nothing about
-        what vanished. A finding is announced once it has been seen
-        ``announce_after`` passes in a row, so a one-pass blip never pages anyone.
+        Only call this for a complete pass, or with ``resolve=False`` for a partial
+        one: an incomplete pass proves nothing about what vanished. A finding is
+        announced once it has been seen ``announce_after`` passes in a row, so a
+        one-pass blip never pages anyone.
         """
         tracked: list[Tracked] = []
         resolved: list[Resolved] = []
@@ -366,7 +368,7 @@ class Store:
                              .where(findings_table.c.key == sa.bindparam("b_key")), updates)
             gone: list[str] = []
             for key, row in rows.items():
-                if key in seen or row.status != "open":
+                if not resolve or key in seen or row.status != "open":
                     continue
                 gone.append(key)
                 resolved.append(Resolved(

@@ -401,3 +401,65 @@ def test_leadership_lost_during_a_pass_stops_further_actions(tmp_path: Path,
     [check] = engine.run_pass().checks
     assert sorted(str(f.action_status) for f in check.findings) == ["done", "skipped"]
     assert len(world.calls) == 1
+
+
+def _spec(name: str, needs: tuple[Any, ...], detect: Any) -> Any:
+    from watchdogd.checks import CheckSpec
+    from watchdogd.config import CheckConfig
+    from watchdogd.model import CheckTarget
+
+    return CheckSpec(name, ("thing",), lambda _c: CheckConfig(),
+                     lambda _c: [CheckTarget("main", needs)], detect, CheckConfig)
+
+
+def test_a_partial_detection_resolves_nothing(tmp_path: Path, world: FakeWorld) -> None:
+    from watchdogd.model import Detection, Finding, Need, Severity
+
+    seen = {"partial": False, "subjects": ["a", "b"]}
+
+    def detect(snapshot: Any, now: Any) -> Detection:
+        return Detection([Finding("probe", "main", "thing", s, Severity.WARNING, "m")
+                          for s in seen["subjects"]], 2, partial=bool(seen["partial"]))
+
+    engine = make_engine(tmp_path, world)
+    engine.registry = {"probe": _spec("probe", (Need.of("db", "hubdb", "main", "sessions"),),
+                                      detect)}
+    engine.run_pass()
+    seen.update(partial=True, subjects=["a"])  # b was not judged this pass
+    assert engine.run_pass().checks[0].resolved == []
+    assert {f["subject"] for f in engine.store.findings()} == {"a", "b"}
+    seen.update(partial=False)
+    assert engine.run_pass().checks[0].resolved == ["probe/main/thing/b"]
+
+
+def test_one_fetch_serves_two_checks_that_name_it_differently(tmp_path: Path,
+                                                              world: FakeWorld) -> None:
+    from watchdogd.model import Detection, Need
+
+    calls = []
+    original = world.sessions
+
+    def counted() -> dict[str, Any]:
+        calls.append(1)
+        return original()
+
+    world.sessions = counted  # type: ignore[method-assign]
+    got: dict[str, Any] = {}
+
+    def detect_as(key: str) -> Any:
+        def detect(snapshot: Any, now: Any) -> Detection:
+            got[key] = snapshot[key]
+            return Detection([], 1)
+        return detect
+
+    engine = make_engine(tmp_path, world)
+    engine.registry = {
+        "one": _spec("one", (Need.of("hub_db", "hubdb", "main", "sessions"),),
+                     detect_as("hub_db")),
+        "two": _spec("two", (Need.of("hub_db:main", "hubdb", "main", "sessions"),),
+                     detect_as("hub_db:main")),
+    }
+    report = engine.run_pass()
+    assert [c.status for c in report.checks] == ["ok", "ok"]
+    assert len(calls) == 1
+    assert got["hub_db"] is got["hub_db:main"]

@@ -270,7 +270,8 @@ def detect(snapshot: Snapshot, now: datetime) -> Detection:
                   "(renew the application credential and its secret file)",
                   {"error": problem})
         # Keep what earlier passes observed: this pass judged nothing else.
-        return Detection(d.findings, 1, set(snapshot.marks))
+        # Nothing else was judged: the open volume findings stay open, unresolved.
+        return Detection(d.findings, 1, set(snapshot.marks), partial=True)
 
     volumes: list[dict[str, Any]] = snapshot["volumes"]["items"]
     attachments: list[dict[str, Any]] = snapshot["attachments"]["items"]

@@ -29,6 +29,7 @@ from __future__ import annotations
 import re
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -39,6 +40,10 @@ from keystoneauth1 import exceptions as ks_exc
 from watchdogd.config import CloudConfig
 from watchdogd.model import PreconditionFailed, SourceError
 from watchdogd.sources.base import count_request, describe_status
+
+# openstacksdk warns about its own future API changes on every request; in a
+# daemon that logs warnings they would drown the lines an operator needs.
+warnings.filterwarnings("ignore", module=r"openstack(\.|$)")
 
 __all__ = ["ATTACHMENTS_MICROVERSION", "AuthFailed", "OpenStackSource"]
 
