@@ -33,12 +33,13 @@ from __future__ import annotations
 import ipaddress
 import posixpath
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from watchdogd.checks.common import parse_time
 from watchdogd.config import CheckConfig, Config, Duration
 from watchdogd.model import CheckTarget, Detection, Finding, Need, Severity, Snapshot
 
@@ -228,7 +229,7 @@ def judge(record: dict[str, Any], target: str, check: Settings,
                         {"location": record.get("location"), "source": record.get("source"),
                          "error": record["error"], "renew": renew_hint(record)})]
     findings: list[Finding] = []
-    not_after = _parse_time(record.get("not_after"))
+    not_after = parse_time(record.get("not_after"))
     evidence: dict[str, Any] = {
         "location": record.get("location"), "source": record.get("source"),
         "subject": record.get("subject"), "issuer": record.get("issuer"),
@@ -410,13 +411,3 @@ def _span(days: float) -> str:
         hours = max(0, round(days * 24))
         return f"{hours} hour{'s' if hours != 1 else ''}"
     return f"{round(days)} days"
-
-
-def _parse_time(value: Any) -> datetime | None:
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)

@@ -33,12 +33,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from pydantic import ConfigDict, Field, field_validator
 
+from watchdogd.checks.common import parse_time
 from watchdogd.config import CheckConfig, Config, Duration
 from watchdogd.model import (
     Action,
@@ -444,13 +445,13 @@ def failure_time(pod: dict[str, Any]) -> datetime | None:
     for key in ("containerStatuses", "initContainerStatuses"):
         for container in status.get(key) or []:
             terminated = ((container or {}).get("state") or {}).get("terminated") or {}
-            parsed = _parse_time(terminated.get("finishedAt"))
+            parsed = parse_time(terminated.get("finishedAt"))
             if parsed is not None:
                 times.append(parsed)
     for condition in status.get("conditions") or []:
         if isinstance(condition, dict) and condition.get("type") in (
                 "Ready", "ContainersReady", "DisruptionTarget"):
-            parsed = _parse_time(condition.get("lastTransitionTime"))
+            parsed = parse_time(condition.get("lastTransitionTime"))
             if parsed is not None:
                 times.append(parsed)
     return max(times) if times else None
@@ -506,7 +507,7 @@ def _judge_namespace(s: TargetSettings, namespace: dict[str, Any], snapshot: Sna
     status = namespace.get("status") or {}
     if status.get("phase") != "Terminating" and not metadata.get("deletionTimestamp"):
         return None
-    since = _parse_time(metadata.get("deletionTimestamp"))
+    since = parse_time(metadata.get("deletionTimestamp"))
     if since is None:
         mark = f"terminating:{name}"
         marks.add(mark)
@@ -556,13 +557,3 @@ def _ago(delta: timedelta) -> str:
     if seconds >= 60:
         return f"{seconds // 60}m"
     return f"{max(seconds, 0)}s"
-
-
-def _parse_time(value: Any) -> datetime | None:
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)

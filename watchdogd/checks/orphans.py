@@ -39,10 +39,10 @@ from typing import Any
 
 from pydantic import ConfigDict, Field
 
+from watchdogd.checks.common import parse_time
 from watchdogd.checks.sessions import escape_slug
 from watchdogd.checks.volumes import (
     auth_error,
-    parse_time,
     pv_volume_id,
     pvcs_need,
     pvs_need,

@@ -33,6 +33,7 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict
 
+from watchdogd.checks.common import parse_time
 from watchdogd.config import CheckConfig, Config, Duration, HubConfig
 from watchdogd.model import (
     Action,
@@ -158,20 +159,6 @@ def escape_slug(name: str) -> str:
 def is_valid_label(value: str) -> bool:
     """Whether Kubernetes accepts ``value`` as a label value."""
     return len(value) <= 63 and bool(LABEL_VALUE.match(value))
-
-
-def _parse_time(value: Any) -> datetime | None:
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    if parsed.tzinfo is None:
-        from datetime import UTC  # noqa: PLC0415
-
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed
 
 
 def _pod_key(pod: dict[str, Any], s: TargetSettings) -> SessionKey | None:
@@ -381,7 +368,7 @@ def _judge_running(
                       {**evidence, "pending_since": since.isoformat()}, action)
         return
     if pending:
-        started = _parse_time(api.get("started")) or _parse_time(row.get("started"))
+        started = parse_time(api.get("started")) or parse_time(row.get("started"))
         if started is not None and d.now - started >= s.check.stuck_spawn_after:
             d.finding("stuck-spawn", key, Severity.WARNING,
                       f"the spawn of {_subject(key)!r} has been pending ({pending}) for "

@@ -44,11 +44,12 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import ConfigDict, Field
 
+from watchdogd.checks.common import parse_time
 from watchdogd.config import CheckConfig, Config, Duration
 from watchdogd.model import (
     Action,
@@ -154,17 +155,6 @@ def targets(config: Config) -> list[CheckTarget]:
 
 
 # -- helpers shared with the orphans check --------------------------------------------------------
-
-
-def parse_time(value: Any) -> datetime | None:
-    """Cinder's and Keystone's timestamps (naive UTC, or with a zone), or None."""
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def pv_volume_id(pv: dict[str, Any]) -> str | None:
