@@ -95,7 +95,7 @@ def test_api_down(sim: KubeSim, tmp_path: Path) -> None:
     kube = source(sim, tmp_path)
     sim.down()
     try:
-        with pytest.raises(SourceError, match="connection refused|network error"):
+        with pytest.raises(SourceError, match=r"connection refused|network error"):
             kube.pods("jhub")
     finally:
         sim.up()
