@@ -7,13 +7,17 @@ ports, a real TOML configuration), plants one problem, and runs passes of the re
 
 from __future__ import annotations
 
+import io
 import json
+from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
 from watchdogd.cli import main
+from watchdogd.sim import demo as demo_module
+from watchdogd.sim.demo import LEFT_TO_PEOPLE, Demo, DemoWorld, build_world
 from watchdogd.sim.world import EXPECTED_ACTION, SimClock, World, dumps_toml
 
 KINDS = list(EXPECTED_ACTION)
@@ -238,16 +242,109 @@ def test_dumps_toml_round_trips() -> None:
     assert tomllib.loads(dumps_toml(data)) == data
 
 
-def test_watchdogd_demo_exits_0_and_explains(capsys: pytest.CaptureFixture[str]) -> None:
+# -- watchdogd demo: every check, every kind ----------------------------------------------------
+
+#: What the demo plants, per check: one problem of each kind (credential-invalid is left out:
+#: a cloud that rejects watchdogd's credentials yields no other volume verdict at all).
+DEMO_KINDS = {
+    "sessions": set(KINDS),
+    "volumes": {"volume-stuck", "attachment-stale", "volume-attach-failed",
+                "credential-expiring"},
+    "orphans": {"orphan-volume", "released-pv", "orphan-extra-pvc"},
+    "certs": {"cert-expiring", "cert-hostname-mismatch", "cert-unreadable"},
+    "nodes": {"node-pressure", "node-not-ready", "failed-pods", "image-cache-pressure",
+              "core-pod-misplaced", "namespace-stuck-terminating"},
+}
+#: The kinds the demo fixes (an orphaned volume: quarantines) within its four passes.
+FIXABLE = {kind for kind, action in EXPECTED_ACTION.items()
+           if action and kind != "stuck-stop"} | {
+    "volume-stuck", "attachment-stale", "orphan-volume", "failed-pods"}
+
+
+def test_the_demo_plants_every_kind_and_fixes_the_fixable() -> None:
+    world = build_world(passes=4)
+    try:
+        out = io.StringIO()
+        demo = Demo(world, out, as_json=False)
+        assert demo.run(4, keep=False) == 0
+        problems = world.all_problems()
+        assert sorted((p.check, p.kind) for p in problems) == sorted(
+            (check, kind) for check, kinds in DEMO_KINDS.items() for kind in kinds)
+        verdicts = {o.problem.kind: o.verdict for o in demo.outcomes}
+        assert verdicts == {kind: "fixed" if kind in FIXABLE else "left to people"
+                            for kinds in DEMO_KINDS.values() for kind in kinds}
+        for outcome in demo.outcomes:
+            if outcome.verdict == "left to people":
+                assert outcome.reason == LEFT_TO_PEOPLE[outcome.problem.kind]
+
+        # ...and the world says so, not just the report.
+        sim = world.cloud.sim
+        assert sim is not None
+        injected = world.cloud.injected
+        stuck = sim.volume(injected["stuck"][0])
+        assert stuck is not None and stuck["status"] == "available"
+        assert sim.attachments(injected["stuck"][0]) == []
+        dangling_volume = next(a["volume_id"] for a in sim.attachments()
+                               if a["id"] != injected["dangling"][0]
+                               and a["volume_id"] == injected["volumes"][1])
+        assert [a["status"] for a in sim.attachments(dangling_volume)] == ["attached"]
+        orphan = sim.volume(injected["orphans"][0])
+        assert orphan is not None  # quarantined, never deleted
+        assert "watchdogd-orphaned-since" in orphan["metadata"]
+        kube = world.kube
+        assert kube.get("Pod", "failed-0", "staging") is None
+        assert kube.get("Pod", "jupyter-tim", "jhub") is None
+        for user in ("niklaus", "radia", "donald"):
+            assert not world.hub.is_running(user), user
+        # What is left to people is left alone.
+        assert world.hub.pending("sophie") == "stop"
+        assert kube.get("Pod", "proxy-6d9f7b7c5-9kq2m", "staging") is not None
+        assert kube.get("Namespace", "nublado-carol") is not None
+        assert kube.get("Secret", "hub-tls", "staging") is not None
+        assert kube.get("PersistentVolumeClaim", "postgres-mallory", "jhub") is not None
+        assert kube.get("PersistentVolume", injected["released"][0]) is not None
+        assert sim.volume(injected["attach_failed"][0]) is not None
+        assert all(a["status"] == "attached"
+                   for a in sim.attachments(injected["attach_failed"][0]))
+        assert sim.errors == []
+    finally:
+        world.stop()
+    assert not world.workdir.exists()
+    assert world.cluster.servers == []
+
+
+def test_watchdogd_demo_exits_0_and_explains(capsys: pytest.CaptureFixture[str],
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    worlds: list[DemoWorld] = []
+
+    def recording(passes: int = 4) -> DemoWorld:
+        worlds.append(build_world(passes))
+        return worlds[-1]
+
+    monkeypatch.setattr(demo_module, "build_world", recording)
     with pytest.raises(SystemExit) as exit_info:
         main(["demo", "--passes", "4"])
     assert exit_info.value.code == 0
-    out = capsys.readouterr().out
-    for kind in KINDS:
-        assert kind in out
+    out = " ".join(capsys.readouterr().out.split())  # the text as read, whatever the wrapping
+    for check, kinds in DEMO_KINDS.items():
+        assert f"{check}: " in out  # each check introduced, and its targets reported
+        for kind in kinds:
+            assert kind in out
+            verdict = "fixed" if kind in FIXABLE else "left to people"
+            assert f"{verdict}: {kind} " in out, kind
     assert "held back, not confirmed yet" in out
     assert "DONE: stopped (204)" in out
-    assert "The world converged: 7 of 7 fixable problems fixed" in out
+    assert "DONE: deleted reserved attachment" in out
+    assert "DONE: deleted pod staging/failed-0" in out
+    assert "checks.orphans.quarantine_days = 14 days" in out
+    assert "checks.nodes.failed_pod_min_age = 10 minutes" in out
+    assert "checks.volumes.stuck_after = 5 minutes" in out
+    assert "not settled yet (try" not in out
+    assert "The world converged: 11 of 11 fixable problems fixed" in out
+    # everything it started is gone
+    [world] = worlds
+    assert not world.workdir.exists()
+    assert world.cluster.servers == []
 
 
 def test_watchdogd_demo_json(capsys: pytest.CaptureFixture[str]) -> None:
@@ -257,5 +354,12 @@ def test_watchdogd_demo_json(capsys: pytest.CaptureFixture[str]) -> None:
     reports = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert len(reports) == 2
     assert reports[0]["summary"]["actions_done"] == 0
-    assert reports[1]["summary"]["actions_done"] == 7
     assert reports[1]["dry_run"] is False
+    assert {c["check"] for c in reports[1]["checks"]} == set(DEMO_KINDS)
+    assert all(c["status"] != "error" for r in reports for c in r["checks"])
+    done = Counter(f["action"]["name"] for c in reports[1]["checks"] for f in c["findings"]
+                   if f["action"] and f["action"]["status"] == "done")
+    # confirmed in pass 2: the sessions remedies and the orphan's quarantine; the reservations
+    # and the failed pod are judged later (stuck_after, failed_pod_min_age)
+    assert done == {"stop-server": 3, "delete-pod": 1, "sync-routes": 3, "quarantine": 1}
+    assert reports[1]["summary"]["actions_done"] == 8

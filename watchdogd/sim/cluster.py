@@ -650,6 +650,9 @@ class ClusterPart:
         self.planted: list[tuple[str, str]] = []
         self._world: World | None = None
         self._ca: CertAuthority | None = None
+        #: HTTPS endpoints started by :meth:`hostname_mismatch` (closed by :meth:`stop`)
+        self.servers: list[TlsServer] = []
+        self._endpoints: list[str] = []
 
     @property
     def world(self) -> World:
@@ -683,12 +686,17 @@ class ClusterPart:
             "certs": {"secrets_clusters": [world.cluster_name]},
             "nodes": {"clusters": [world.cluster_name], "dedicated_core": self.dedicated_core},
         }
+        if self._endpoints:
+            checks["certs"]["endpoints"] = list(self._endpoints)
         for name, section in self.extra.items():
             checks[name] = {**checks.get(name, {}), **section}
         return {"checks": checks}
 
     def stop(self) -> None:
-        """Nothing runs on its own."""
+        """Stop the HTTPS endpoints (idempotent); nothing else runs on its own."""
+        for server in self.servers:
+            server.close()
+        self.servers.clear()
 
     def _plant(self, kind: str, subject: str) -> str:
         self.planted.append((kind, subject))
@@ -783,3 +791,16 @@ class ClusterPart:
         self.world.kube.put(tls_secret(self.namespace, name, None if missing else GARBAGE_PEM,
                                        b"key"))
         return self._plant("cert-unreadable", f"{self.namespace}/{name}")
+
+    def hostname_mismatch(self, serves: str = "hub.example.org", *, days: float = 200) -> str:
+        """An HTTPS endpoint on a free local port whose certificate covers ``serves`` only
+        (valid ``days``), watched by its address (``https://127.0.0.1:PORT``, as a health
+        check or a load balancer reaches it): a certificate without that address among its
+        subjectAltNames, which clients refuse. ``[checks.certs] endpoints`` gets the URL (the
+        configuration is rewritten); the server runs until :meth:`stop`. Returns the
+        finding's subject."""
+        server = TlsServer(self.ca.issue(serves, days=days))
+        self.servers.append(server)
+        self._endpoints.append(server.url)
+        self.world.write_config()
+        return self._plant("cert-hostname-mismatch", f"127.0.0.1:{server.port}")

@@ -1614,11 +1614,13 @@ class CloudPart:
         self.orphan_settings = dict(orphans or {})
         self.sim: OpenStackSim | None = None
         self.clouds_yaml = ""
-        #: what :func:`seed_demo` injected (empty with ``seed=False``)
+        #: what :func:`seed_demo` and the injectors below injected
         self.injected: Obj = {}
+        self._world: World | None = None
 
     def start(self, world: World) -> None:
         """Start the simulator on the world's clock, write clouds.yaml, seed the world."""
+        self._world = world
         self.sim = OpenStackSim(page_max=self.page_max, clock=world.clock).start()
         self.clouds_yaml = self.sim.write_clouds_yaml(world.workdir / "clouds.yaml", self.cloud)
         Path(self.clouds_yaml).chmod(0o600)
@@ -1647,3 +1649,41 @@ class CloudPart:
         """Stop the simulator (idempotent)."""
         if self.sim is not None:
             self.sim.stop()
+
+    # -- injectors (beyond what seed_demo plants) ----------------------------------------------
+
+    def _started(self) -> tuple[World, OpenStackSim]:
+        if self._world is None or self.sim is None:
+            raise RuntimeError("the part is not started")
+        return self._world, self.sim
+
+    def expiring_credential(self, name: str = "ci-deploy", *, days: float = 5) -> str:
+        """An application credential of the cloud user that expires in ``days`` (the one
+        watchdogd authenticates with is a password, so this is someone else's credential
+        of the same user: a CI job's, say). Returns its name, the finding's subject."""
+        world, sim = self._started()
+        sim.add_application_credential("admin", name,
+                                       expires_at=world.clock() + timedelta(days=days))
+        self.injected.setdefault("credentials", []).append(name)
+        return name
+
+    def attach_failed(self, user: str, *, node: str = "node-gone", events: int = 5) -> str:
+        """``user``'s home volume is still ``in-use``, attached on ``node`` (a node that died
+        without detaching it), so every attach to the user's new pod fails: a bound PV and
+        claim, and a ``FailedAttachVolume`` event seen ``events`` times. Returns the volume
+        id, the subject of the ``volume-attach-failed`` finding."""
+        world, sim = self._started()
+        volume = sim.add_volume(f"pvc-{uuid.uuid4()}", age=timedelta(days=10))
+        sim.add_attachment(volume["id"], status="attached", age=timedelta(days=2), host=node)
+        volume = sim.volume(volume["id"]) or volume
+        message = (f'Multi-Attach error for volume "{volume["name"]}" Volume is already '
+                   f"exclusively attached to one node ({node}) and can't be attached to "
+                   "another")
+        world.kube.put_many([
+            pv_for_volume(volume, claim_namespace=world.namespace, claim_name=f"claim-{user}"),
+            pvc_for_user(user, volume["name"], namespace=world.namespace),
+            failed_attach_event(world.namespace, f"jupyter-{user}", volume["name"],
+                                when=world.clock(), count=events, message=message),
+        ])
+        self.injected.setdefault("attach_failed", []).append(volume["id"])
+        return str(volume["id"])

@@ -11,6 +11,7 @@ cluster with fewer pods.
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -43,6 +44,12 @@ KIND_LISTS: dict[str, tuple[str, str | None]] = {
 # Fields nobody here reads and that dominate the size of real objects.
 _DROP_METADATA = ("managedFields",)
 
+# kubernetes' kubeconfig loader writes inline certificate data (certificate-authority-data,
+# client keys) to temporary files it caches by content, and caches the path *before* writing
+# the file: a second source loading the same kubeconfig in another collect thread could get
+# the still-empty file, and its TLS handshake failed (NO_CERTIFICATE_OR_CRL_FOUND).
+_LOAD_LOCK = threading.Lock()
+
 
 def api_client(name: str, config: ClusterConfig) -> client.ApiClient:
     """An ApiClient for one configured cluster, never touching the global config."""
@@ -53,12 +60,13 @@ def api_client(name: str, config: ClusterConfig) -> client.ApiClient:
                 client_configuration=configuration)
         else:
             path = config.kubeconfig
-            kube_config.load_kube_config(  # type: ignore[no-untyped-call]
-                config_file=str(_expand(path)) if path else None,
-                context=config.context,
-                client_configuration=configuration,
-                persist_config=False,
-            )
+            with _LOAD_LOCK:
+                kube_config.load_kube_config(  # type: ignore[no-untyped-call]
+                    config_file=str(_expand(path)) if path else None,
+                    context=config.context,
+                    client_configuration=configuration,
+                    persist_config=False,
+                )
     except (kube_config.ConfigException, OSError, ValueError, TypeError, KeyError,
             yaml.YAMLError) as exc:
         # The first line only: YAML errors quote the file, which may hold a token.
