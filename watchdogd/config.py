@@ -333,11 +333,15 @@ def _check_raw_file(data: dict[str, Any]) -> list[str]:
 
 
 def _check_env() -> list[str]:
-    known = {ENV_PREFIX + n.upper() for n in ("config",)}
+    """Catch a misspelt section in ``WATCHDOGD_SECTION__KEY``: pydantic-settings ignores it.
+
+    Only names with ``__`` address configuration keys; other ``WATCHDOGD_*`` names
+    (``WATCHDOGD_CONFIG``, variables of the test tooling) are not configuration.
+    """
     sections = {ENV_PREFIX + name.upper() + "__" for name in Config.model_fields}
     problems = []
     for key in sorted(_env_secret_names()):
-        if key in known or any(key.startswith(s) for s in sections):
+        if "__" not in key or any(key.startswith(s) for s in sections):
             continue
         problems.append(f"{key}: unknown environment variable (no such section)")
     return problems

@@ -116,6 +116,14 @@ def test_unknown_environment_variable(cfg: Path, monkeypatch: pytest.MonkeyPatch
                              "(no such section)"]
 
 
+def test_variables_that_address_no_key_are_not_configuration(
+        cfg: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Tooling (CI sets WATCHDOGD_REQUIRE_PEERS) shares the prefix; only SECTION__KEY is config.
+    monkeypatch.setenv("WATCHDOGD_REQUIRE_PEERS", "1")
+    monkeypatch.setenv("WATCHDOGD_PYTHON", "python3")
+    assert "main" in load_config(cfg).hubs
+
+
 def test_empty_and_unreadable_secret_files(cfg: Path, tmp_path: Path) -> None:
     (tmp_path / "token").write_text("  \n")
     (tmp_path / "dburl").write_bytes(b"\xff\xfe\x00")
