@@ -447,19 +447,28 @@ def load_config(path: str | Path | None = None) -> Config:
 
 
 def _references(data: dict[str, Any]) -> list[str]:
-    """Names that point to sections that do not exist."""
-    clusters = data.get("clusters") if isinstance(data.get("clusters"), dict) else {}
-    assert isinstance(clusters, dict)
+    """Names that point to sections that do not exist.
+
+    Also runs on a raw file that failed validation, so any section may have any type.
+    """
+
+    def section(name: str) -> dict[str, Any]:
+        value = data.get(name)
+        return value if isinstance(value, dict) else {}
+
+    clusters = section("clusters")
     problems = []
-    for name, hub in (data.get("hubs") or {}).items():
-        if isinstance(hub, dict) and "cluster" in hub and hub["cluster"] not in clusters:
-            problems.append(f"hubs.{name}.cluster: no cluster named {hub['cluster']!r}")
-    for name, cloud in (data.get("clouds") or {}).items():
-        for cluster in (cloud.get("clusters") or []) if isinstance(cloud, dict) else []:
-            if cluster not in clusters:
+    for name, hub in section("hubs").items():
+        cluster = hub.get("cluster") if isinstance(hub, dict) else None
+        if isinstance(cluster, str) and cluster not in clusters:
+            problems.append(f"hubs.{name}.cluster: no cluster named {cluster!r}")
+    for name, cloud in section("clouds").items():
+        names = cloud.get("clusters") if isinstance(cloud, dict) else None
+        for cluster in names if isinstance(names, list) else []:
+            if isinstance(cluster, str) and cluster not in clusters:
                 problems.append(f"clouds.{name}.clusters: no cluster named {cluster!r}")
-    lease = (data.get("daemon") or {}).get("lease_cluster")
-    if lease is not None and lease not in clusters:
+    lease = section("daemon").get("lease_cluster")
+    if isinstance(lease, str) and lease not in clusters:
         problems.append(f"daemon.lease_cluster: no cluster named {lease!r}")
     return problems
 

@@ -38,7 +38,7 @@ from watchdogd.notify import Notifier
 from watchdogd.policy import Budget, Decision, decide
 from watchdogd.sources import Sources
 from watchdogd.sources.base import counting
-from watchdogd.store import Store, Tracked, utcnow
+from watchdogd.store import Store, StoreError, Tracked, utcnow
 
 __all__ = ["CheckResult", "Engine", "PassReport"]
 
@@ -160,6 +160,9 @@ class Engine:
         # Followers of a leader election detect (for metrics) but never act or notify.
         self.acting = acting
         self.listeners: list[Callable[[PassReport], None]] = []
+        # Actions of this process whose result the store could not take: action id ->
+        # finding key. They are settled as interrupted before the next pass does anything.
+        self._unfinished: dict[int, str] = {}
 
     # -- what to run -------------------------------------------------------------
 
@@ -184,6 +187,7 @@ class Engine:
         """One pass of the selected checks: the whole pipeline of DESIGN.md."""
         started = self.clock()
         pass_id = f"{started:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
+        self._settle_unfinished()
         planned = self.plan(only, target)
         observations, errors, need_requests = self._collect(planned)
         acting = self.acting()
@@ -373,10 +377,35 @@ class Engine:
         except Exception as exc:
             status, detail = ActionStatus.FAILED, f"{type(exc).__name__}: {exc}"
             log.error("action crashed", action=action.name, traceback=traceback.format_exc())
-        self.store.finish_action(action_id, status.value, detail, self.clock())
+        try:
+            self.store.finish_action(action_id, status.value, detail, self.clock())
+        except StoreError:
+            # The action may have changed the world and the store did not take the result:
+            # remember it, so that the next pass settles it before anything else is done.
+            self._unfinished[action_id] = finding.key
+            raise
         log.info("action finished", action=action.name, target=action.target,
                  finding=finding.key, status=status.value, detail=detail)
         return status, detail
+
+    def _settle_unfinished(self) -> None:
+        """Record actions whose result a store failure swallowed as ``interrupted``.
+
+        A long-running daemon does not restart after a store failure in the middle of an
+        action, so :meth:`recover` never sees that intent row: without this it would stay
+        ``started`` (an action without a result) and its finding would go on counting the
+        sightings from before, so it could be retried without a fresh confirmation.
+        """
+        if not self._unfinished:
+            return
+        now = self.clock()
+        for action_id, key in list(self._unfinished.items()):
+            self.store.finish_action(action_id, "interrupted",
+                                     "the state store failed before the result was written; "
+                                     "the world is checked again before any retry", now)
+            log.warning("interrupted action settled", action_id=action_id, finding=key)
+        self.store.reset_sightings(self._unfinished.values())
+        self._unfinished.clear()
 
     # -- start-up -------------------------------------------------------------------
 

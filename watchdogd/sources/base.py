@@ -18,7 +18,7 @@ import requests
 
 from watchdogd.model import SourceError
 
-__all__ = ["HttpClient", "count_request", "counting", "describe_status"]
+__all__ = ["HttpClient", "count_request", "counting", "describe_status", "scrub", "secret_values"]
 
 _requests: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar(
     "watchdogd_requests", default=None
@@ -43,6 +43,34 @@ def counting() -> Iterator[list[int]]:
         _requests.reset(token)
 
 
+def secret_values(values: Any) -> list[str]:
+    """The secret strings in credential values (``token X`` yields the whole and ``X``).
+
+    Longest first, so that :func:`scrub` masks a whole header before a part of it.
+    """
+    found: set[str] = set()
+    for value in values:
+        if not isinstance(value, str) or not value.strip():
+            continue
+        found.add(value.strip())
+        _, _, rest = value.strip().partition(" ")
+        if rest.strip():
+            found.add(rest.strip())
+    return sorted((v for v in found if len(v) >= 4), key=len, reverse=True)
+
+
+def scrub(text: str, secrets: list[str]) -> str:
+    """``text`` with every secret replaced by ``***``.
+
+    Error bodies are quoted in messages, and a peer (a gateway's error page, a debug
+    proxy) may echo the request's credentials back in them.
+    """
+    for secret in secrets:
+        if secret in text:
+            text = text.replace(secret, "***")
+    return text
+
+
 def describe_status(status: int, body: str, *, credential: str, need: str = "") -> str:
     """A one-line cause for an HTTP error that tells the operator what to fix."""
     detail = _error_detail(body)
@@ -62,7 +90,7 @@ def _error_detail(body: str) -> str:
     """The message of a JSON error body, else the first line of the text, short."""
     try:
         data = json.loads(body)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, RecursionError):
         data = None
     if isinstance(data, dict):
         for key in ("message", "error", "reason"):
@@ -71,6 +99,10 @@ def _error_detail(body: str) -> str:
                 return value[:200]
     text = (body or "").strip().splitlines()
     return text[0][:200] if text else ""
+
+
+#: request headers that carry credentials (their values never appear in a message)
+_CREDENTIAL_HEADERS = frozenset({"authorization", "x-auth-token", "cookie", "x-api-key"})
 
 
 class HttpClient:
@@ -104,10 +136,16 @@ class HttpClient:
         self._sleep = sleep
         self.session = requests.Session()
         self.session.headers.update(headers)
+        self._secrets = secret_values(value for key, value in headers.items()
+                                      if key.lower() in _CREDENTIAL_HEADERS)
 
     def error(self, cause: str) -> SourceError:
-        """A SourceError naming this source and target."""
-        return SourceError(self.source, self.target, cause)
+        """A SourceError naming this source and target (credentials masked)."""
+        return SourceError(self.source, self.target, self.scrub(cause))
+
+    def scrub(self, text: str) -> str:
+        """``text`` without this client's credentials (see :func:`scrub`)."""
+        return scrub(text, self._secrets)
 
     def request(
         self,
@@ -149,7 +187,7 @@ class HttpClient:
         response = self.request("GET", path, need=need, **kwargs)
         try:
             return response.json()
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
             raise self.error(f"GET {self._path(response.url)}: answer is not JSON") from None
 
     def _where(self, url: str) -> str:

@@ -66,6 +66,8 @@ class HubApiSource:
             users += len(items)
             if info is None:
                 break
+            if not isinstance(info, dict):
+                raise self.http.error("GET /users: the pagination is not an object")
             if total is None:
                 total = info.get("total")
             elif info.get("total") != total:
@@ -73,7 +75,11 @@ class HubApiSource:
             nxt = info.get("next")
             if not nxt:
                 break
-            offset = int(nxt.get("offset", offset + len(items)))
+            step = nxt.get("offset", offset + len(items)) if isinstance(nxt, dict) else None
+            if not isinstance(step, int) or isinstance(step, bool) or step <= offset:
+                # A next page that does not move forward would be read forever.
+                raise self.http.error("GET /users: the next page does not move forward")
+            offset = step
             if not items:
                 raise self.http.error("GET /users: empty page before the end of the list")
         if total is not None and users != total:
@@ -91,7 +97,7 @@ class HubApiSource:
             return "stopped (204)"
         if response.status_code == 202:
             return "stop accepted (202): the hub is still stopping it; checked again next pass"
-        message = _message(response.text)
+        message = self.http.scrub(_message(response.text))
         raise PreconditionFailed(f"hub answered {response.status_code}: {message}")
 
     def sync_routes(self) -> str:

@@ -23,7 +23,7 @@ from kubernetes.client.exceptions import ApiException
 
 from watchdogd.config import ClusterConfig
 from watchdogd.model import PreconditionFailed, SourceError
-from watchdogd.sources.base import count_request, describe_status
+from watchdogd.sources.base import count_request, describe_status, scrub, secret_values
 
 __all__ = ["KIND_LISTS", "KubeSource", "api_client"]
 
@@ -107,8 +107,14 @@ class KubeSource:
         return self._client
 
     def error(self, cause: str) -> SourceError:
-        """A SourceError naming this cluster."""
-        return SourceError("kube", self.target, cause)
+        """A SourceError naming this cluster (its credentials masked, should a peer echo
+        them back in an error body)."""
+        secrets: list[str] = []
+        if self._client is not None:
+            configuration = self._client.configuration
+            secrets = secret_values([*(configuration.api_key or {}).values(),
+                                     configuration.password])
+        return SourceError("kube", self.target, scrub(cause, secrets))
 
     def list_objects(self, kind: str, namespace: str | None = None,
                      label_selector: str | None = None,
@@ -124,6 +130,7 @@ class KubeSource:
         what = f"list {kind.lower()}s" + (f" in namespace {namespace}" if namespace else "")
         items: list[dict[str, Any]] = []
         token: str | None = None
+        tokens: set[str] = set()
         while True:
             query: list[tuple[str, Any]] = [("limit", self.page_size)]
             if label_selector:
@@ -143,9 +150,15 @@ class KubeSource:
                 for key in _DROP_METADATA:
                     metadata.pop(key, None)
             items.extend(page_items)
-            token = (data.get("metadata") or {}).get("continue") or None
+            meta = data.get("metadata") or {}
+            token = meta.get("continue") or None if isinstance(meta, dict) else None
+            if not isinstance(meta, dict) or not isinstance(token, str | None):
+                raise self.error(f"{what}: the list metadata is malformed")
             if not token:
                 return items
+            if token in tokens:  # a server that never gets to the end: no complete list
+                raise self.error(f"{what}: the same continue token came back twice")
+            tokens.add(token)
 
     def pods(self, namespace: str | None = None, label_selector: str | None = None,
              field_selector: str | None = None) -> list[dict[str, Any]]:
@@ -199,7 +212,7 @@ class KubeSource:
             raise self.error(f"{what}: {_net(exc, self.timeout)}") from None
         try:
             data = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
             raise self.error(f"{what}: answer is not JSON") from None
         if not isinstance(data, dict):
             raise self.error(f"{what}: answer is not an object")

@@ -39,7 +39,7 @@ from keystoneauth1 import exceptions as ks_exc
 
 from watchdogd.config import CloudConfig
 from watchdogd.model import PreconditionFailed, SourceError
-from watchdogd.sources.base import count_request, describe_status
+from watchdogd.sources.base import count_request, describe_status, scrub, secret_values
 
 # openstacksdk warns about its own future API changes on every request; in a
 # daemon that logs warnings they would drown the lines an operator needs.
@@ -122,12 +122,24 @@ class OpenStackSource:
         self._connect = connect
         self._conn: Any = None
         self._lock = threading.Lock()
+        self._auth_lock = threading.Lock()
 
     # -- plumbing ------------------------------------------------------------------------------
 
     def error(self, cause: str) -> SourceError:
-        """A SourceError naming this cloud."""
-        return SourceError("openstack", self.target, cause)
+        """A SourceError naming this cloud (its credentials masked, should Keystone or a
+        gateway echo them back in an error body)."""
+        return SourceError("openstack", self.target, scrub(cause, self._secrets()))
+
+    def _secrets(self) -> list[str]:
+        values: list[Any] = []
+        if self.config.application_credential_secret is not None:
+            values.append(self.config.application_credential_secret.get_secret_value())
+        auth = getattr(getattr(self._conn, "config", None), "auth", None)
+        if isinstance(auth, dict):
+            values += [auth.get(k) for k in ("password", "application_credential_secret",
+                                             "token")]
+        return secret_values(values)
 
     @property
     def conn(self) -> Any:
@@ -169,7 +181,33 @@ class OpenStackSource:
     def _request(self, service: str, method: str, path: str, *, what: str,
                  json: Any = None, ok: tuple[int, ...] = (200,), retry: bool = False,
                  microversion: str | None = ATTACHMENTS_MICROVERSION) -> Any:
-        """One request (retried if ``retry``); returns the response with a status in ``ok``."""
+        """One request (retried if ``retry``); returns the response with a status in ``ok``.
+
+        A 401 gets one more try after a fresh authentication. keystoneauth re-authenticates
+        on a 401 only if its ``invalidate()`` finds a token to drop: when a token dies under
+        concurrent requests (the pass reads volumes, attachments and credentials at once),
+        the first one drops it and the others come back with their 401 and no retry, which
+        would read as "the credentials are invalid". A 401 means nothing was done, so the
+        retry is safe for writes too; a second 401 is the credentials.
+        """
+        try:
+            return self._request_once(service, method, path, what=what, json=json, ok=ok,
+                                      retry=retry, microversion=microversion)
+        except AuthFailed:
+            self._reauthenticate(what)
+            return self._request_once(service, method, path, what=what, json=json, ok=ok,
+                                      retry=retry, microversion=microversion)
+
+    def _reauthenticate(self, what: str) -> None:
+        """Drop the token and get a new one, one thread at a time."""
+        with self._auth_lock, self._sdk(what):
+            session = self.conn.session
+            session.invalidate()
+            session.get_token()
+
+    def _request_once(self, service: str, method: str, path: str, *, what: str,
+                      json: Any = None, ok: tuple[int, ...] = (200,), retry: bool = False,
+                      microversion: str | None = ATTACHMENTS_MICROVERSION) -> Any:
         attempts = 1 + (self.retries if retry else 0)
         last = ""
         for attempt in range(attempts):
@@ -209,7 +247,7 @@ class OpenStackSource:
             return None
         try:
             return response.json()
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
             raise self.error(f"{what}: the answer is not JSON") from None
 
     # -- reads ---------------------------------------------------------------------------------
@@ -424,8 +462,13 @@ class OpenStackSource:
                     f"delete attachment {attachment_id}")
         self._write("DELETE", f"/attachments/{attachment_id}",
                     what=f"delete attachment {attachment_id}", ok=(200, 202, 204))
-        after = self.volume(volume_id)
-        now = after.get("status") if after else "gone"
+        # The attachment is gone now: a failure to read the volume afterwards must not turn
+        # a done deletion into a "failed" one in the audit log.
+        try:
+            after = self.volume(volume_id)
+            now = str(after.get("status")) if after else "gone"
+        except (SourceError, AuthFailed) as exc:
+            now = f"unknown (reading it afterwards failed: {exc})"
         return (f"deleted {observed_status} attachment {attachment_id} of volume {volume_id}; "
                 f"the volume is now {now}")
 
@@ -504,7 +547,7 @@ def _error_text(response: Any) -> str:
     """Cinder wraps errors as ``{"itemNotFound": {"message": ...}}``; Keystone as ``error``."""
     try:
         data = response.json()
-    except ValueError:
+    except (ValueError, RecursionError):
         return str(getattr(response, "text", "") or "")
     if isinstance(data, dict) and len(data) == 1:
         (inner,) = data.values()

@@ -322,12 +322,16 @@ class TlsSource:
                 raise self.error("list secrets: the type field selector was not applied")
             namespace, name = str(meta.get("namespace") or ""), str(meta.get("name") or "")
             annotations = meta.get("annotations") or {}
+            data_map = secret.get("data") or {}
+            if not isinstance(annotations, dict) or not isinstance(data_map, dict):
+                # The API server never sends this: the answer cannot be trusted as a whole.
+                raise self.error(f"list secrets: secret {namespace}/{name} is malformed")
             base = {"source": "secret", "cluster": self.target, "namespace": namespace,
                     "name": name,
                     "annotations": {k: annotations[k] for k in KEEP_ANNOTATIONS
                                     if k in annotations}}
             location = f"{namespace}/{name}"
-            encoded = (secret.get("data") or {}).get("tls.crt")
+            encoded = data_map.get("tls.crt")
             if not encoded:
                 records.append({**base, "location": location, "index": 0,
                                 "error": "the secret has no tls.crt"})
