@@ -141,7 +141,9 @@ def test_daemon_killed_while_restarting_the_hub_never_restarts_it_twice(
         again = launch(world.config_path, "run")
         wait_for(lambda: len(passes_table(state)) > passes, "a pass of the restarted daemon",
                  proc=again)
-        code, err = stop(again)
+        # SIGTERM waits for the running pass, and this world's sources may each take up to
+        # 30 s: the deadline covers a whole pass on a loaded machine.
+        code, err = stop(again, timeout=240)
         assert code == 0, err
 
         rows = actions_table(state)
