@@ -99,6 +99,13 @@ def bodies(draw: st.DrawFn, docs: st.SearchStrategy[Any]) -> bytes:
     return text.encode()
 
 
+class _Quiet(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # a client that gave up on a hostile answer is not news
+
+
 class PayloadServer:
     """Answers every request with ``(status, body)`` from :attr:`payload`."""
 
@@ -128,8 +135,7 @@ class PayloadServer:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
+        self._server = _Quiet(("127.0.0.1", 0), Handler)
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 

@@ -42,7 +42,7 @@ from watchdogd.sources.hubapi import HubApiSource
 from watchdogd.sources.hubdb import HubDbSource
 from watchdogd.sources.kube import KubeSource
 from watchdogd.sources.proxy import ProxySource
-from watchdogd.sources.tls import TlsSource, certificate_record, parse_certificates
+from watchdogd.sources.tls import TlsSource
 
 T0 = datetime(2026, 11, 22, 3, 0, tzinfo=UTC)
 statuses = st.sampled_from([200] * 10 + [201, 204, 301, 400, 401, 403, 404, 410, 500, 503])
@@ -281,12 +281,6 @@ def certificate_bytes(draw: st.DrawFn) -> bytes:
 @given(data=certificate_bytes())
 def test_certificate_parser(tmp_path_factory: pytest.TempPathFactory, data: bytes) -> None:
     STATS.add("fuzz_inputs")
-    try:
-        parsed = parse_certificates(data)
-    except ValueError:  # CertificateParseError: becomes a cert-unreadable record
-        parsed = []
-    for cert in parsed:
-        certificate_record(cert)
     path = tmp_path_factory.mktemp("pem") / "fuzz.crt"
     path.write_bytes(data)
     tls = TlsSource("local", Config())

@@ -251,3 +251,38 @@ def test_attachment_deleted_is_done_even_if_the_volume_cannot_be_read_afterwards
                                       fresh["status"], fresh["updated_at"])
     assert "deleted reserved attachment" in detail and "unknown" in detail
     assert sim.attachments(volume["id"]) == []
+
+
+def test_a_certificate_whose_issuer_does_not_decode_is_an_unreadable_record(
+        tmp_path: Path) -> None:
+    """cryptography decodes fields lazily: the certificate loaded, reading its issuer raised
+    ValueError, and one bad file made the whole ``files`` target an error."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from tests.safety.test_fuzz_input import CERT_PEM
+
+    der = x509.load_pem_x509_certificate(CERT_PEM).public_bytes(Encoding.DER)
+    issuer = b"\x06\x03U\x04\x03\x0c\x10watchdogd-sim-ca"
+    assert issuer in der
+    path = tmp_path / "bad.crt"
+    path.write_bytes(der.replace(issuer, issuer.replace(b"\x0c", b"\x0d")))
+    [record] = TlsSource("local", Config()).files(str(path))
+    assert "does not decode" in record["error"]
+
+
+def test_a_cinder_volume_with_attachments_of_the_wrong_type_is_a_source_error(
+        cloud: tuple[Any, Any, Any]) -> None:
+    """The volumes check read ``attachments`` as a list of objects: TypeError in detect."""
+    from tests.safety.test_fuzz_input import CinderTap
+
+    sim, _clock, source = cloud
+    view = sim.add_volume("pvc-odd")
+    tap = CinderTap(sim)
+    tap.path = "/volumes/detail"
+    odd: Any
+    for odd in (1, ["not an object"], {"value": []}):
+        tap.payload = (200, json.dumps({"volumes": [{**view, "attachments": odd}],
+                                        "volumes_links": []}).encode())
+        with pytest.raises(SourceError, match="is malformed"):
+            source.volumes()

@@ -172,6 +172,7 @@ def marked_world(tmp_path: Path, rx: Receiver, state_url: str) -> SafeWorld:
     return world
 
 
+@pytest.mark.integration  # a real PostgreSQL holds the state (its password is a marker)
 def test_no_secret_in_any_output(tmp_path: Path, postgres: RealPostgres,
                                  capture: Capture) -> None:
     state_url = postgres.create_database("wd_secrets").replace(

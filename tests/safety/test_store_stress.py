@@ -207,6 +207,7 @@ def test_lock_between_intent_and_result(world: SafeWorld) -> None:
 # -- PostgreSQL going away -----------------------------------------------------------------------
 
 
+@pytest.mark.integration
 def test_postgres_restart_mid_pass_recovers_cleanly(tmp_path: Path,
                                                     postgres: RealPostgres) -> None:
     url = postgres.create_database("wd_restart")
@@ -226,6 +227,7 @@ def test_postgres_restart_mid_pass_recovers_cleanly(tmp_path: Path,
             driver.close()
 
 
+@pytest.mark.integration
 def test_postgres_down_mid_pass_keeps_the_intent(tmp_path: Path,
                                                  postgres: RealPostgres) -> None:
     url = postgres.create_database("wd_down")
@@ -239,6 +241,7 @@ def test_postgres_down_mid_pass_keeps_the_intent(tmp_path: Path,
             driver.close()
 
 
+@pytest.mark.integration
 def test_postgres_down_before_a_pass_is_a_clear_error(tmp_path: Path,
                                                       postgres: RealPostgres) -> None:
     url = postgres.create_database("wd_before")

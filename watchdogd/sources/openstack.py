@@ -279,6 +279,8 @@ class OpenStackSource:
                     if not isinstance(vid, str) or vid in seen:
                         raise self.error("list volumes: a volume without id, or seen twice: "
                                          "the list changed while paging")
+                    if not _well_formed(volume, _VOLUME_FIELDS):
+                        raise self.error(f"list volumes: volume {vid[:64]} is malformed")
                     seen.add(vid)
                     for key in _DROP_VOLUME_FIELDS:
                         volume.pop(key, None)
@@ -321,6 +323,8 @@ class OpenStackSource:
                     if not isinstance(aid, str) or aid in seen:
                         raise self.error("list attachments: an attachment without id, or seen "
                                          "twice: the list changed while paging")
+                    if not _well_formed(attachment, _ATTACHMENT_FIELDS):
+                        raise self.error(f"list attachments: attachment {aid[:64]} is malformed")
                     seen.add(aid)
                     attachment.pop("connection_info", None)  # can hold target secrets
                 items.extend(page)
@@ -520,6 +524,24 @@ class _Retriable(Exception):
 def _count_response(response: Any, *args: Any, **kwargs: Any) -> None:
     """requests hook: every HTTP response (Keystone and discovery included) is a request."""
     count_request()
+
+
+#: The fields the checks read, and the types Cinder gives them (None is always allowed).
+_VOLUME_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "name": str, "status": str, "created_at": str, "updated_at": str, "metadata": dict,
+    "attachments": list, "size": int, "multiattach": bool}
+_ATTACHMENT_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "volume_id": str, "status": str, "instance": str}
+
+
+def _well_formed(item: dict[str, Any], fields: dict[str, type | tuple[type, ...]]) -> bool:
+    """Whether the fields the checks read have Cinder's types (a volume's attachments too)."""
+    for key, kind in fields.items():
+        value = item.get(key)
+        if value is not None and not isinstance(value, kind):
+            return False
+    attachments = item.get("attachments")
+    return attachments is None or all(isinstance(a, dict) for a in attachments)
 
 
 def _items(data: Any, key: str) -> list[dict[str, Any]] | None:

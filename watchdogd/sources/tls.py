@@ -141,8 +141,16 @@ def _records(data: bytes, location: str, base: dict[str, Any]) -> list[dict[str,
         certs = parse_certificates(data)
     except CertificateParseError as exc:
         return [{**base, "location": location, "index": 0, "error": str(exc)}]
-    return [{**base, "location": location, "index": i, **certificate_record(c)}
-            for i, c in enumerate(certs)]
+    records = []
+    for index, cert in enumerate(certs):
+        try:
+            facts = certificate_record(cert)
+        except ValueError as exc:
+            # cryptography decodes fields lazily: a certificate that loads can still have
+            # a subject, an issuer or dates that do not parse.
+            facts = {"error": f"a field of the certificate does not decode ({_short(exc)})"}
+        records.append({**base, "location": location, "index": index, **facts})
+    return records
 
 
 def split_endpoint(url: str) -> tuple[str, int]:
@@ -389,12 +397,13 @@ class TlsSource:
             raise self.error(f"{where}: the server sent no certificate")
         try:
             cert = x509.load_der_x509_certificate(der)
+            facts = certificate_record(cert)  # fields decode lazily: they can fail here too
         except ValueError:
             raise self.error(f"{where}: the served certificate does not parse") from None
         return {"source": "endpoint", "url": url, "host": host, "port": port,
                 "server_name": sni, "hostname": server_name or host,
                 "location": where if not server_name else f"{server_name}@{where}",
-                "tls_version": version, "index": 0, **certificate_record(cert)}
+                "tls_version": version, "index": 0, **facts}
 
     def api_server(self, timeout: float = DEFAULT_TIMEOUT) -> dict[str, Any]:
         """The certificate the cluster's API server serves (address from its kubeconfig)."""
