@@ -86,8 +86,8 @@ def wait_for(predicate: Callable[[], Any], what: str, timeout: float = 60,
         time.sleep(0.02)
 
 
-def actions_table(state: Path) -> list[dict[str, Any]]:
-    """The audit log as plain rows (empty when the database does not exist yet)."""
+def _rows(state: Path, sql: str) -> list[dict[str, Any]]:
+    """Rows of a query on the state DB, read only (empty while the file or schema is missing)."""
     if not state.exists():
         return []
     try:
@@ -96,28 +96,21 @@ def actions_table(state: Path) -> list[dict[str, Any]]:
         return []
     try:
         conn.row_factory = sqlite3.Row
-        return [dict(r) for r in conn.execute("SELECT * FROM actions ORDER BY id")]
+        return [dict(r) for r in conn.execute(sql)]
     except sqlite3.Error:
         return []  # the schema is not there yet
     finally:
         conn.close()
 
 
+def actions_table(state: Path) -> list[dict[str, Any]]:
+    """The audit log as plain rows."""
+    return _rows(state, "SELECT * FROM actions ORDER BY id")
+
+
 def passes_table(state: Path) -> list[dict[str, Any]]:
-    """The pass log (empty when missing)."""
-    if not state.exists():
-        return []
-    try:
-        conn = sqlite3.connect(f"file:{state}?mode=ro", uri=True, timeout=10)
-    except sqlite3.Error:
-        return []
-    try:
-        conn.row_factory = sqlite3.Row
-        return [dict(r) for r in conn.execute("SELECT * FROM passes ORDER BY started_at")]
-    except sqlite3.Error:
-        return []
-    finally:
-        conn.close()
+    """The pass log."""
+    return _rows(state, "SELECT * FROM passes ORDER BY started_at")
 
 
 class Blocker:
