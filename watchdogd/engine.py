@@ -31,6 +31,7 @@ from watchdogd.model import (
     ImplausibleData,
     Need,
     PreconditionFailed,
+    Severity,
     Snapshot,
     SourceError,
 )
@@ -45,6 +46,8 @@ __all__ = ["CheckResult", "Engine", "PassReport"]
 log = structlog.get_logger("watchdogd.engine")
 
 COLLECT_WORKERS = 8
+#: Objects a check may ask to read one by one in a pass before the view is implausible.
+MAX_LOOKUPS = 50
 
 
 @dataclass
@@ -55,6 +58,8 @@ class FindingResult:
     decision: Decision | None = None
     action_status: str | None = None
     action_detail: str | None = None
+    #: a held action's one critical notice is due this pass
+    notify_held: bool = False
 
     def as_json(self) -> dict[str, Any]:
         """The report's finding object."""
@@ -293,14 +298,19 @@ class Engine:
             settings=check_target.settings,
             marks=self.store.marks(spec.name, check_target.name),
         )
+        implausible: ImplausibleData | None = None
         try:
             if not snapshot.complete:
                 # The first rule: incomplete data never causes an action, and it
                 # proves nothing about which findings went away.
                 raise ImplausibleData("; ".join(sorted(set(snapshot.errors.values()))))
             detection = spec.detect(snapshot, started)
+            if detection.lookups:
+                detection = self._detect_with_lookups(spec, snapshot, detection, started,
+                                                      result)
         except ImplausibleData as exc:
             result.status, result.error = "error", str(exc)
+            implausible = exc if exc.notify else None
         except Exception as exc:
             result.status = "error"
             result.error = f"check {spec.name} failed: {type(exc).__name__}: {exc}"
@@ -309,6 +319,8 @@ class Engine:
         if result.status == "error":
             log.warning("check target not completed", check=spec.name,
                         target=check_target.name, error=result.error)
+            if implausible is not None:
+                self._track_implausible(spec, check_target, implausible, result, acting, started)
         else:
             self._handle(spec, check_target, detection, result, budget, pass_id, acting,
                          started)
@@ -317,6 +329,57 @@ class Engine:
                                spec.name, check_target.name, started, self.clock(),
                                result.status, result.error)
         return result
+
+    def _detect_with_lookups(self, spec: CheckSpec, snapshot: Snapshot, detection: Detection,
+                             now: datetime, result: CheckResult) -> Detection:
+        """Read the objects a check asked for by name, then detect again with them.
+
+        A pod that the hub's spawner state places outside the listed namespace or
+        selector is not absent because the list lacks it: it is looked up. A lookup
+        that fails leaves the target in ``error``, like any failed source.
+        """
+        needs = [n for n in detection.lookups if n.key not in snapshot.observations]
+        if len(needs) > MAX_LOOKUPS:
+            raise ImplausibleData(
+                f"{len(needs)} objects would have to be looked up one by one (at most "
+                f"{MAX_LOOKUPS}): the listed scope misses most of them", notify=True)
+        for need in needs:
+            try:
+                with counting() as counter:
+                    snapshot.observations[need.key] = self._read(need)
+            except SourceError as exc:
+                raise ImplausibleData(f"lookup {need.key}: {exc}") from None
+            finally:
+                result.requests += counter[0]
+        again = spec.detect(snapshot, now)
+        if any(n.key not in snapshot.observations for n in again.lookups):
+            raise ImplausibleData(f"check {spec.name} asked for lookups twice")
+        return again
+
+    def _read(self, need: Need) -> Any:
+        """One targeted read (a lookup or a re-read before an action)."""
+        adapter = self.sources.adapter(need.source, need.target)
+        return getattr(adapter, need.call)(**dict(need.params))
+
+    def _track_implausible(self, spec: CheckSpec, check_target: CheckTarget,
+                           exc: ImplausibleData, result: CheckResult, acting: bool,
+                           now: datetime) -> None:
+        """Track one ``view-implausible`` finding so a view that hides a hub pages someone.
+
+        Nothing else of the target is resolved or acted on: the pass saw too little.
+        """
+        finding = Finding(spec.name, check_target.name, "view-implausible", check_target.name,
+                          Severity.CRITICAL, str(exc), {"error": str(exc)})
+        policy = self.config.remediation
+        if not acting:
+            return
+        tracked, _ = self.store.track(spec.name, check_target.name, [finding], now,
+                                      announce_after=policy.confirm_after,
+                                      repeat_after=self.config.notify.repeat_after,
+                                      resolve=False)
+        result.findings.append(FindingResult(tracked[0]))
+        if self.notifier is not None:
+            self.store.enqueue(self.notifier.notices(result, [], None), now)
 
     def _handle(self, spec: CheckSpec, check_target: CheckTarget, detection: Detection,
                 result: CheckResult, budget: Budget, pass_id: str, acting: bool,
@@ -328,31 +391,48 @@ class Engine:
             spec.name, check_target.name, findings, now,
             announce_after=policy.confirm_after, repeat_after=self.config.notify.repeat_after,
             resolve=not detection.partial)
-        self.store.set_marks(spec.name, check_target.name, detection.marks, now)
         result.status = "findings" if findings else "ok"
         result.resolved = [r.key for r in resolved]
+        repeats = self.store.done_actions_by_finding(now - policy.repeat_window)
         decisions, breaker = decide(tracked, policy=policy, dry_run=self.dry_run or not acting,
-                                    subjects=subjects, budget=budget, now=now)
+                                    subjects=subjects, budget=budget, now=now, repeats=repeats)
+        marks = set(detection.marks)
+        previous_marks = self.store.marks(spec.name, check_target.name)
+        for held in decisions:
+            if held.status is ActionStatus.HELD:
+                # One critical notice when a subject is first held, not one a pass.
+                mark = f"held:{held.tracked.finding.key}"
+                marks.add(mark)
+                held.notify = mark not in previous_marks
+        self.store.set_marks(spec.name, check_target.name, marks, now)
         result.breaker = breaker
         by_key = {d.tracked.finding.key: d for d in decisions}
         done: dict[tuple[Any, ...], str] = {}
+        acted: list[str] = []
         for item in tracked:
             decision = by_key.get(item.finding.key)
             entry = FindingResult(item, decision)
             if decision is not None:
                 entry.action_status, entry.action_detail = decision.status, decision.detail
+                entry.notify_held = decision.notify
                 if decision.status is ActionStatus.PLANNED:
                     with counting() as counter:
-                        status, detail = self._act(item.finding, pass_id, done)
+                        status, detail = self._act(spec, item, pass_id, done)
                     result.requests += counter[0]
                     entry.action_status, entry.action_detail = status, detail
+                    if status is ActionStatus.DONE:
+                        acted.append(item.finding.key)
             result.findings.append(entry)
+        # After an action its finding proves itself again from scratch: a user who
+        # restarted is not stopped again on the first sighting of a new problem.
+        self.store.reset_sightings(acted, now)
         if self.notifier is not None and acting:
             self.store.enqueue(self.notifier.notices(result, resolved, breaker), now)
 
-    def _act(self, finding: Finding, pass_id: str,
+    def _act(self, spec: CheckSpec, item: Tracked, pass_id: str,
              done: dict[tuple[Any, ...], str]) -> tuple[ActionStatus, str]:
-        """Run one action with its intent and result in the audit log."""
+        """Verify, then run one action with its intent and result in the audit log."""
+        finding = item.finding
         action = finding.action
         assert action is not None
         if not self.acting():
@@ -366,6 +446,7 @@ class Engine:
         log.info("action started", action=action.name, target=action.target,
                  finding=finding.key, params=dict(action.params))
         try:
+            self._verify(spec, item)
             adapter = self.sources.adapter(action.source, action.target)
             detail = str(getattr(adapter, action.call)(**dict(action.params)))
             status = ActionStatus.DONE
@@ -387,6 +468,29 @@ class Engine:
         log.info("action finished", action=action.name, target=action.target,
                  finding=finding.key, status=status.value, detail=detail)
         return status, detail
+
+    def _verify(self, spec: CheckSpec, item: Tracked) -> None:
+        """Re-read by name what the finding rests on; raise PreconditionFailed if it changed.
+
+        The pass's lists are a picture taken moments or minutes ago, through whatever
+        namespace, selector and context the configuration gives. Right before changing
+        the world, the objects themselves are read again and the check judges them.
+        """
+        action = item.finding.action
+        assert action is not None
+        if not action.verify:
+            return
+        if spec.verify is None:
+            raise PreconditionFailed(f"check {spec.name} cannot judge its re-reads")
+        reads: dict[str, Any] = {}
+        for need in action.verify:
+            try:
+                reads[need.key] = self._read(need)
+            except SourceError as exc:
+                raise PreconditionFailed(f"could not re-read {need.key}: {exc}") from None
+        reason = spec.verify(item.finding, reads, item.first_seen)
+        if reason:
+            raise PreconditionFailed(reason)
 
     def _settle_unfinished(self) -> None:
         """Record actions whose result a store failure swallowed as ``interrupted``.

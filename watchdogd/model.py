@@ -63,6 +63,8 @@ class ActionStatus(enum.StrEnum):
     DISABLED = "disabled"
     FAILED = "failed"
     SKIPPED = "skipped"  # the world changed under us; the precondition no longer held
+    #: acted on too often in a window: watchdogd's picture is probably wrong
+    HELD = "held"
 
 
 class SourceError(Exception):
@@ -92,8 +94,15 @@ class ImplausibleData(Exception):
     """The observations are complete but cannot be true (no hub pod, a hub DB without users).
 
     A check raises it from ``detect()``; the engine reports the target as
-    ``error`` and acts on nothing, exactly as for a failed source.
+    ``error`` and acts on nothing, exactly as for a failed source. With
+    ``notify`` set, the engine also tracks one ``view-implausible`` finding for the
+    target (announced, reminded and resolved like any other, never acted on), so a
+    view that hides most of a hub pages someone instead of failing silently.
     """
+
+    def __init__(self, message: str, *, notify: bool = False) -> None:
+        super().__init__(message)
+        self.notify = notify
 
 
 class MissingObservation(KeyError):
@@ -173,6 +182,11 @@ class Action:
     ``destructive`` actions count against the breaker and the budgets;
     ``before`` is the before-image written to the audit log so that a human can
     undo what was done.
+
+    ``verify`` names the targeted re-reads (by name: one pod, one user's server)
+    that the engine makes right before acting; the check's ``verify()`` function
+    then says whether the finding still holds on them. An action is never run on
+    the pass's lists alone when its check can say what to re-read.
     """
 
     name: str
@@ -182,6 +196,7 @@ class Action:
     params: Mapping[str, Any] = field(default_factory=dict)
     destructive: bool = True
     before: Mapping[str, Any] = field(default_factory=dict)
+    verify: tuple[Need, ...] = ()
 
 
 @dataclass
@@ -221,3 +236,7 @@ class Detection:
     #: True when only some subjects could be judged (a credential was refused):
     #: the findings it has are tracked, but none that are missing count as resolved.
     partial: bool = False
+    #: Objects to read by name before anything can be judged (a pod that the hub's
+    #: spawner state places outside the listed namespace or selector). The engine
+    #: fetches them and calls ``detect()`` once more with them in the snapshot.
+    lookups: tuple[Need, ...] = ()

@@ -144,6 +144,11 @@ class Notifier:
                         body += f" ({entry.action_detail})"
                 rows += self._rows(finding.key, entry.tracked.event, finding.severity, title,
                                    body)
+            if finding.action is not None and entry.notify_held:
+                title = (f"{self.prefix} [critical] {finding.action.name} held: "
+                         f"{finding.subject} ({where})")
+                body = f"{finding.message}\n{entry.action_detail}"
+                rows += self._rows(finding.key, "held", Severity.CRITICAL, title, body)
             if finding.action is not None and entry.action_status in _ACTION_EVENTS:
                 severity = (Severity.WARNING if entry.action_status == ActionStatus.DONE
                             else Severity.CRITICAL)

@@ -1,12 +1,14 @@
 """The remediation policy: whether a planned action may run, and if not, why.
 
-The gates apply in a fixed order an operator can predict: enabled, confirmed
-(sightings and age), the breaker, dry-run, the budgets. Every refusal carries a
+The gates apply in a fixed order an operator can predict: enabled, not held
+(acted on too often lately), confirmed (sightings and age), the breaker, dry-run,
+the budgets. Every refusal carries a
 one-line reason that ends up in the report and the logs.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -24,6 +26,8 @@ class Decision:
     tracked: Tracked
     status: ActionStatus
     detail: str
+    #: for a held action: whether this pass owes the one critical notice
+    notify: bool = False
 
 
 @dataclass
@@ -71,12 +75,15 @@ def decide(
     subjects: int,
     budget: Budget,
     now: datetime,
+    repeats: Mapping[str, int] | None = None,
 ) -> tuple[list[Decision], str | None]:
     """Decide every planned action of one check target's pass.
 
-    Returns the decisions and, when the breaker opened, the reason (the caller
-    sends one critical notice for it).
+    ``repeats`` counts, per finding key, the actions done on it within
+    ``remediation.repeat_window``. Returns the decisions and, when the breaker
+    opened, the reason (the caller sends one critical notice for it).
     """
+    repeats = repeats or {}
     decisions: list[Decision] = []
     candidates: list[Decision] = []
     for item in tracked:
@@ -86,6 +93,14 @@ def decide(
         if action.name not in policy.enabled:
             decisions.append(Decision(item, ActionStatus.DISABLED,
                                       f"{action.name} is not in remediation.enabled"))
+            continue
+        done = repeats.get(item.finding.key, 0)
+        if done >= policy.max_repeats:
+            decisions.append(Decision(item, ActionStatus.HELD, (
+                f"{action.name} already done {done} times in "
+                f"{_fmt(policy.repeat_window.total_seconds())} "
+                f"(remediation.max_repeats = {policy.max_repeats}): the problem keeps coming "
+                "back, so watchdogd's picture of it may be wrong; no more automatic action")))
             continue
         if item.sightings < policy.confirm_after:
             decisions.append(Decision(item, ActionStatus.UNCONFIRMED,

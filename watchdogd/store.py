@@ -381,14 +381,22 @@ class Store:
                              .values(status="resolved", resolved_at=now))
         return tracked, resolved
 
-    def reset_sightings(self, keys: Iterable[str]) -> None:
-        """Make these findings prove themselves again before any action (after a crash)."""
+    def reset_sightings(self, keys: Iterable[str], now: datetime | None = None) -> None:
+        """Make these findings prove themselves again before any action.
+
+        After a crash, and after every action: a server the user restarted must be
+        seen missing ``confirm_after`` times again (and for ``min_age`` again, when
+        ``now`` is given) before it can be stopped again.
+        """
         keys = list(keys)
         if not keys:
             return
+        values: dict[str, Any] = {"sightings": 0}
+        if now is not None:
+            values["first_seen"] = now
         with self._begin() as conn:
             conn.execute(sa.update(findings_table).where(findings_table.c.key.in_(keys))
-                         .values(sightings=0))
+                         .values(**values))
 
     def findings(self, *, status: str | None = "open") -> list[dict[str, Any]]:
         """Findings as plain dicts, newest first (for ``watchdogd findings``)."""
@@ -468,6 +476,15 @@ class Store:
             query = query.where(actions_table.c.destructive.is_(True))
         with self._begin() as conn:
             return int(conn.execute(query).scalar_one())
+
+    def done_actions_by_finding(self, since: datetime) -> dict[str, int]:
+        """How many actions were done (or interrupted) per finding key since ``since``."""
+        query = (sa.select(actions_table.c.finding_key, sa.func.count())
+                 .where(actions_table.c.started_at >= since,
+                        actions_table.c.status.in_(("done", "interrupted")))
+                 .group_by(actions_table.c.finding_key))
+        with self._begin() as conn:
+            return {str(key): int(count) for key, count in conn.execute(query)}
 
     def interrupted_actions(self) -> list[ActionRecord]:
         """Actions whose intent was written but whose result never was: a crash in between."""

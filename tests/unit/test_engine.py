@@ -76,6 +76,13 @@ class FakeWorld:
         return [{"user": u, "server_name": s, "pending": None, "ready": True,
                  "started": "2026-11-22T01:00:00Z", "state": {}} for (u, s) in self.running]
 
+    def server(self, user: str, server_name: str = "") -> dict[str, Any] | None:
+        self._maybe_fail("hubapi")
+        for entry in self.active_servers():
+            if (entry["user"], entry["server_name"]) == (user, server_name):
+                return entry
+        return None
+
     def stop_server(self, user: str, server_name: str = "") -> str:
         self.calls.append(("stop_server", {"user": user, "server_name": server_name}))
         if self.stop_raises:
@@ -103,6 +110,13 @@ class FakeWorld:
         if label_selector == "component=hub":
             return self.hub_pods
         return list(self.pods)
+
+    def pod_(self, namespace: str, name: str) -> dict[str, Any] | None:
+        self._maybe_fail("kube")
+        for pod in self.pods + self.hub_pods:
+            if (pod["metadata"]["namespace"], pod["metadata"]["name"]) == (namespace, name):
+                return pod
+        return None
 
     def delete_pod(self, namespace: str, name: str, uid: str | None = None) -> str:
         self.calls.append(("delete_pod", {"namespace": namespace, "name": name}))
@@ -132,12 +146,20 @@ class Adapter:
     def pods(self, **kwargs: Any) -> list[dict[str, Any]]:
         return self.world.pods_(**kwargs)
 
+    def pod(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.world.pod_(namespace, name)
+
+    def server(self, user: str, server_name: str = "") -> dict[str, Any] | None:
+        return self.world.server(user, server_name)
+
     def delete_pod(self, namespace: str, name: str, uid: str | None = None) -> str:
         return self.world.delete_pod(namespace, name, uid)
 
 
-def make_config(tmp_path: Path, **remediation: Any) -> Config:
+def make_config(tmp_path: Path, sessions: dict[str, Any] | None = None,
+                **remediation: Any) -> Config:
     data: dict[str, Any] = {
+        "checks": {"sessions": sessions or {}},
         "state": {"url": f"sqlite:///{tmp_path}/state.db"},
         "remediation": {"dry_run": False, "confirm_after": 2, "min_age": 0, **remediation},
         "clusters": {"js2": {"kubeconfig": "/nonexistent"}},
@@ -147,14 +169,19 @@ def make_config(tmp_path: Path, **remediation: Any) -> Config:
     return Config.model_validate(data)
 
 
+ALICE = "sessions/main/stale-session/alice"
+#: Policy tests lose many pods at once on purpose; the view's plausibility is tested apart.
+MANY_MISSING = {"max_missing_fraction": 1.0}
+
+
 @pytest.fixture
 def world() -> FakeWorld:
     return FakeWorld()
 
 
 def make_engine(tmp_path: Path, world: FakeWorld, clock: Clock | None = None,
-                **remediation: Any) -> Engine:
-    config = make_config(tmp_path, **remediation)
+                sessions: dict[str, Any] | None = None, **remediation: Any) -> Engine:
+    config = make_config(tmp_path, sessions, **remediation)
     factories = {name: (lambda _c, _n: Adapter(world)) for name in
                  ("hubdb", "hubapi", "proxy", "kube")}
     store = Store(config.state.resolved_url())
@@ -246,7 +273,8 @@ def test_breaker_opens_and_acts_on_none(tmp_path: Path, world: FakeWorld) -> Non
     for i in range(12):
         world.add(f"user{i}", pod=False)
     world.add("healthy")
-    engine = make_engine(tmp_path, world, confirm_after=1, breaker_max=10)
+    engine = make_engine(tmp_path, world, confirm_after=1, breaker_max=10,
+                         sessions=MANY_MISSING)
     report = engine.run_pass()
     assert {s for _, s in statuses(report).values()} == {"breaker-open"}
     assert world.calls == []
@@ -258,8 +286,8 @@ def test_breaker_fraction_applies_to_large_targets_only(tmp_path: Path,
     for i in range(30):
         world.add(f"user{i}", pod=i >= 8)
     engine = make_engine(tmp_path, world, confirm_after=1, breaker_max=100,
-                         breaker_fraction=0.2, breaker_min_subjects=20, max_per_pass=100,
-                         max_per_hour=100)
+                         sessions=MANY_MISSING, breaker_fraction=0.2,
+                         breaker_min_subjects=20, max_per_pass=100, max_per_hour=100)
     report = engine.run_pass()
     assert {s for _, s in statuses(report).values()} == {"breaker-open"}
     assert "breaker_fraction" in (report.checks[0].breaker or "")
@@ -271,7 +299,7 @@ def test_budgets_per_pass_and_per_hour(tmp_path: Path, world: FakeWorld) -> None
     world.add("healthy")
     clock = Clock()
     engine = make_engine(tmp_path, world, clock, confirm_after=1, max_per_pass=2,
-                         max_per_hour=3)
+                         max_per_hour=3, sessions=MANY_MISSING)
     first = statuses(engine.run_pass())
     assert sorted(s for _, s in first.values()) == ["done", "done", "over-budget",
                                                     "over-budget", "over-budget"]
@@ -463,3 +491,64 @@ def test_one_fetch_serves_two_checks_that_name_it_differently(tmp_path: Path,
     assert [c.status for c in report.checks] == ["ok", "ok"]
     assert len(calls) == 1
     assert got["hub_db"] is got["hub_db:main"]
+
+
+def test_a_stop_is_verified_by_name_and_skipped_when_the_pod_exists(
+        tmp_path: Path, world: FakeWorld) -> None:
+    # The pod lives outside what the list shows: the by-name lookup finds it first.
+    world.add("alice", pod=False)
+    world.add("bob")
+    hidden = {"metadata": {"name": "jupyter-alice", "namespace": "jhub", "uid": "u-a"},
+              "status": {"phase": "Running"}}
+    world.hub_pods.append(hidden)  # readable by name, never in the user pod list
+    engine = make_engine(tmp_path, world, confirm_after=1)
+    report = engine.run_pass()
+    assert statuses(report) == {}
+    assert world.calls == []
+
+
+def test_a_subject_acted_on_twice_is_held_with_one_critical_notice(
+        tmp_path: Path, world: FakeWorld) -> None:
+    clock = Clock()
+    engine = make_engine(tmp_path, world, clock, confirm_after=1)
+    held = []
+    for _ in range(4):
+        world.add("alice", pod=False)  # the user restarts; the pod vanishes again
+        world.add("bob")
+        report = engine.run_pass()
+        held.append(statuses(report).get(ALICE, (None, None))[1])
+        clock.advance(minutes=5)
+        world.users.clear()
+        world.pods.clear()
+        world.running.clear()
+    assert held == ["done", "done", "held", "held"]
+    assert [c for c in world.calls if c[0] == "stop_server"] == [
+        ("stop_server", {"user": "alice", "server_name": ""})] * 2
+
+
+def test_sightings_restart_after_an_action(tmp_path: Path, world: FakeWorld) -> None:
+    clock = Clock()
+    engine = make_engine(tmp_path, world, clock, confirm_after=2)
+    world.add("alice", pod=False)
+    world.add("bob")
+    world.stop_raises = None
+    assert statuses(engine.run_pass())[ALICE][1] == "unconfirmed"
+    clock.advance(minutes=1)
+    assert statuses(engine.run_pass())[ALICE][1] == "done"
+    # The user restarts and the new pod vanishes too: it must be confirmed again.
+    world.add("alice", pod=False)
+    world.pods = [p for p in world.pods if p["metadata"]["name"] != "jupyter-alice"]
+    clock.advance(minutes=1)
+    assert statuses(engine.run_pass())[ALICE][1] == "unconfirmed"
+
+
+def test_an_implausible_view_is_one_tracked_finding_and_no_action(
+        tmp_path: Path, world: FakeWorld) -> None:
+    for i in range(10):
+        world.add(f"user{i}", pod=False)
+    engine = make_engine(tmp_path, world, confirm_after=1)
+    report = engine.run_pass()
+    check = report.checks[0]
+    assert check.status == "error" and "view is probably wrong" in (check.error or "")
+    assert [f.tracked.finding.kind for f in check.findings] == ["view-implausible"]
+    assert world.calls == []

@@ -11,7 +11,10 @@ A check module provides:
 ``targets(config)``
     what it looks at in a pass and which observations each target needs;
 ``detect(snapshot, now)``
-    the findings, each with its planned action: no I/O, deterministic.
+    the findings, each with its planned action: no I/O, deterministic;
+``verify(finding, reads, first_seen)`` (optional)
+    whether a finding still holds on the objects its action's ``verify`` needs
+    re-read right before acting: None, or why the action must be skipped.
 
 Adding a check is its module, one line in :data:`REGISTRY`, and its tests.
 """
@@ -22,10 +25,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from types import ModuleType
+from typing import Any
 
 from watchdogd.checks import certs, nodes, orphans, sessions, volumes
 from watchdogd.config import CheckConfig, Config
-from watchdogd.model import CheckTarget, Detection, Snapshot
+from watchdogd.model import CheckTarget, Detection, Finding, Snapshot
 
 __all__ = ["REGISTRY", "CheckSpec"]
 
@@ -40,6 +44,7 @@ class CheckSpec:
     targets: Callable[[Config], list[CheckTarget]]
     detect: Callable[[Snapshot, datetime], Detection]
     settings_model: type[CheckConfig]
+    verify: Callable[[Finding, dict[str, Any], datetime], str | None] | None = None
 
     def validate_settings(self, data: dict[str, object]) -> CheckConfig:
         """Validate a ``[checks.NAME]`` section (raises pydantic's ValidationError)."""
@@ -49,7 +54,7 @@ class CheckSpec:
     def of(cls, module: ModuleType) -> CheckSpec:
         """Read the interface off a check module."""
         return cls(module.NAME, tuple(module.KINDS), module.settings, module.targets,
-                   module.detect, module.Settings)
+                   module.detect, module.Settings, getattr(module, "verify", None))
 
 
 REGISTRY: dict[str, CheckSpec] = {

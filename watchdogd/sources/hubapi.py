@@ -86,6 +86,26 @@ class HubApiSource:
             raise self.http.error(f"GET /users: got {users} of {total} active users")
         return servers
 
+    def server(self, user: str, server_name: str = "") -> dict[str, Any] | None:
+        """One user's server as the hub sees it now; None when it has no such server.
+
+        The re-read right before an action: ``GET /users/{name}`` (a missing user is
+        a 404, which means no server either).
+        """
+        response = self.http.request(
+            "GET", f"/users/{quote(user, safe='')}", ok=(200, 404),
+            need="the scopes read:users, read:servers, admin:server_state")
+        if response.status_code == 404:
+            return None
+        try:
+            data = response.json()
+        except (ValueError, RecursionError):
+            raise self.http.error(f"GET /users/{user}: answer is not JSON") from None
+        for entry in _servers_of(data, self.http):
+            if entry["server_name"] == server_name:
+                return entry
+        return None
+
     def stop_server(self, user: str, server_name: str = "") -> str:
         """Ask the hub to stop one server; a 202 means the hub is still stopping it."""
         path = f"/users/{quote(user, safe='')}/server"

@@ -165,6 +165,26 @@ class KubeSource:
         """Pods matching the selectors (all namespaces when ``namespace`` is None)."""
         return self.list_objects("Pod", namespace, label_selector, field_selector)
 
+    def pod(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """One pod read by name, whatever its labels; None when it does not exist.
+
+        The targeted read behind every verdict of absence that the pod list alone
+        cannot prove (another namespace, a selector that misses it) and behind the
+        re-read right before an action.
+        """
+        data = self._get(f"read pod {namespace}/{name}",
+                         "/api/v1/namespaces/{namespace}/pods/{name}",
+                         {"namespace": namespace, "name": name}, [], missing_ok=True)
+        if data is None:
+            return None
+        metadata = data.get("metadata")
+        if not isinstance(metadata, dict) or data.get("kind", "Pod") != "Pod":
+            raise self.error(f"read pod {namespace}/{name}: answer is not a pod")
+        for key in _DROP_METADATA:
+            metadata.pop(key, None)
+        pod: dict[str, Any] = data
+        return pod
+
     def delete_pod(self, namespace: str, name: str, uid: str | None = None) -> str:
         """Delete one pod, only if it is still the pod that was observed (same uid)."""
         api = client.CoreV1Api(self.client)
@@ -188,7 +208,7 @@ class KubeSource:
         return f"deleted pod {namespace}/{name}"
 
     def _get(self, what: str, path: str, path_params: dict[str, str],
-             query: list[tuple[str, Any]]) -> Any:
+             query: list[tuple[str, Any]], *, missing_ok: bool = False) -> Any:
         count_request()
         api = self.client
         try:
@@ -202,6 +222,8 @@ class KubeSource:
                 raise ApiException.from_response(
                     http_resp=response, body=raw.decode("utf-8", "replace"), data=None)
         except ApiException as exc:
+            if exc.status == 404 and missing_ok and _is_not_found(exc):
+                return None
             if exc.status == 410:
                 raise self.error(f"{what}: the list expired while paging (410 Gone); "
                                  "it is read again next pass") from None
@@ -227,6 +249,20 @@ class KubeSource:
         """Close the client's connection pool."""
         if self._client is not None:
             self._client.close()  # type: ignore[no-untyped-call]
+
+
+def _is_not_found(exc: ApiException) -> bool:
+    """Whether a 404 is the API server's NotFound Status for the object.
+
+    A 404 from something else (a proxy in front, a wrong URL prefix) is an error,
+    never proof that a pod is gone.
+    """
+    try:
+        status = json.loads(_body(exc))
+    except (ValueError, RecursionError):
+        return False
+    return (isinstance(status, dict) and status.get("kind") == "Status"
+            and status.get("reason") == "NotFound")
 
 
 def _body(exc: ApiException) -> str:
