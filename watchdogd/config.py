@@ -131,12 +131,16 @@ class RemediationConfig(Section):
 
     dry_run: bool = True
     confirm_after: int = Field(2, ge=1)
-    min_age: Duration = timedelta(minutes=5)
+    min_age: Duration = timedelta(minutes=1)
     max_per_pass: int = Field(5, ge=0)
     max_per_hour: int = Field(20, ge=0)
     breaker_max: int = Field(10, ge=0)
     breaker_fraction: float = Field(0.2, gt=0, le=1)
     breaker_min_subjects: int = Field(20, ge=1)
+    #: A subject acted on this many times within ``repeat_window`` gets no further
+    #: automatic action: a loop means watchdogd's picture of it is wrong.
+    max_repeats: int = Field(2, ge=1)
+    repeat_window: Duration = timedelta(hours=24)
     enabled: list[RemediationName] = Field(
         default_factory=lambda: list(DEFAULT_ENABLED)
     )

@@ -28,7 +28,8 @@ HOSTILE = [
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[World]:
     with World(tmp_path / "world", remediation={"confirm_after": 1}) as w:
-        w.healthy(users=3, running=2)
+        # Enough healthy servers that four stale ones are a plausible share (10%).
+        w.healthy(users=40, running=36)
         yield w
 
 

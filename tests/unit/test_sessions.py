@@ -17,7 +17,7 @@ def settings(layout: str = "kubespawner", **check: Any) -> sessions.TargetSettin
     return sessions.TargetSettings(
         hub="main", cluster="js2", namespace="jhub", layout=layout,
         nublado_prefix="nublado-", hub_pod_selector="component=hub",
-        check=sessions.Settings(**check),
+        check=sessions.Settings(**check), proxy=True,
     )
 
 
@@ -71,6 +71,17 @@ def route(user: str, server: str = "",
 Obj = dict[str, Any]
 
 
+def detect(snap: Snapshot, now: datetime, found: dict[str, Obj] | None = None) -> Any:
+    """detect(), with the engine's by-name lookups answered from ``found`` (else absent)."""
+    detection = sessions.detect(snap, now)
+    if detection.lookups:
+        for need in detection.lookups:
+            snap.observations[need.key] = (found or {}).get(need.key)
+        detection = sessions.detect(snap, now)
+        assert not [n for n in detection.lookups if n.key not in snap.observations]
+    return detection
+
+
 def snapshot(*, users: list[str], db_running: list[Obj], api: list[Obj], pods: list[Obj],
              routes: list[tuple[str, Obj]] | None = None, layout: str = "kubespawner",
              marks: dict[str, datetime] | None = None, hub_pods: list[Obj] | None = None,
@@ -90,7 +101,7 @@ def snapshot(*, users: list[str], db_running: list[Obj], api: list[Obj], pods: l
 
 
 def kinds(snap: Snapshot) -> dict[str, tuple[str, str | None]]:
-    detection = sessions.detect(snap, NOW)
+    detection = detect(snap, NOW)
     return {f.subject: (f.kind, f.action.name if f.action else None)
             for f in detection.findings}
 
@@ -98,13 +109,13 @@ def kinds(snap: Snapshot) -> dict[str, tuple[str, str | None]]:
 def test_healthy_session_has_no_findings() -> None:
     snap = snapshot(users=["alice", "bob"], db_running=[running("alice")], api=[active("alice")],
                     pods=[pod("alice")], routes=[route("alice")])
-    assert sessions.detect(snap, NOW).findings == []
+    assert detect(snap, NOW).findings == []
 
 
 def test_running_without_pod_is_stale_session_with_stop_server() -> None:
     snap = snapshot(users=["alice"], db_running=[running("alice")], api=[active("alice")],
                     pods=[], routes=[route("alice")])
-    detection = sessions.detect(snap, NOW)
+    detection = detect(snap, NOW)
     [finding] = detection.findings
     assert (finding.kind, finding.subject, finding.severity.label) == (
         "stale-session", "alice", "critical")
@@ -126,7 +137,7 @@ def test_running_with_dead_pod_is_dead_session(phase: str, reason: str | None) -
 
 def test_pod_without_running_server_is_orphan_pod_with_uid_precondition() -> None:
     snap = snapshot(users=["alice", "bob"], db_running=[], api=[], pods=[pod("bob")])
-    detection = sessions.detect(snap, NOW)
+    detection = detect(snap, NOW)
     [finding] = detection.findings
     assert (finding.kind, finding.subject) == ("orphan-pod", "bob")
     assert finding.action is not None
@@ -139,7 +150,7 @@ def test_running_pod_without_route_is_missing_route() -> None:
     snap = snapshot(users=["alice"], db_running=[running("alice")], api=[active("alice")],
                     pods=[pod("alice")], routes=[])
     assert kinds(snap) == {"alice": ("missing-route", "sync-routes")}
-    [finding] = sessions.detect(snap, NOW).findings
+    [finding] = detect(snap, NOW).findings
     assert finding.action is not None and not finding.action.destructive
 
 
@@ -178,13 +189,13 @@ def test_young_pending_spawn_is_left_alone_even_without_pod() -> None:
 def test_pending_stop_is_remembered_and_becomes_stuck_stop() -> None:
     snap = snapshot(users=["alice"], db_running=[running("alice")],
                     api=[active("alice", pending="stop")], pods=[])
-    first = sessions.detect(snap, NOW)
+    first = detect(snap, NOW)
     assert first.findings == []  # a stop in progress: never stop twice
     assert first.marks == {"pending-stop:alice"}
     later = snapshot(users=["alice"], db_running=[running("alice")],
                      api=[active("alice", pending="stop")], pods=[],
                      marks={"pending-stop:alice": NOW - timedelta(minutes=11)})
-    [finding] = sessions.detect(later, NOW).findings
+    [finding] = detect(later, NOW).findings
     assert finding.kind == "stuck-stop"
     assert finding.severity.label == "critical"
     assert finding.action is not None
@@ -211,7 +222,7 @@ def test_named_servers_are_separate_subjects() -> None:
         pods=[pod("alice")],
         routes=[route("alice"), route("alice", "gpu", target="http://10.0.0.6:8888")],
     )
-    detection = sessions.detect(snap, NOW)
+    detection = detect(snap, NOW)
     [finding] = detection.findings
     assert (finding.kind, finding.subject) == ("stale-session", "alice/gpu")
     assert finding.action is not None
@@ -260,7 +271,7 @@ def test_hostile_usernames_flow_through_unchanged() -> None:
     hostile = "o'brien\"; drop table users;--"
     snap = snapshot(users=[hostile], db_running=[running(hostile)], api=[active(hostile)],
                     pods=[], routes=[route(hostile)])
-    [finding] = sessions.detect(snap, NOW).findings
+    [finding] = detect(snap, NOW).findings
     assert finding.subject == hostile
     assert finding.action is not None
     assert dict(finding.action.params)["user"] == hostile
@@ -270,19 +281,19 @@ def test_missing_hub_pod_makes_the_snapshot_implausible() -> None:
     snap = snapshot(users=["alice"], db_running=[running("alice")], api=[active("alice")],
                     pods=[], hub_pods=[])
     with pytest.raises(ImplausibleData, match="hub pod"):
-        sessions.detect(snap, NOW)
+        detect(snap, NOW)
 
 
 def test_hub_db_without_users_but_with_pods_is_implausible() -> None:
     snap = snapshot(users=[], db_running=[], api=[], pods=[pod("alice")])
     with pytest.raises(ImplausibleData, match="no users"):
-        sessions.detect(snap, NOW)
+        detect(snap, NOW)
 
 
 def test_subjects_count_every_session_pod_and_route() -> None:
     snap = snapshot(users=["a", "b", "c"], db_running=[running("a")], api=[active("a")],
                     pods=[pod("a"), pod("b")], routes=[route("a"), route("c")])
-    assert sessions.detect(snap, NOW).subjects == 3
+    assert detect(snap, NOW).subjects == 3
 
 
 def test_nublado_pod_is_matched_by_its_user_label() -> None:
@@ -299,16 +310,119 @@ def test_many_running_servers_and_not_one_pod_is_implausible() -> None:
     names = [f"u{i}" for i in range(5)]
     snap = snapshot(users=names, db_running=[running(n) for n in names],
                     api=[active(n) for n in names], pods=[], routes=[route(n) for n in names])
-    with pytest.raises(ImplausibleData, match="none of the 5 running servers has a pod"):
-        sessions.detect(snap, NOW)
+    with pytest.raises(ImplausibleData, match="5 of the 5 servers the hub runs have no pod") as exc:
+        detect(snap, NOW)
+    assert exc.value.notify  # one view-implausible notice, never a batch of stops
 
 
-def test_a_few_servers_without_pods_are_judged() -> None:
-    # A small hub really can lose every pod at once (one node died).
+def test_two_servers_without_pods_are_judged() -> None:
+    # One node died under two users: that is judged, not called implausible.
     names = [f"u{i}" for i in range(4)]
     snap = snapshot(users=names, db_running=[running(n) for n in names],
-                    api=[active(n) for n in names], pods=[], routes=[route(n) for n in names])
-    assert {kind for kind, _ in kinds(snap).values()} == {"stale-session"}
+                    api=[active(n) for n in names], pods=[pod("u2"), pod("u3")],
+                    routes=[route(n) for n in names])
+    assert {s for s, (kind, _) in kinds(snap).items() if kind == "stale-session"} == {"u0", "u1"}
+
+
+def test_three_missing_of_four_is_implausible() -> None:
+    names = [f"u{i}" for i in range(4)]
+    snap = snapshot(users=names, db_running=[running(n) for n in names],
+                    api=[active(n) for n in names], pods=[pod("u3")],
+                    routes=[route(n) for n in names])
+    with pytest.raises(ImplausibleData, match="3 of the 4"):
+        detect(snap, NOW)
+
+
+def _elsewhere(user: str, namespace: str = "other", labels: dict[str, str] | None = None) -> Obj:
+    found = pod(user)
+    found["metadata"]["namespace"] = namespace
+    found["metadata"]["labels"] = labels or found["metadata"]["labels"]
+    return found
+
+
+def test_pods_outside_the_listed_namespace_are_looked_up_not_stale() -> None:
+    # 40 running servers; 3 pods live in another namespace (a profile override) that the
+    # spawner state names; the list of the configured namespace is complete.
+    names = [f"u{i}" for i in range(40)]
+    rows = [running(n) for n in names]
+    for row in rows[:3]:
+        row["state"]["namespace"] = "other"
+    listed = [pod(n) for n in names[3:]]
+    snap = snapshot(users=names, db_running=rows, api=[active(n) for n in names], pods=listed,
+                    routes=[route(n) for n in names])
+    first = sessions.detect(snap, NOW)
+    assert sorted(n.key for n in first.lookups) == [
+        f"pod:other/jupyter-u{i}" for i in range(3)]
+    assert {(n.source, n.call) for n in first.lookups} == {("kube", "pod")}
+    found = {f"pod:other/jupyter-{n}": _elsewhere(n) for n in names[:3]}
+    assert detect(snap, NOW, found).findings == []
+
+
+def test_pods_missing_the_selector_are_looked_up_not_stale() -> None:
+    names = [f"u{i}" for i in range(40)]
+    listed = [pod(n) for n in names[8:]]  # 8 pods carry other labels
+    snap = snapshot(users=names, db_running=[running(n) for n in names],
+                    api=[active(n) for n in names], pods=listed,
+                    routes=[route(n) for n in names])
+    found = {f"pod:jhub/jupyter-{n}": _elsewhere(n, "jhub", {"app": "x"}) for n in names[:8]}
+    assert detect(snap, NOW, found).findings == []
+
+
+def test_a_wrong_cluster_is_implausible_however_many_run() -> None:
+    names = [f"u{i}" for i in range(40)]
+    snap = snapshot(users=names, db_running=[running(n) for n in names],
+                    api=[active(n) for n in names], pods=[],
+                    routes=[route(n) for n in names])
+    with pytest.raises(ImplausibleData, match="the view is probably wrong"):
+        detect(snap, NOW)
+
+
+def test_a_missing_pod_confirmed_by_name_is_stale_and_its_stop_verifies() -> None:
+    names = [f"u{i}" for i in range(40)]
+    snap = snapshot(users=names, db_running=[running(n) for n in names],
+                    api=[active(n) for n in names], pods=[pod(n) for n in names[1:]],
+                    routes=[route(n) for n in names])
+    [finding] = detect(snap, NOW).findings
+    assert (finding.kind, finding.subject) == ("stale-session", "u0")
+    assert finding.action is not None
+    assert {n.key: n.call for n in finding.action.verify} == {
+        "server": "server", "pod": "pod", "routes": "routes"}
+    assert dict(next(n for n in finding.action.verify if n.key == "pod").params) == {
+        "namespace": "jhub", "name": "jupyter-u0"}
+
+
+def _stale() -> Any:
+    snap = snapshot(users=["alice", "bob"], db_running=[running("alice"), running("bob")],
+                    api=[active("alice"), active("bob")], pods=[pod("bob")],
+                    routes=[route("alice"), route("bob")])
+    [finding] = detect(snap, NOW).findings
+    return finding
+
+
+def _routes(last_activity: str | None) -> dict[str, Obj]:
+    path, data = route("alice")
+    return {path: {**data, "last_activity": last_activity}}
+
+
+def test_verify_stop_server_acts_only_while_the_finding_holds() -> None:
+    finding = _stale()
+    first_seen = NOW - timedelta(minutes=2)
+    server = active("alice")
+    still = {"server": server, "pod": None, "routes": _routes("2026-11-22T02:30:00Z")}
+    assert sessions.verify(finding, still, first_seen) is None
+    reason = sessions.verify(finding, {**still, "pod": _elsewhere("alice")}, first_seen)
+    assert reason and "exists" in reason
+    reason = sessions.verify(finding, {**still, "server": None}, first_seen)
+    assert reason and "no longer runs" in reason
+    restarted = active("alice", started="2026-11-22T02:59:30Z")
+    reason = sessions.verify(finding, {**still, "server": restarted}, first_seen)
+    assert reason and "restarted" in reason
+    reason = sessions.verify(finding, {**still, "server": active("alice", pending="stop")},
+                             first_seen)
+    assert reason and "pending stop" in reason
+    live = {**still, "routes": _routes("2026-11-22T02:59:00Z")}
+    reason = sessions.verify(finding, live, first_seen)
+    assert reason and "carried traffic" in reason
 
 
 def test_default_pod_selector_follows_the_layout() -> None:

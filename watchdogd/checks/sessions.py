@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from pydantic import ConfigDict
+from pydantic import ConfigDict, Field
 
 from watchdogd.checks.common import parse_time
 from watchdogd.config import CheckConfig, Config, Duration, HubConfig
@@ -55,9 +55,6 @@ KINDS = (
 ANNOTATION_USER = "hub.jupyter.org/username"
 ANNOTATION_SERVER = "hub.jupyter.org/servername"
 NUBLADO_USER_LABEL = "nublado.lsst.io/user"
-#: With at least this many running servers and not one pod among them, the pod list
-#: (its namespace or selector) is wrong, not every lab gone at once.
-PLAUSIBLE_RUNNING_WITHOUT_PODS = 5
 LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _SAFE_ESCAPE = frozenset("abcdefghijklmnopqrstuvwxyz0123456789")
@@ -67,12 +64,16 @@ class Settings(CheckConfig):
     """``[checks.sessions]``."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    interval: Duration = timedelta(minutes=1)
+    interval: Duration = timedelta(seconds=30)
     stuck_spawn_after: Duration = timedelta(minutes=15)
     stuck_stop_after: Duration = timedelta(minutes=10)
     #: KubeSpawner's username slug: ``safe`` (7.x), ``escape`` (older), or
     #: ``auto`` (read ``kubespawner_version`` from the spawners' state).
     slug_scheme: Literal["auto", "safe", "escape"] = "auto"
+    #: More running servers than this fraction (and more than two) whose pods exist
+    #: neither in the pod list nor when read by name: the view is wrong (namespace,
+    #: selector, kube context), not that many labs gone at once.
+    max_missing_fraction: float = Field(0.1, gt=0, le=1)
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,8 @@ class TargetSettings:
     nublado_prefix: str
     hub_pod_selector: str
     check: Settings
+    pod_selector: str = ""
+    proxy: bool = False
 
 
 def settings(config: Config) -> Settings:
@@ -102,6 +105,7 @@ def targets(config: Config) -> list[CheckTarget]:
             hub=name, cluster=hub.cluster, namespace=hub.namespace, layout=hub.layout,
             nublado_prefix=hub.nublado_namespace_prefix,
             hub_pod_selector=hub.hub_pod_selector, check=check,
+            pod_selector=hub.user_pod_selector(), proxy=bool(hub.proxy_api_url),
         )))
     return result
 
@@ -224,19 +228,34 @@ class _Detector:
         self.findings.append(Finding(NAME, self.s.hub, kind, subject, severity, message,
                                      evidence, action))
 
-    def stop_server(self, key: SessionKey, before: dict[str, Any]) -> Action:
+    def rereads(self, key: SessionKey, pod_ref: tuple[Any, Any] | None) -> tuple[Need, ...]:
+        """What to read again by name right before acting on this session."""
+        needs = [Need.of("server", "hubapi", self.s.hub, "server",
+                         user=key[0], server_name=key[1])]
+        if pod_ref is not None and pod_ref[0] and pod_ref[1]:
+            needs.append(Need.of("pod", "kube", self.s.cluster, "pod",
+                                 namespace=pod_ref[0], name=pod_ref[1]))
+        if self.s.proxy:
+            needs.append(Need.of("routes", "proxy", self.s.hub, "routes"))
+        return tuple(needs)
+
+    def stop_server(self, key: SessionKey, before: dict[str, Any],
+                    pod_ref: tuple[Any, Any] | None = None) -> Action:
         return Action("stop-server", "hubapi", self.s.hub, "stop_server",
-                      {"user": key[0], "server_name": key[1]}, destructive=True, before=before)
+                      {"user": key[0], "server_name": key[1]}, destructive=True, before=before,
+                      verify=self.rereads(key, pod_ref))
 
-    def sync_routes(self, before: dict[str, Any]) -> Action:
+    def sync_routes(self, before: dict[str, Any], key: SessionKey | None = None) -> Action:
+        verify = self.rereads(key, None) if key is not None else ()
         return Action("sync-routes", "hubapi", self.s.hub, "sync_routes", {},
-                      destructive=False, before=before)
+                      destructive=False, before=before, verify=verify)
 
-    def delete_pod(self, pod: dict[str, Any]) -> Action:
+    def delete_pod(self, pod: dict[str, Any], key: SessionKey) -> Action:
         summary = _pod_summary(pod)
         return Action("delete-pod", "kube", self.s.cluster, "delete_pod",
                       {"namespace": summary["namespace"], "name": summary["name"],
-                       "uid": summary["uid"]}, destructive=True, before={"pod": pod})
+                       "uid": summary["uid"]}, destructive=True, before={"pod": pod},
+                      verify=self.rereads(key, (summary["namespace"], summary["name"])))
 
 
 def detect(snapshot: Snapshot, now: datetime) -> Detection:
@@ -278,19 +297,42 @@ def detect(snapshot: Snapshot, now: datetime) -> Detection:
         if key is not None:
             by_key.setdefault(key, []).append(pod)
 
-    with_pod = sum(1 for key, row in running.items() if key in by_key or (
-        (row.get("state") or {}).get("namespace"), (row.get("state") or {}).get("pod_name"))
-        in by_name)
-    if len(running) >= PLAUSIBLE_RUNNING_WITHOUT_PODS and with_pod == 0:
+    # Absence is only believed where the whole place was seen: a pod the list lacks
+    # is read by name (it may live in another namespace, or miss the selector).
+    lookups: list[Need] = []
+    unseen: list[SessionKey] = []
+    for key, row in running.items():
+        if key in by_key or _pod_ref(row, s) in by_name:
+            continue
+        ref = _pod_ref(row, s)
+        if ref is None:
+            unseen.append(key)  # nothing names its pod: its absence cannot be proven
+            continue
+        lookup = _lookup_key(ref)
+        if lookup not in snapshot.observations:
+            lookups.append(Need.of(lookup, "kube", s.cluster, "pod",
+                                   namespace=ref[0], name=ref[1]))
+            continue
+        found = snapshot.observations[lookup]
+        if found is None:
+            unseen.append(key)
+        else:
+            by_name[ref] = found
+    if lookups:
+        return Detection([], 0, lookups=tuple(lookups))
+    allowed = max(2.0, s.check.max_missing_fraction * len(running))
+    if len(unseen) > allowed:
         raise ImplausibleData(
-            f"none of the {len(running)} running servers has a pod in the pod list "
-            f"(namespace {s.namespace}, layout {s.layout}): check the hub's namespace and "
-            "pod_selector before anything is stopped")
+            f"{len(unseen)} of the {len(running)} servers the hub runs have no pod, neither "
+            f"in the list (cluster {s.cluster}, namespace {s.namespace}, selector "
+            f"{s.pod_selector or 'none'}) nor read by name: the view is probably wrong (the "
+            "kube context or cluster, the hub's namespace, or pod_selector), so nothing is "
+            "stopped", notify=True)
 
     claimed: set[int] = set()
     for key, row in running.items():
         _judge_running(d, key, row, active.get(key), by_name, by_key, user_routes, routes,
-                       hub_pod, claimed)
+                       hub_pod, claimed, _pod_ref(row, s) is not None)
 
     for key, key_pods in by_key.items():
         for pod in key_pods:
@@ -302,7 +344,7 @@ def detect(snapshot: Snapshot, now: datetime) -> Detection:
                           f"pod {summary['namespace']}/{summary['name']} ({summary['phase']}) "
                           f"belongs to {_subject(key)!r}, whom the hub does not consider "
                           "running; the hub will never clean it up",
-                          {"pod": summary}, d.delete_pod(pod))
+                          {"pod": summary}, d.delete_pod(pod, key))
 
     for key, (path, route) in user_routes.items():
         if key not in running and key not in active:
@@ -310,7 +352,7 @@ def detect(snapshot: Snapshot, now: datetime) -> Detection:
                       f"the proxy routes {path} to {route.get('target')} but the hub does not "
                       "consider this server running",
                       {"route": path, "target": route.get("target")},
-                      d.sync_routes({"route": {path: route}}))
+                      d.sync_routes({"route": {path: route}}, key))
 
     _judge_usernames(d, db)
     subjects = len(set(running) | set(by_key) | set(user_routes))
@@ -328,10 +370,12 @@ def _judge_running(
     routes: dict[str, dict[str, Any]] | None,
     hub_pod: dict[str, Any] | None,
     claimed: set[int],
+    absence_known: bool,
 ) -> None:
     s = d.s
     state = row.get("state") or {}
-    pod = by_name.get((state.get("namespace"), state.get("pod_name")))
+    ref = _pod_ref(row, s)
+    pod = by_name.get(ref) if ref is not None else None
     candidates = by_key.get(key, [])
     if pod is None or pod_phase(pod) == "terminating":
         live = [p for p in candidates if pod_phase(p) == "alive"]
@@ -373,15 +417,16 @@ def _judge_running(
             d.finding("stuck-spawn", key, Severity.WARNING,
                       f"the spawn of {_subject(key)!r} has been pending ({pending}) for "
                       f"{_minutes(d.now - started)} minutes",
-                      evidence, d.stop_server(key, evidence))
+                      evidence, d.stop_server(key, evidence, ref))
         return
     if pod is None:
-        where = (f"pod {state.get('namespace')}/{state.get('pod_name')}"
-                 if state.get("pod_name") else "its pod")
+        if ref is None and not absence_known:
+            return
+        where = f"pod {ref[0]}/{ref[1]}" if ref is not None else "its pod"
         d.finding("stale-session", key, Severity.CRITICAL,
                   f"the hub thinks {_subject(key)!r} is running, but {where} does not exist; "
                   "the hub will refuse to start or stop it", evidence,
-                  d.stop_server(key, evidence))
+                  d.stop_server(key, evidence, ref))
         return
     phase = pod_phase(pod)
     evidence["pod"] = _pod_summary(pod)
@@ -389,7 +434,8 @@ def _judge_running(
         d.finding("dead-session", key, Severity.CRITICAL,
                   f"the hub thinks {_subject(key)!r} is running, but its pod is "
                   f"{evidence['pod']['reason'] or evidence['pod']['phase']}", evidence,
-                  d.stop_server(key, evidence))
+                  d.stop_server(key, evidence, (evidence["pod"]["namespace"],
+                                                evidence["pod"]["name"])))
         return
     if phase != "alive" or routes is None:
         return
@@ -397,7 +443,7 @@ def _judge_running(
     if route is None:
         d.finding("missing-route", key, Severity.WARNING,
                   f"{_subject(key)!r} is running but the proxy has no route to it; the user "
-                  "cannot reach the server", evidence, d.sync_routes(evidence))
+                  "cannot reach the server", evidence, d.sync_routes(evidence, key))
         return
     path, data = route
     expected = row.get("url")
@@ -405,7 +451,7 @@ def _judge_running(
         evidence["route"] = {"path": path, "target": data.get("target")}
         d.finding("route-mismatch", key, Severity.WARNING,
                   f"the proxy sends {path} to {data.get('target')}, the hub expects {expected}",
-                  evidence, d.sync_routes(evidence))
+                  evidence, d.sync_routes(evidence, key))
 
 
 def _judge_usernames(d: _Detector, db: dict[str, Any]) -> None:
@@ -427,6 +473,97 @@ def _judge_usernames(d: _Detector, db: dict[str, Any]) -> None:
                       f"KubeSpawner (escape scheme) would label this user's pod {slug[:70]!r}, "
                       "which Kubernetes rejects: the server cannot start. Rename the user or "
                       "move to KubeSpawner 7's safe slug scheme.", {"label": slug})
+
+
+def _pod_ref(row: dict[str, Any], s: TargetSettings) -> tuple[str, str] | None:
+    """Where the hub's record says this server's pod is: (namespace, name), or None."""
+    state = row.get("state") or {}
+    namespace, name = state.get("namespace"), state.get("pod_name")
+    if isinstance(namespace, str) and namespace and isinstance(name, str) and name:
+        return (namespace, name)
+    if s.layout == "nublado" and not row.get("server_name"):
+        user = str(row.get("user") or "")
+        return (f"{s.nublado_prefix}{user}", f"{user}-nb") if user else None
+    return None
+
+
+def _lookup_key(ref: tuple[str, str]) -> str:
+    return f"pod:{ref[0]}/{ref[1]}"
+
+
+def verify(finding: Finding, reads: dict[str, Any], first_seen: datetime) -> str | None:
+    """Whether a session finding still holds on the objects read again by name.
+
+    ``reads`` has ``server`` (the user's server in the Hub API now, or None),
+    ``pod`` (the pod the finding names, or None) and ``routes`` (when a proxy is
+    configured). Returns None to act, or why not.
+    """
+    server = reads.get("server")
+    evidence = finding.evidence
+    seen_api = evidence.get("hub_api") or {}
+    kind = finding.kind
+    if kind in ("orphan-pod", "stale-route"):
+        if server is not None:
+            return f"the hub now runs {finding.subject!r}"
+        if kind == "orphan-pod":
+            pod = reads.get("pod")
+            seen = evidence.get("pod") or {}
+            if pod is None:
+                return "the pod is already gone"
+            if (pod.get("metadata") or {}).get("uid") != seen.get("uid"):
+                return "the pod was replaced since it was observed"
+        elif _route_of(finding.subject, reads.get("routes")) is None:
+            return "the route is already gone"
+        return None
+    if server is None:
+        return f"the hub no longer runs {finding.subject!r}"
+    if server.get("started") != seen_api.get("started"):
+        return (f"the hub's record of {finding.subject!r} changed (started "
+                f"{server.get('started')}, was {seen_api.get('started')}): it was restarted")
+    seen_state = (evidence.get("hub_db") or {}).get("state") or {}
+    state = server.get("state") or {}
+    if state and seen_state and state.get("pod_name") != seen_state.get("pod_name"):
+        return "the hub's spawner state names another pod now"
+    if kind == "stuck-spawn":
+        return None if server.get("pending") == seen_api.get("pending") else (
+            f"the spawn is no longer pending ({server.get('pending')})")
+    if server.get("pending"):
+        return f"the hub is already handling it (pending {server.get('pending')})"
+    pod = reads.get("pod")
+    if kind == "stale-session" and pod is not None and pod_phase(pod) in ("alive", "unknown"):
+        meta = pod.get("metadata") or {}
+        return (f"pod {meta.get('namespace')}/{meta.get('name')} exists "
+                f"({(pod.get('status') or {}).get('phase')}): it is outside the listed "
+                "namespace or selector, not gone")
+    if kind == "dead-session" and pod is not None:
+        seen_pod = evidence.get("pod") or {}
+        if (pod.get("metadata") or {}).get("uid") != seen_pod.get("uid"):
+            return "the pod was replaced since it was observed"
+        if pod_phase(pod) != "dead":
+            return f"the pod is {pod_phase(pod)} now"
+    route = _route_of(finding.subject, reads.get("routes"))
+    if kind in ("stale-session", "dead-session") and route is not None and server.get("ready"):
+        active = parse_time(route.get("last_activity"))
+        if active is not None and active > first_seen:
+            return (f"the server is ready and its route carried traffic at {active:%H:%M:%S} "
+                    "after the problem was first seen: the server answers")
+    if kind == "missing-route" and route is not None:
+        return "the route is back"
+    if kind == "route-mismatch" and route is None:
+        return "the route is gone; the hub adds it again itself"
+    return None
+
+
+def _route_of(subject: str, routes: dict[str, dict[str, Any]] | None) -> dict[str, Any] | None:
+    """The proxy route of a session subject (``user`` or ``user/server``), if any."""
+    if not routes:
+        return None
+    user, _, server = subject.partition("/")
+    for route in routes.values():
+        if (route.get("jupyterhub") and route.get("user") == user
+                and str(route.get("server_name") or "") == server):
+            return route
+    return None
 
 
 def _minutes(delta: timedelta) -> int:
