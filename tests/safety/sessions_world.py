@@ -135,7 +135,9 @@ class SessionsTruth(Truth):
         for key in [k for k in pending_since if self.pending.get(k) != "stop"]:
             del pending_since[key]
         self.pending_since = dict(pending_since)
-        pods = world.kube.list("Pod", world.namespace)
+        # The whole cluster, not the namespace watchdogd is configured to list: the oracle
+        # must know where pods really are.
+        pods = world.kube.list("Pod")
         self.pods = {(p["metadata"]["namespace"], p["metadata"]["name"]): p for p in pods}
         self.pods_of: dict[Key, list[dict[str, Any]]] = {}
         for pod in pods:
