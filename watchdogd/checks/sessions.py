@@ -404,12 +404,15 @@ def _judge_running(
                 action = Action("restart-hub", "kube", s.cluster, "delete_pod",
                                 {"namespace": meta.get("namespace"), "name": meta.get("name"),
                                  "uid": meta.get("uid")}, destructive=True,
-                                before={"pod": _pod_summary(hub_pod)})
+                                before={"pod": _pod_summary(hub_pod)},
+                                verify=d.rereads(key, (meta.get("namespace"), meta.get("name"))))
             d.finding("stuck-stop", key, Severity.CRITICAL,
                       f"the hub has been stopping {_subject(key)!r} for "
                       f"{_minutes(waited)} minutes; it refuses to start or stop it until the "
                       "stop finishes (a hub restart clears it)",
-                      {**evidence, "pending_since": since.isoformat()}, action)
+                      {**evidence, "pending_since": since.isoformat(),
+                       "hub_pod": _pod_summary(hub_pod) if hub_pod is not None else None},
+                      action)
         return
     if pending:
         started = parse_time(api.get("started")) or parse_time(row.get("started"))
@@ -517,6 +520,15 @@ def verify(finding: Finding, reads: dict[str, Any], first_seen: datetime) -> str
         return None
     if server is None:
         return f"the hub no longer runs {finding.subject!r}"
+    if kind == "stuck-stop":
+        hub_pod = reads.get("pod")
+        seen_hub = (evidence.get("hub_pod") or {}).get("uid")
+        if server.get("pending") != "stop":
+            return f"the stop is no longer pending ({server.get('pending')})"
+        if hub_pod is None or (seen_hub and (hub_pod.get("metadata") or {}).get("uid")
+                               != seen_hub):
+            return "the hub pod was replaced since it was observed"
+        return None
     if server.get("started") != seen_api.get("started"):
         return (f"the hub's record of {finding.subject!r} changed (started "
                 f"{server.get('started')}, was {seen_api.get('started')}): it was restarted")
