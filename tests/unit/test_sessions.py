@@ -324,12 +324,12 @@ def test_two_servers_without_pods_are_judged() -> None:
     assert {s for s, (kind, _) in kinds(snap).items() if kind == "stale-session"} == {"u0", "u1"}
 
 
-def test_three_missing_of_four_is_implausible() -> None:
-    names = [f"u{i}" for i in range(4)]
+def test_four_missing_of_five_is_implausible() -> None:
+    names = [f"u{i}" for i in range(5)]
     snap = snapshot(users=names, db_running=[running(n) for n in names],
-                    api=[active(n) for n in names], pods=[pod("u3")],
+                    api=[active(n) for n in names], pods=[pod("u4")],
                     routes=[route(n) for n in names])
-    with pytest.raises(ImplausibleData, match="3 of the 4"):
+    with pytest.raises(ImplausibleData, match="4 of the 5"):
         detect(snap, NOW)
 
 

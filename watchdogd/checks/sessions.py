@@ -55,6 +55,9 @@ KINDS = (
 ANNOTATION_USER = "hub.jupyter.org/username"
 ANNOTATION_SERVER = "hub.jupyter.org/servername"
 NUBLADO_USER_LABEL = "nublado.lsst.io/user"
+#: Up to this many servers without a pod are always judged: one node that died
+#: takes a few labs with it, and a small hub must still be repaired.
+MIN_IMPLAUSIBLE_MISSING = 3
 LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _SAFE_ESCAPE = frozenset("abcdefghijklmnopqrstuvwxyz0123456789")
@@ -70,10 +73,10 @@ class Settings(CheckConfig):
     #: KubeSpawner's username slug: ``safe`` (7.x), ``escape`` (older), or
     #: ``auto`` (read ``kubespawner_version`` from the spawners' state).
     slug_scheme: Literal["auto", "safe", "escape"] = "auto"
-    #: More running servers than this fraction (and more than two) whose pods exist
-    #: neither in the pod list nor when read by name: the view is wrong (namespace,
-    #: selector, kube context), not that many labs gone at once.
-    max_missing_fraction: float = Field(0.1, gt=0, le=1)
+    #: More running servers than this fraction (and more than MIN_IMPLAUSIBLE_MISSING)
+    #: whose pods exist neither in the pod list nor when read by name: the view is wrong
+    #: (namespace, selector, kube context), not that many labs gone at once.
+    max_missing_fraction: float = Field(0.25, gt=0, le=1)
 
 
 @dataclass(frozen=True)
@@ -320,7 +323,7 @@ def detect(snapshot: Snapshot, now: datetime) -> Detection:
             by_name[ref] = found
     if lookups:
         return Detection([], 0, lookups=tuple(lookups))
-    allowed = max(2.0, s.check.max_missing_fraction * len(running))
+    allowed = max(MIN_IMPLAUSIBLE_MISSING, s.check.max_missing_fraction * len(running))
     if len(unseen) > allowed:
         raise ImplausibleData(
             f"{len(unseen)} of the {len(running)} servers the hub runs have no pod, neither "
