@@ -94,6 +94,9 @@ class Call:
     ok: bool = False
     error: str | None = None
     result: Any = None
+    #: a read made after an action of the same pass (a re-read right before the next
+    #: action): the world has moved on since the pass's lists, so I1 does not compare it
+    after_action: bool = False
 
     @property
     def key(self) -> CallKey:
@@ -112,6 +115,9 @@ class Recorder:
         self._acted_in: int | None = None
 
     def begin(self, call: Call) -> None:
+        if not call.action:
+            with self._lock:
+                call.after_action = self._acted_in == self.pass_no
         if call.action:
             with self._lock:
                 first = self._acted_in != self.pass_no
@@ -283,7 +289,8 @@ class Referee:
 
         # I1: a successful read is complete.
         for call in reads:
-            if not call.ok or call.key in facts.unstable or call.key not in facts.truth_reads:
+            if (not call.ok or call.after_action or call.key in facts.unstable
+                    or call.key not in facts.truth_reads):
                 continue
             if call.result != facts.truth_reads[call.key]:
                 self.violate(f"{where}: {call.source} {call.target} {call.call}{call.params} "
