@@ -392,9 +392,11 @@ def test_a_missing_pod_confirmed_by_name_is_stale_and_its_stop_verifies() -> Non
 
 
 def _stale() -> Any:
+    path, data = route("alice")
+    data["last_activity"] = "2026-11-22T02:30:00Z"
     snap = snapshot(users=["alice", "bob"], db_running=[running("alice"), running("bob")],
                     api=[active("alice"), active("bob")], pods=[pod("bob")],
-                    routes=[route("alice"), route("bob")])
+                    routes=[(path, data), route("bob")])
     [finding] = detect(snap, NOW).findings
     return finding
 
@@ -423,6 +425,8 @@ def test_verify_stop_server_acts_only_while_the_finding_holds() -> None:
     live = {**still, "routes": _routes("2026-11-22T02:59:00Z")}
     reason = sessions.verify(finding, live, first_seen)
     assert reason and "carried traffic" in reason
+    # Only the proxy's own clock counts: an old first_seen on watchdogd's clock is not traffic.
+    assert sessions.verify(finding, still, NOW - timedelta(days=30)) is None
 
 
 def test_default_pod_selector_follows_the_layout() -> None:

@@ -428,6 +428,10 @@ def _judge_running(
     if pod is None:
         if ref is None and not absence_known:
             return
+        if key in user_routes:
+            path, data = user_routes[key]
+            evidence["route"] = {"path": path, "target": data.get("target"),
+                                 "last_activity": data.get("last_activity")}
         where = f"pod {ref[0]}/{ref[1]}" if ref is not None else "its pod"
         d.finding("stale-session", key, Severity.CRITICAL,
                   f"the hub thinks {_subject(key)!r} is running, but {where} does not exist; "
@@ -436,6 +440,10 @@ def _judge_running(
         return
     phase = pod_phase(pod)
     evidence["pod"] = _pod_summary(pod)
+    if phase == "dead" and key in user_routes:
+        path, data = user_routes[key]
+        evidence["route"] = {"path": path, "target": data.get("target"),
+                             "last_activity": data.get("last_activity")}
     if phase == "dead":
         d.finding("dead-session", key, Severity.CRITICAL,
                   f"the hub thinks {_subject(key)!r} is running, but its pod is "
@@ -558,10 +566,14 @@ def verify(finding: Finding, reads: dict[str, Any], first_seen: datetime) -> str
             return f"the pod is {pod_phase(pod)} now"
     route = _route_of(finding.subject, reads.get("routes"))
     if kind in ("stale-session", "dead-session") and route is not None and server.get("ready"):
+        # Both times are the proxy's own clock (the pass's read and the re-read): CHP only
+        # counts successful answers as activity, so an advance means the server answers.
+        # Comparing with watchdogd's clock would let a skewed proxy clock decide.
         active = parse_time(route.get("last_activity"))
-        if active is not None and active > first_seen:
+        seen = parse_time((evidence.get("route") or {}).get("last_activity"))
+        if active is not None and seen is not None and active > seen:
             return (f"the server is ready and its route carried traffic at {active:%H:%M:%S} "
-                    "after the problem was first seen: the server answers")
+                    "since the pass read it: the server answers")
     if kind == "missing-route" and route is not None:
         return "the route is back"
     if kind == "route-mismatch" and route is None:
