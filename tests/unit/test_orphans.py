@@ -207,3 +207,23 @@ def test_hub_without_users_but_with_extra_claims_is_implausible() -> None:
     snap = snapshot([], pvcs=[pvc("postgres-bob")], users=[])
     with pytest.raises(ImplausibleData, match="no users"):
         orphans.detect(snap, NOW)
+
+
+def test_volumes_of_unconfigured_clusters_are_foreign_never_acted_on() -> None:
+    vols = [volume("other", metadata={orphans.CSI_CLUSTER_KEY: "their-cluster"}),
+            volume("pvmeta", metadata={orphans.CSI_PV_KEY: "pvc-elsewhere",
+                                       orphans.CSI_PVC_KEY: "claim-bob"}),
+            volume("ours", metadata={orphans.CSI_CLUSTER_KEY: "c2",
+                                     orphans.CSI_PV_KEY: "pvc-gone"}),
+            quarantined("oldforeign", 30) | {"metadata": {
+                orphans.CSI_CLUSTER_KEY: "their-cluster",
+                "watchdogd-orphaned-since": "2026-10-01T00:00:00Z"}},
+            volume("keep")]
+    marks = {"orphan:oldforeign": NOW - timedelta(days=30)}
+    detection = orphans.detect(snapshot(vols, {"c1": [pv("k", "keep")]}, marks=marks), NOW)
+    foreign = kinds(detection, "foreign-volume")
+    assert set(foreign) == {"other", "pvmeta", "oldforeign"}
+    assert all(f.action is None for f in foreign.values())
+    assert "their-cluster" in foreign["other"].message
+    # A configured cluster's volume whose PV is gone is a real orphan.
+    assert set(kinds(detection, "orphan-volume")) == {"ours"}

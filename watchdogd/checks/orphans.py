@@ -6,6 +6,11 @@
   there is no verdict at all (the engine reports the target as ``error``), because the missing
   cluster may be the one using the volume. Volumes younger than ``min_volume_age`` are left
   alone (cinder-csi creates the volume a moment before the PV).
+* ``foreign-volume`` (info, never acted on): a ``pvc-*`` volume whose cinder-csi metadata
+  names a cluster (``cinder.csi.openstack.org/cluster``) that is not in ``clouds.X.clusters``,
+  or that carries ``csi.storage.k8s.io/pv/name``/``pvc/name`` metadata without naming a
+  configured cluster and whose PV no configured cluster has: another cluster shares the cloud,
+  and its volumes are not watchdogd's to judge.
 * ``released-pv``: a PV in phase ``Released`` or ``Failed`` (its claim is gone; with the
   ``Retain`` policy nothing will ever clean it up).
 * ``orphan-extra-pvc``: a per-user claim beyond the home claim (``postgres-{username}`` and
@@ -62,7 +67,12 @@ from watchdogd.model import (
 )
 
 NAME = "orphans"
-KINDS = ("orphan-volume", "released-pv", "orphan-extra-pvc")
+KINDS = ("orphan-volume", "foreign-volume", "released-pv", "orphan-extra-pvc")
+# cinder-csi writes these into the metadata of every volume it creates (--cluster and the
+# CSI provisioner's extra-create-metadata).
+CSI_CLUSTER_KEY = "cinder.csi.openstack.org/cluster"
+CSI_PV_KEY = "csi.storage.k8s.io/pv/name"
+CSI_PVC_KEY = "csi.storage.k8s.io/pvc/name"
 
 ANNOTATION_USER = "hub.jupyter.org/username"
 
@@ -247,6 +257,14 @@ def _orphan_volumes(d: _Detector, volumes: list[dict[str, Any]],
         vid = str(volume["id"])
         if vid in referenced_ids or str(volume.get("name")) in referenced_names:
             continue
+        foreign = _foreign(volume, d.s.clusters, referenced_names)
+        if foreign is not None:
+            d.finding("foreign-volume", vid, Severity.INFO,
+                      f"volume {volume.get('name')} ({vid}) of cloud {d.s.cloud} {foreign}: "
+                      "not judged as an orphan, never quarantined or deleted (add the "
+                      f"cluster to clouds.{d.s.cloud}.clusters if watchdogd should know it)",
+                      {"volume": volume_summary(volume), "clusters": list(d.s.clusters)})
+            continue
         created = parse_time(volume.get("created_at"))
         if created is None or d.now - created < s.min_volume_age:
             continue
@@ -308,6 +326,24 @@ def _orphan_volumes(d: _Detector, volumes: list[dict[str, Any]],
                           .get(s.quarantine_key)},
                          destructive=True, before={"volume": volume}))
     return len(candidates)
+
+
+def _foreign(volume: dict[str, Any], clusters: tuple[str, ...],
+             referenced_names: set[str]) -> str | None:
+    """Why a volume belongs to a cluster watchdogd does not know, or None if nothing says so."""
+    metadata = volume.get("metadata") or {}
+    if not isinstance(metadata, dict):
+        return None
+    cluster = metadata.get(CSI_CLUSTER_KEY)
+    if cluster is not None and str(cluster) not in clusters:
+        return f"belongs to cluster {str(cluster)[:128]!r} ({CSI_CLUSTER_KEY}), not configured"
+    if cluster is not None:
+        return None  # a configured cluster's volume whose PV is gone: a real orphan
+    pv_name, pvc_name = metadata.get(CSI_PV_KEY), metadata.get(CSI_PVC_KEY)
+    if (pv_name or pvc_name) and str(pv_name) not in referenced_names:
+        return (f"was made for PV {str(pv_name)[:128]!r} / claim {str(pvc_name)[:128]!r}, "
+                "which no configured cluster has, and names no configured cluster")
+    return None
 
 
 def _released(d: _Detector, cluster: str, pvs: list[dict[str, Any]],
