@@ -111,7 +111,6 @@ def check(config_path: str | None, only: Sequence[str], target: str | None,
     from watchdogd.store import StoreError  # noqa: PLC0415
 
     try:
-        engine.recover()
         report = engine.run_pass(only or None, target)
     except StoreError as exc:
         # Without the store there is no confirmation and no audit: stop, act on nothing more.
@@ -275,6 +274,8 @@ def render_report(report: dict[str, Any]) -> str:
     lines = []
     mode = "dry run" if report["dry_run"] else "remediation on"
     lines.append(f"watchdogd {report['version']} pass at {report['started_at']} ({mode})")
+    if not report.get("acting", True):
+        lines.append(f"  NOT ACTING: {report['not_acting_reason']}")
     for check in report["checks"]:
         head = (f"  {_MARK[check['status']]:5} {check['check']}/{check['target']}: "
                 f"{len(check['findings'])} finding(s), {check['requests']} request(s), "

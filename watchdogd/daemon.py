@@ -106,7 +106,10 @@ class Daemon:
         if notifier is None or not self.engine.acting():
             return
         try:
-            notifier.deliver(self.engine.store, self.engine.clock())
+            # The outbox has one sender: the holder of the store's lock.
+            with self.engine.store.pass_lock() as hold:
+                if hold.held:
+                    notifier.deliver(self.engine.store, self.engine.clock())
         except Exception as exc:
             log.error("outbox delivery failed", error=f"{type(exc).__name__}: {exc}")
 
@@ -125,8 +128,6 @@ class Daemon:
 
     def run(self) -> int:
         """Run until SIGTERM or SIGINT; return the exit code."""
-        for interrupted in self.engine.recover():
-            log.warning("interrupted action will be re-confirmed", finding=interrupted)
         names = self.schedule()
         if not names:
             log.error("nothing to do: no enabled check has a target in the configuration")

@@ -39,7 +39,7 @@ from watchdogd.notify import Notifier
 from watchdogd.policy import Budget, Decision, decide
 from watchdogd.sources import Sources
 from watchdogd.sources.base import counting
-from watchdogd.store import Store, StoreError, Tracked, utcnow
+from watchdogd.store import LockHold, Store, StoreError, Tracked, utcnow
 
 __all__ = ["CheckResult", "Engine", "PassReport"]
 
@@ -110,6 +110,9 @@ class PassReport:
     finished_at: datetime
     dry_run: bool
     checks: list[CheckResult]
+    #: whether this pass could act (it held the store's lock, and the Lease if elected)
+    acting: bool = True
+    not_acting_reason: str | None = None
 
     @property
     def errors(self) -> int:
@@ -134,6 +137,8 @@ class PassReport:
             "started_at": _iso(self.started_at),
             "finished_at": _iso(self.finished_at),
             "dry_run": self.dry_run,
+            "acting": self.acting,
+            "not_acting_reason": self.not_acting_reason,
             "checks": [c.as_json() for c in self.checks],
             "summary": {"findings": self.findings, "actions_done": self.actions_done,
                         "errors": self.errors},
@@ -189,13 +194,32 @@ class Engine:
     # -- the pass ------------------------------------------------------------------
 
     def run_pass(self, only: Iterable[str] | None = None, target: str | None = None) -> PassReport:
-        """One pass of the selected checks: the whole pipeline of DESIGN.md."""
+        """One pass of the selected checks: the whole pipeline of DESIGN.md.
+
+        Only one process acts on a state store at a time: the pass holds the store's
+        lock from before the first read to after the last notice. A pass that cannot
+        take it (another process is mid-pass), or a replica that is not the leader,
+        detects and reports but writes nothing and acts on nothing.
+        """
+        if not self.acting():
+            return self._run_pass(only, target, LockHold(False, reason=(
+                "this replica is not the leader; it detects and reports but does not act")))
+        with self.store.pass_lock() as hold:
+            return self._run_pass(only, target, hold)
+
+    def _run_pass(self, only: Iterable[str] | None, target: str | None,
+                  hold: LockHold) -> PassReport:
         started = self.clock()
         pass_id = f"{started:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
-        self._settle_unfinished()
+        acting = hold.held
+        if acting:
+            self._settle_unfinished()
+            if hold.fresh:
+                self._recover()
+        else:
+            log.warning("not acting", reason=hold.reason)
         planned = self.plan(only, target)
         observations, errors, need_requests = self._collect(planned)
-        acting = self.acting()
         budget = Budget(
             per_pass=self.config.remediation.max_per_pass,
             per_hour=max(0, self.config.remediation.max_per_hour - self.store.actions_since(
@@ -207,7 +231,9 @@ class Engine:
                                             need_requests, budget, pass_id, acting))
         if self.notifier is not None and acting:
             self.notifier.deliver(self.store, self.clock())
-        report = PassReport(started, self.clock(), self.dry_run, results)
+        report = PassReport(started, self.clock(), self.dry_run, results, acting=acting,
+                            not_acting_reason=None if acting else (
+                                hold.reason or "this replica lost the lead during the pass"))
         for listener in self.listeners:
             listener(report)
         return report
@@ -325,7 +351,8 @@ class Engine:
             self._handle(spec, check_target, detection, result, budget, pass_id, acting,
                          started)
         result.duration_s = time.monotonic() - clock
-        self.store.record_pass(pass_id + "-" + spec.name + "-" + check_target.name,
+        if acting:
+            self.store.record_pass(pass_id + "-" + spec.name + "-" + check_target.name,
                                spec.name, check_target.name, started, self.clock(),
                                result.status, result.error)
         return result
@@ -390,7 +417,7 @@ class Engine:
         tracked, resolved = self.store.track(
             spec.name, check_target.name, findings, now,
             announce_after=policy.confirm_after, repeat_after=self.config.notify.repeat_after,
-            resolve=not detection.partial)
+            resolve=not detection.partial, write=acting)
         result.status = "findings" if findings else "ok"
         result.resolved = [r.key for r in resolved]
         repeats = self.store.done_actions_by_finding(now - policy.repeat_window)
@@ -404,8 +431,13 @@ class Engine:
                 mark = f"held:{held.tracked.finding.key}"
                 marks.add(mark)
                 held.notify = mark not in previous_marks
-        self.store.set_marks(spec.name, check_target.name, marks, now)
+        if acting:
+            self.store.set_marks(spec.name, check_target.name, marks, now)
         result.breaker = breaker
+        if not acting:
+            for decision in decisions:
+                if decision.status is ActionStatus.DRY_RUN:
+                    decision.detail = decision.detail.replace("dry run:", "not acting:", 1)
         by_key = {d.tracked.finding.key: d for d in decisions}
         done: dict[tuple[Any, ...], str] = {}
         acted: list[str] = []
@@ -425,7 +457,8 @@ class Engine:
             result.findings.append(entry)
         # After an action its finding proves itself again from scratch: a user who
         # restarted is not stopped again on the first sighting of a new problem.
-        self.store.reset_sightings(acted, now)
+        if acting:
+            self.store.reset_sightings(acted, now)
         if self.notifier is not None and acting:
             self.store.enqueue(self.notifier.notices(result, resolved, breaker), now)
 
@@ -438,6 +471,9 @@ class Engine:
         if not self.acting():
             # The lease was lost during this pass: another replica may act now.
             return ActionStatus.SKIPPED, "not done: this replica is no longer the leader"
+        if not self.store.lock_held():
+            # The lock went with its database session: another process may be acting.
+            return ActionStatus.SKIPPED, "not done: the state store's lock was lost"
         identity = _identity(action)
         if identity in done:
             # Several findings can share one remedy (one route sync for a hub).
@@ -518,8 +554,16 @@ class Engine:
 
         We cannot know whether such an action reached the world, so it is marked
         ``interrupted`` and its finding must be confirmed again from fresh
-        observations before anything is tried again.
+        observations before anything is tried again. Only the holder of the store's
+        lock may judge a ``started`` row: another process's may be an action in
+        flight. Every pass that takes the lock first does this itself.
         """
+        with self.store.pass_lock() as hold:
+            if not hold.fresh:
+                return []
+            return self._recover()
+
+    def _recover(self) -> list[str]:
         interrupted = self.store.interrupted_actions()
         now = self.clock()
         for record in interrupted:

@@ -11,11 +11,16 @@ leaves either the old or the new state, never half of a pass.
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
+import os
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -23,9 +28,14 @@ from sqlalchemy.engine import Connection, Engine
 
 from watchdogd.model import Action, Finding, Severity
 
-__all__ = ["SCHEMA_VERSION", "ActionRecord", "Notice", "Store", "StoreError", "Tracked"]
+__all__ = ["SCHEMA_VERSION", "ActionRecord", "LockHold", "Notice", "Store", "StoreError",
+           "Tracked"]
 
 SCHEMA_VERSION = 2
+
+#: The PostgreSQL advisory lock of the pass (advisory locks are scoped to one database).
+ADVISORY_KEY = int.from_bytes(hashlib.sha256(b"watchdogd pass lock").digest()[:8], "big",
+                              signed=True)
 
 
 class StoreError(Exception):
@@ -206,6 +216,18 @@ class Notice:
     attempts: int
 
 
+@dataclass(frozen=True)
+class LockHold:
+    """The outcome of asking for the pass lock."""
+
+    held: bool
+    #: this entry took the lock: no other pass of this process is running, so any
+    #: ``started`` action in the audit log was interrupted by a crash
+    fresh: bool = False
+    #: why not held
+    reason: str | None = None
+
+
 def _json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, default=str)
 
@@ -229,9 +251,11 @@ class Store:
         self._safe_url = parsed.render_as_string(hide_password=True)
         if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
             parsed = parsed.set(drivername="postgresql+psycopg")
+        self._backend = parsed.get_backend_name()
+        self._lock_path: Path | None = None
         if parsed.get_backend_name() == "sqlite" and parsed.database:
-            from pathlib import Path  # noqa: PLC0415
-
+            self._lock_path = Path(parsed.database).expanduser().with_name(
+                Path(parsed.database).name + ".lock")
             directory = Path(parsed.database).expanduser().parent
             if not directory.is_dir():
                 raise StoreError(f"state database directory {directory} does not exist")
@@ -240,8 +264,112 @@ class Store:
         )
         if parsed.get_backend_name() == "sqlite":
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
+        # The pass lock: one per process, shared by the passes of its threads.
+        self._lock_mutex = threading.Lock()
+        self._lock_count = 0
+        self._lock_handle: Any = None
         if upgrade:
             self.upgrade()
+
+    # -- the pass lock ------------------------------------------------------
+
+    @contextmanager
+    def pass_lock(self) -> Iterator[LockHold]:
+        """Hold the store's one actor lock for a pass, if no other process holds it.
+
+        PostgreSQL: a session advisory lock on a connection kept for the pass. SQLite:
+        an exclusive ``flock`` on ``<file>.lock`` (SQLite's own locks last one
+        transaction, not a pass). The passes of one daemon's threads share one hold;
+        the lock is released when the last of them ends, so a manual ``watchdogd check``
+        can act between a daemon's passes but never during one.
+        """
+        with self._lock_mutex:
+            if self._lock_count:
+                self._lock_count += 1
+                hold = LockHold(True, fresh=False)
+            else:
+                handle = self._take_lock()
+                if handle is None:
+                    hold = LockHold(False, reason=(
+                        f"another watchdogd holds the lock of {self._safe_url}; this one "
+                        "detects and reports but does not act"))
+                else:
+                    self._lock_handle, self._lock_count = handle, 1
+                    hold = LockHold(True, fresh=True)
+        try:
+            yield hold
+        finally:
+            if hold.held:
+                with self._lock_mutex:
+                    self._lock_count -= 1
+                    if not self._lock_count:
+                        handle, self._lock_handle = self._lock_handle, None
+                        self._drop_lock(handle)
+
+    def lock_held(self) -> bool:
+        """Whether this process still holds the pass lock (asked right before each action).
+
+        A PostgreSQL session lock goes with its connection: a server restart or a
+        dropped connection in the middle of a pass must stop the pass's actions.
+        """
+        with self._lock_mutex:
+            if not self._lock_count:
+                return False
+            if self._backend != "postgresql":
+                return True
+            try:
+                count = self._lock_handle.execute(sa.text(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                    "AND pid = pg_backend_pid() AND granted")).scalar_one()
+                self._lock_handle.commit()
+            except sa.exc.SQLAlchemyError:
+                return False
+            return bool(count)
+
+    def _take_lock(self) -> Any:
+        if self._backend == "postgresql":
+            try:
+                conn = self.engine.connect()
+            except sa.exc.DBAPIError as exc:
+                raise StoreError(f"state database {self._safe_url}: {_short(exc)}") from None
+            try:
+                got = conn.execute(sa.text("SELECT pg_try_advisory_lock(:key)"),
+                                   {"key": ADVISORY_KEY}).scalar_one()
+                conn.commit()
+            except sa.exc.DBAPIError as exc:
+                conn.close()
+                raise StoreError(f"state database {self._safe_url}: {_short(exc)}") from None
+            if not got:
+                conn.close()
+                return None
+            return conn
+        if self._lock_path is None:  # in-memory or another backend: one process only
+            return True
+        try:
+            fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise StoreError(f"state lock {self._lock_path}: {exc.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        except OSError as exc:
+            os.close(fd)
+            raise StoreError(f"state lock {self._lock_path}: {exc.strerror}") from None
+        return fd
+
+    def _drop_lock(self, handle: Any) -> None:
+        if isinstance(handle, Connection):
+            try:
+                handle.execute(sa.text("SELECT pg_advisory_unlock(:key)"), {"key": ADVISORY_KEY})
+                handle.commit()
+            except sa.exc.SQLAlchemyError:
+                handle.invalidate()  # the session, and with it the lock, is gone anyway
+            with suppress(sa.exc.SQLAlchemyError):
+                handle.close()
+        elif isinstance(handle, int) and not isinstance(handle, bool):
+            os.close(handle)  # closing the descriptor releases the flock
 
     # -- schema -------------------------------------------------------------
 
@@ -301,13 +429,16 @@ class Store:
         announce_after: int,
         repeat_after: timedelta,
         resolve: bool = True,
+        write: bool = True,
     ) -> tuple[list[Tracked], list[Resolved]]:
         """Match this pass's findings with the open ones; resolve the ones that vanished.
 
         Only call this for a complete pass, or with ``resolve=False`` for a partial
         one: an incomplete pass proves nothing about what vanished. A finding is
         announced once it has been seen ``announce_after`` passes in a row, so a
-        one-pass blip never pages anyone.
+        one-pass blip never pages anyone. With ``write=False`` (a pass that does not act:
+        a standby replica, a second process) the answer is computed and nothing is
+        written: only the actor counts sightings and announces.
         """
         tracked: list[Tracked] = []
         resolved: list[Resolved] = []
@@ -361,6 +492,8 @@ class Store:
                 else:
                     updates.append({"b_key": finding.key, **values})
                 tracked.append(Tracked(finding, first_seen, sightings, event))
+            if not write:
+                inserts, updates = [], []
             if inserts:
                 conn.execute(sa.insert(findings_table), inserts)
             if updates:
@@ -375,7 +508,7 @@ class Store:
                     key, check, target, row.kind, row.subject, Severity(row.severity),
                     row.message, row.notified_at is not None,
                 ))
-            for start in range(0, len(gone), 500):
+            for start in range(0, len(gone) if write else 0, 500):
                 conn.execute(sa.update(findings_table)
                              .where(findings_table.c.key.in_(gone[start:start + 500]))
                              .values(status="resolved", resolved_at=now))
@@ -478,10 +611,14 @@ class Store:
             return int(conn.execute(query).scalar_one())
 
     def done_actions_by_finding(self, since: datetime) -> dict[str, int]:
-        """How many actions were done (or interrupted) per finding key since ``since``."""
+        """How many actions were done per finding key since ``since``.
+
+        Interrupted actions do not count: a crash before the request leaves the problem in
+        place, and counting it would hold a repair that never happened.
+        """
         query = (sa.select(actions_table.c.finding_key, sa.func.count())
                  .where(actions_table.c.started_at >= since,
-                        actions_table.c.status.in_(("done", "interrupted")))
+                        actions_table.c.status == "done")
                  .group_by(actions_table.c.finding_key))
         with self._begin() as conn:
             return {str(key): int(count) for key, count in conn.execute(query)}

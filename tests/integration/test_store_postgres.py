@@ -21,3 +21,32 @@ def test_store_on_postgresql(postgres: RealPostgres) -> None:
 
 def test_upgrade_from_schema_1_on_postgresql(postgres: RealPostgres) -> None:
     store_cases.upgrade_from_version_1(postgres.create_database("wd_upgrade"))
+
+
+def test_one_actor_per_postgresql_state(postgres: RealPostgres) -> None:
+    """Two replicas on one database: one holds the advisory lock, the other is refused."""
+    import sqlalchemy as sa
+
+    url = postgres.create_database("wd_lock")
+    leader, standby = Store(url), Store(url)
+    other_url = postgres.create_database("wd_lock_other")
+    with leader.pass_lock() as hold:
+        assert hold.held and hold.fresh
+        assert leader.lock_held()
+        with standby.pass_lock() as refused:
+            assert not refused.held
+            assert "another watchdogd holds the lock" in (refused.reason or "")
+        # Advisory locks belong to one database: another watchdogd's state is unaffected.
+        with Store(other_url).pass_lock() as elsewhere:
+            assert elsewhere.held
+        # The lock goes with its session: a dropped connection must stop the actions.
+        with standby.engine.connect() as conn:
+            conn.execute(sa.text(
+                "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' "
+                "AND pid <> pg_backend_pid()"))
+            conn.commit()
+        assert not leader.lock_held()
+    with standby.pass_lock() as taken:
+        assert taken.held
+    leader.close()
+    standby.close()

@@ -379,8 +379,10 @@ def test_interrupted_action_is_reconfirmed_before_any_retry(tmp_path: Path,
 def test_report_matches_the_design_contract(tmp_path: Path, world: FakeWorld) -> None:
     world.add("alice", pod=False)
     report = make_engine(tmp_path, world, confirm_after=1).run_pass().as_json()
-    assert set(report) == {"version", "started_at", "finished_at", "dry_run", "checks",
-                           "summary"}
+    assert set(report) == {"version", "started_at", "finished_at", "dry_run", "acting",
+                           "not_acting_reason", "checks", "summary"}
+    assert report["acting"] is True
+    assert report["not_acting_reason"] is None
     [check] = report["checks"]
     assert {"check", "target", "status", "error", "duration_s", "requests",
             "findings"} <= set(check)

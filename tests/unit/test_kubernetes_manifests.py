@@ -129,9 +129,10 @@ def test_pods_are_hardened(mode: str) -> None:
     assert context["capabilities"]["drop"] == ["ALL"]
     assert container["image"].startswith("watchdogd:")
     mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
-    # The only writable paths: the state volume and a small /tmp.
+    # The only writable paths: a small /tmp and the CronJob's state volume (the
+    # Deployment's state is in PostgreSQL).
     writable = {p for p, m in mounts.items() if not m.get("readOnly")}
-    assert writable == {"/var/lib/watchdogd", "/tmp"}
+    assert writable == ({"/tmp"} if mode == "deployment" else {"/var/lib/watchdogd", "/tmp"})
     volumes = {v["name"]: v for v in spec["volumes"]}
     assert volumes[mounts["/etc/watchdogd/secrets"]["name"]]["secret"]["secretName"] == \
         "watchdogd-secrets"
@@ -152,10 +153,13 @@ def test_the_deployment_runs_two_electing_replicas() -> None:
     assert env["WATCHDOGD_DAEMON__LEASE_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == \
         "metadata.namespace"
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
-    # Per-replica state: a shared store would count every sighting twice.
-    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
-    assert "emptyDir" in volumes["state"]
-    assert "WATCHDOGD_STATE__URL" not in env
+    # One shared state the pods do not own: a new leader inherits the open findings,
+    # the audit log and the outbox. Required, so a missing key stops the pod from starting
+    # instead of falling back to a SQLite file that dies with it.
+    volumes = {v["name"] for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    assert "state" not in volumes
+    state_url = env["WATCHDOGD_STATE__URL"]["valueFrom"]["secretKeyRef"]
+    assert state_url == {"name": "watchdogd-secrets", "key": "state-url"}
     # The grace period covers the running pass, so the Lease is released after it.
     config = k8s_config(objects)
     grace = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
