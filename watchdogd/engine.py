@@ -435,9 +435,9 @@ class Engine:
             self.store.set_marks(spec.name, check_target.name, marks, now)
         result.breaker = breaker
         if not acting:
-            for decision in decisions:
-                if decision.status is ActionStatus.DRY_RUN:
-                    decision.detail = decision.detail.replace("dry run:", "not acting:", 1)
+            for standby in decisions:
+                if standby.status is ActionStatus.DRY_RUN:
+                    standby.detail = standby.detail.replace("dry run:", "not acting:", 1)
         by_key = {d.tracked.finding.key: d for d in decisions}
         done: dict[tuple[Any, ...], str] = {}
         acted: list[str] = []
