@@ -131,6 +131,10 @@ def test_volumes_of_every_project_page_by_page(cinder: RealCinder, tmp_path: Pat
     assert requests[0] <= pages_needed + 10
     projects = {v["os-vol-tenant-attr:tenant_id"] for v in result["items"]}
     assert {"p-other", cinder.project_id} <= projects
+    # Real Cinder sends its clock with every answer: the ages of its timestamps are taken
+    # on it (this machine is Cinder's host here, so the two clocks agree to the second).
+    cloud_now = datetime.fromisoformat(result["cloud_now"])
+    assert abs((cloud_now - datetime.now(UTC)).total_seconds()) < 120
     src.close()
 
 
@@ -187,6 +191,10 @@ def test_quarantine_and_delete_orphan(cinder: RealCinder, tmp_path: Path) -> Non
     src.quarantine_volume(volume["id"], key, value, "available", volume["updated_at"])
     marked = cinder.get_volume(volume["id"])
     assert marked["metadata"] == {key: value}
+    # A metadata write does not touch updated_at in Cinder (the simulator does the same):
+    # the mark is its own record of the quarantine's time, and a re-read must compare
+    # metadata itself, not only updated_at.
+    assert marked["updated_at"] == volume["updated_at"]
     assert "deleted orphaned volume" in src.delete_volume(
         volume["id"], "available", marked["updated_at"], key, value)
     assert src.volume(volume["id"]) is None

@@ -208,7 +208,7 @@ def test_orphan_quarantine_then_delete_after_the_quarantine(env: Env) -> None:
     action = findings(reports[1])[("orphan-volume", orphan["id"])]["action"]
     assert action["name"] == "quarantine" and action["status"] == "done"
     (waiting,) = env.passes(engine, 1, "orphans")
-    assert "deletable from" in findings(waiting)[("orphan-volume", orphan["id"])]["message"]
+    assert "deletable once" in findings(waiting)[("orphan-volume", orphan["id"])]["message"]
     env.clock.advance(days=1)
     # the orphan finding has been confirmed pass after pass for a day: the first pass after
     # the quarantine deletes it

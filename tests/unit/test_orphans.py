@@ -47,10 +47,12 @@ def pvc(name: str, *, user: str | None = None, labels: dict[str, str] | None = N
 
 def snapshot(vols: list[Obj], pvs: dict[str, list[Obj]] | None = None, *,
              pvcs: list[Obj] | None = None, users: list[str] | None = None,
-             marks: dict[str, datetime] | None = None, **check: Any) -> Snapshot:
+             marks: dict[str, datetime] | None = None,
+             cloud_now: datetime | None = NOW, **check: Any) -> Snapshot:
     hubs = (orphans.HubRef("main", "c1", "jhub", "kubespawner"),)
     settings = orphans.TargetSettings("js2", "js2", CLUSTERS, hubs, orphans.Settings(**check))
-    obs: dict[str, Any] = {"volumes": {"items": vols, "pages": 1},
+    obs: dict[str, Any] = {"volumes": {"items": vols, "pages": 1,
+                                       "cloud_now": cloud_now.isoformat() if cloud_now else None},
                            "pvcs:c1": pvcs or [],
                            "hub_db:main": {"users": users if users is not None else ["alice"],
                                            "running": []}}
@@ -125,8 +127,9 @@ def test_attached_orphan_is_reported_but_never_touched() -> None:
 
 
 def quarantined(vid: str, days: int) -> Obj:
-    return volume(vid, metadata={"watchdogd-orphaned-since":
-                                 (NOW - timedelta(days=days)).strftime("%Y-%m-%dT%H:%M:%SZ")})
+    # Writing the mark is the volume's last update.
+    return volume(vid, age=timedelta(days=days), metadata={
+        "watchdogd-orphaned-since": (NOW - timedelta(days=days)).strftime("%Y-%m-%dT%H:%M:%SZ")})
 
 
 def test_quarantined_volume_waits_for_both_dates() -> None:
@@ -136,7 +139,7 @@ def test_quarantined_volume_waits_for_both_dates() -> None:
     young = orphans.detect(snapshot(vols, pvs, marks={"orphan:v1": NOW - timedelta(days=3)}),
                            NOW)
     finding = kinds(young, "orphan-volume")["v1"]
-    assert finding.action is None and "deletable from" in finding.message
+    assert finding.action is None and "deletable once" in finding.message
     old = orphans.detect(snapshot(vols, pvs, marks={"orphan:v1": NOW - timedelta(days=15)}),
                          NOW)
     finding = kinds(old, "orphan-volume")["v1"]
@@ -227,3 +230,84 @@ def test_volumes_of_unconfigured_clusters_are_foreign_never_acted_on() -> None:
     assert "their-cluster" in foreign["other"].message
     # A configured cluster's volume whose PV is gone is a real orphan.
     assert set(kinds(detection, "orphan-volume")) == {"ours"}
+
+
+# -- two clocks: Cinder's ages on Cinder's clock, watchdogd's on its own ---------------------
+
+
+def test_the_quarantine_mark_is_written_on_cinders_clock() -> None:
+    cinder = NOW - timedelta(days=15)  # watchdogd's clock is 15 days ahead of Cinder's
+    vols = [volume("v1", age=timedelta(days=16)), volume("keep")]
+    finding = kinds(orphans.detect(snapshot(vols, {"c1": [pv("k", "keep")]},
+                                            cloud_now=cinder), NOW), "orphan-volume")["v1"]
+    assert finding.action is not None and finding.action.name == "quarantine"
+    assert finding.action.params["value"] == cinder.strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert {n.key for n in finding.action.verify} == {"volume", "pvs:c1", "pvs:c2", "pvs:c3"}
+
+
+def test_watchdogd_ahead_of_cinder_cannot_age_a_quarantine() -> None:
+    """The first round's failure: quarantined in one pass, deleted in the next."""
+    cinder = NOW - timedelta(days=15)
+    marked = cinder - timedelta(minutes=5)
+    v1 = volume("v1", age=timedelta(days=40), metadata={
+        "watchdogd-orphaned-since": marked.strftime("%Y-%m-%dT%H:%M:%SZ")})
+    v1["updated_at"] = marked.replace(tzinfo=None).isoformat()
+    marks = {"orphan:v1": NOW - timedelta(days=20)}  # even with a long own memory
+    finding = kinds(orphans.detect(snapshot([v1, volume("keep")], {"c1": [pv("k", "keep")]},
+                                            marks=marks, cloud_now=cinder), NOW),
+                    "orphan-volume")["v1"]
+    assert finding.action is None
+    assert "deletable once Cinder's clock reaches" in finding.message
+
+
+def test_cinder_ahead_of_watchdogd_cannot_age_a_quarantine_either() -> None:
+    cinder = NOW + timedelta(days=15)  # Cinder's clock jumped: its mark looks 16 days old
+    vols = [quarantined("v1", 1), volume("keep")]
+    marks = {"orphan:v1": NOW - timedelta(days=2)}  # watchdogd has known it for 2 days
+    finding = kinds(orphans.detect(snapshot(vols, {"c1": [pv("k", "keep")]}, marks=marks,
+                                            cloud_now=cinder), NOW), "orphan-volume")["v1"]
+    assert finding.action is None
+    assert "watchdogd's reaches" in finding.message
+
+
+def test_without_cinders_clock_nothing_is_quarantined_or_deleted() -> None:
+    vols = [volume("v1"), quarantined("v2", 30), volume("keep")]
+    marks = {"orphan:v2": NOW - timedelta(days=30)}
+    found = kinds(orphans.detect(snapshot(vols, {"c1": [pv("k", "keep")]}, marks=marks,
+                                          cloud_now=None), NOW), "orphan-volume")
+    assert found["v1"].action is None and "no Date header" in found["v1"].message
+    assert found["v2"].action is None and "no Date header" in found["v2"].message
+
+
+def _deletion() -> Any:
+    vols = [quarantined("v1", 20), volume("keep")]
+    found = kinds(orphans.detect(snapshot(vols, {"c1": [pv("k", "keep")]},
+                                          marks={"orphan:v1": NOW - timedelta(days=15)}),
+                                 NOW), "orphan-volume")
+    finding = found["v1"]
+    assert finding.action is not None and finding.action.name == "delete-orphan-volume"
+    # A delete re-reads every configured cluster's whole PV list, not only the first one's.
+    assert {n.key for n in finding.action.verify} == {"volume", "pvs:c1", "pvs:c2", "pvs:c3"}
+    assert all(not dict(n.params).get("field_selector") for n in finding.action.verify
+               if n.key.startswith("pvs:"))
+    return finding, vols[0]
+
+
+def test_a_delete_is_skipped_when_a_pv_now_references_the_volume() -> None:
+    finding, vol = _deletion()
+    reads = {"volume": vol, "pvs:c1": [], "pvs:c2": [pv("static-home", "v1")], "pvs:c3": []}
+    reason = orphans.verify(finding, reads, NOW)
+    assert reason == "PV static-home of cluster c2 now references volume v1"
+    reads["pvs:c2"] = []
+    assert orphans.verify(finding, reads, NOW) is None
+
+
+def test_a_delete_is_skipped_when_the_volume_changed_or_went() -> None:
+    finding, vol = _deletion()
+    empty = {"pvs:c1": [], "pvs:c2": [], "pvs:c3": []}
+    assert orphans.verify(finding, {"volume": None, **empty}, NOW) == "volume v1 no longer exists"
+    attached = {**vol, "status": "in-use", "attachments": [{"server_id": "s"}]}
+    assert "attached now" in (orphans.verify(finding, {"volume": attached, **empty}, NOW) or "")
+    foreign = {**vol, "metadata": {**vol["metadata"],
+                                   "cinder.csi.openstack.org/cluster": "other"}}
+    assert "not configured" in (orphans.verify(finding, {"volume": foreign, **empty}, NOW) or "")

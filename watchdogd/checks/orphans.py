@@ -22,13 +22,19 @@
 Everything is reported only. Two opt-in actions exist for orphaned volumes (enable them in
 ``remediation.enabled``):
 
-* ``quarantine`` writes ``quarantine_key = <date first seen orphaned>`` into the volume's
-  metadata (non-destructive; the date survives a loss of watchdogd's state);
-* ``delete-orphan-volume`` deletes a quarantined volume once both the metadata date and
-  watchdogd's own continuous sighting are ``quarantine_days`` old, only while it is
+* ``quarantine`` writes ``quarantine_key = <Cinder's time>`` into the volume's metadata
+  (non-destructive; the date survives a loss of watchdogd's state). The time is Cinder's
+  clock (the ``Date`` of its list answer), so it is later compared with Cinder's clock only;
+* ``delete-orphan-volume`` deletes a quarantined volume once two clocks agree that it is
+  ``quarantine_days`` old: on Cinder's clock, both the quarantine mark and the volume's
+  ``updated_at``; on watchdogd's, its own continuous sighting of the orphan. Only while it is
   ``available`` and unattached, at most ``delete_max_per_pass`` per pass (and within the
-  global budget and breaker). The source re-reads the volume and refuses if its status,
-  ``updated_at``, attachments or quarantine mark changed.
+  global budget and breaker).
+
+Right before either action the engine re-reads the volume and the PVs of every configured
+cluster (the whole list before a delete, the PV of the volume's name before a quarantine);
+the source re-reads the volume again and refuses if its status, ``updated_at``, attachments
+or quarantine mark changed.
 
 Hub users come from the ``hubdb`` source's ``sessions()`` (one query per hub, no request per
 user).
@@ -48,6 +54,7 @@ from watchdogd.checks.common import parse_time
 from watchdogd.checks.sessions import escape_slug
 from watchdogd.checks.volumes import (
     auth_error,
+    cloud_now,
     pv_volume_id,
     pvcs_need,
     pvs_need,
@@ -252,6 +259,7 @@ def _orphan_volumes(d: _Detector, volumes: list[dict[str, Any]],
             f"none of the {handles} Cinder-backed PVs of clusters {', '.join(d.s.clusters)} "
             f"references a volume of cloud {d.s.cloud}: is clouds.{d.s.cloud}.clusters right? "
             "No orphan verdict")
+    cloud = cloud_now(d.snapshot)
     deletable: list[tuple[datetime, dict[str, Any], dict[str, Any], datetime]] = []
     for volume in candidates:
         vid = str(volume["id"])
@@ -266,7 +274,7 @@ def _orphan_volumes(d: _Detector, volumes: list[dict[str, Any]],
                       {"volume": volume_summary(volume), "clusters": list(d.s.clusters)})
             continue
         created = parse_time(volume.get("created_at"))
-        if created is None or d.now - created < s.min_volume_age:
+        if created is None or (cloud or d.now) - created < s.min_volume_age:
             continue
         mark = f"orphan:{vid}"
         d.marks.add(mark)
@@ -287,11 +295,17 @@ def _orphan_volumes(d: _Detector, volumes: list[dict[str, Any]],
         observed = {"volume_id": vid, "observed_status": "available",
                     "observed_updated_at": volume.get("updated_at")}
         if not quarantine:
+            if cloud is None:
+                d.finding("orphan-volume", vid, Severity.WARNING,
+                          text + "; Cinder's answer had no Date header, so its clock is "
+                                 "unknown: not quarantined", evidence)
+                continue
             d.finding("orphan-volume", vid, Severity.WARNING, text, evidence,
                       Action("quarantine", "openstack", d.s.cloud or "", "quarantine_volume",
                              {**observed, "key": s.quarantine_key,
-                              "value": since.strftime("%Y-%m-%dT%H:%M:%SZ")},
-                             destructive=False, before={"volume": summary}))
+                              "value": cloud.strftime("%Y-%m-%dT%H:%M:%SZ")},
+                             destructive=False, before={"volume": summary},
+                             verify=_rereads(d, volume, full=False)))
             continue
         marked = parse_time(quarantine)
         if marked is None:
@@ -299,13 +313,26 @@ def _orphan_volumes(d: _Detector, volumes: list[dict[str, Any]],
                       text + f"; its quarantine mark {quarantine!r} is not a date: left alone",
                       evidence)
             continue
-        ready = max(marked, since) + timedelta(days=s.quarantine_days)
-        if d.now < ready:
+        # Two clocks, each compared only with itself: Cinder's mark and updated_at against
+        # Cinder's now, watchdogd's first sighting against watchdogd's now.
+        period = timedelta(days=s.quarantine_days)
+        updated = parse_time(volume.get("updated_at")) or marked
+        cloud_ready = max(marked, updated) + period
+        own_ready = since + period
+        evidence.update(cloud_now=cloud.isoformat() if cloud else None,
+                        cloud_ready=cloud_ready.isoformat(), own_ready=own_ready.isoformat())
+        if cloud is None:
             d.finding("orphan-volume", vid, Severity.WARNING,
-                      text + f"; quarantined since {marked:%Y-%m-%d}, deletable from "
-                             f"{ready:%Y-%m-%d}", evidence)
+                      text + f"; quarantined since {marked:%Y-%m-%d}; Cinder's answer had no "
+                             "Date header, so its clock is unknown: not deleted", evidence)
             continue
-        deletable.append((marked, volume, evidence, ready))
+        if cloud < cloud_ready or d.now < own_ready:
+            d.finding("orphan-volume", vid, Severity.WARNING,
+                      text + f"; quarantined since {marked:%Y-%m-%d}, deletable once Cinder's "
+                             f"clock reaches {cloud_ready:%Y-%m-%d %H:%M} and watchdogd's "
+                             f"reaches {own_ready:%Y-%m-%d %H:%M}", evidence)
+            continue
+        deletable.append((marked, volume, evidence, own_ready))
 
     deletable.sort(key=lambda item: (item[0], str(item[1]["id"])))
     for index, (marked, volume, evidence, _ready) in enumerate(deletable):
@@ -324,8 +351,60 @@ def _orphan_volumes(d: _Detector, volumes: list[dict[str, Any]],
                           "quarantine_key": s.quarantine_key,
                           "quarantine_value": (volume.get("metadata") or {})
                           .get(s.quarantine_key)},
-                         destructive=True, before={"volume": volume}))
+                         destructive=True, before={"volume": volume},
+                         verify=_rereads(d, volume, full=True)))
     return len(candidates)
+
+
+def _rereads(d: _Detector, volume: dict[str, Any], *, full: bool) -> tuple[Need, ...]:
+    """What an orphan verdict rests on, to be read again right before acting on it.
+
+    The volume itself, and every configured cluster's PVs: all of them before a delete
+    (a static PV may reference the volume under any name), the one named after the volume
+    before a quarantine (cheap, so a first run with hundreds of orphans stays cheap).
+    """
+    needs = [Need.of("volume", "openstack", d.s.cloud or "", "volume",
+                     volume_id=str(volume["id"]))]
+    for cluster in d.s.clusters:
+        if full:
+            needs.append(pvs_need(cluster))
+        else:
+            needs.append(Need.of(f"pvs:{cluster}", "kube", cluster, "list_objects",
+                                 kind="PersistentVolume",
+                                 field_selector=f"metadata.name={volume.get('name')}"))
+    return tuple(needs)
+
+
+def verify(finding: Finding, reads: dict[str, Any], first_seen: datetime) -> str | None:
+    """Whether an orphan volume is still an orphan, on the objects read again just now.
+
+    ``reads`` has ``volume`` (the volume now, or None) and ``pvs:<cluster>`` for every
+    configured cluster. Returns None to act, or why not.
+    """
+    action = finding.action
+    if action is None or action.name not in ("quarantine", "delete-orphan-volume"):
+        return None
+    vid = str(action.params["volume_id"])
+    volume = reads.get("volume")
+    if volume is None:
+        return f"volume {vid} no longer exists"
+    name = str(volume.get("name"))
+    names: set[str] = set()
+    for key, pvs in sorted(reads.items()):
+        if not key.startswith("pvs:"):
+            continue
+        for pv in pvs:
+            pv_name = str((pv.get("metadata") or {}).get("name"))
+            names.add(pv_name)
+            if pv_volume_id(pv) == vid or pv_name == name:
+                return f"PV {pv_name} of cluster {key[4:]} now references volume {vid}"
+    clusters = tuple(finding.evidence.get("clusters") or ())
+    foreign = _foreign(volume, clusters, names)
+    if foreign is not None:
+        return f"volume {vid} {foreign}"
+    if volume.get("status") != "available" or volume.get("attachments"):
+        return f"volume {vid} is {volume.get('status')} and attached now"
+    return None
 
 
 def _foreign(volume: dict[str, Any], clusters: tuple[str, ...],

@@ -4,10 +4,12 @@ The Cinder runbook, automated with its safety rules written down:
 
 * ``volume-stuck``: a volume in a transitional status (``reserved``, ``attaching``,
   ``detaching``, ``deleting``, ``error_deleting`` by default) for longer than ``stuck_after``.
-  Two clocks must agree: Cinder's ``updated_at`` is at least ``stuck_after`` old, *and*
-  watchdogd has seen the volume in exactly that state (same status, same ``updated_at``) in an
-  earlier pass. ``reserved`` is a normal transient state (every attach starts with it), so for
-  it watchdogd's own observation must also span ``stuck_after``: neither a skewed Cinder clock
+  Two clocks must agree: Cinder's ``updated_at`` is at least ``stuck_after`` old *on Cinder's
+  clock* (the ``Date`` of its list answer, never watchdogd's clock), *and* watchdogd has seen
+  the volume in exactly that state (same status, same ``updated_at``) in an earlier pass.
+  Without a ``Date`` from Cinder, watchdogd's own sightings must span ``stuck_after``.
+  ``reserved`` is a normal transient state (every attach starts with it), so for it
+  watchdogd's own observation must also span ``stuck_after``: neither a skewed Cinder clock
   nor a first look can make a young reservation look old.
 * ``attachment-stale``: a ``reserved`` attachment beside an ``attached`` one (a re-attach to a
   node that died half way), or a lone reserved attachment older than
@@ -187,6 +189,19 @@ def volume_summary(volume: dict[str, Any]) -> dict[str, Any]:
                         for a in volume.get("attachments") or []]}
 
 
+def cloud_now(snapshot: Snapshot) -> datetime | None:
+    """The cloud's own "now" when the volumes were listed (its ``Date`` header), or None.
+
+    ``updated_at`` and ``created_at`` are Cinder's clock: their age is only meaningful
+    against Cinder's clock too. Comparing them with watchdogd's clock let a skew of days
+    make a young volume look stuck or old.
+    """
+    volumes = snapshot.observations.get("volumes")
+    if not isinstance(volumes, dict):
+        return None
+    return parse_time(volumes.get("cloud_now"))
+
+
 def _minutes(delta: timedelta) -> int:
     return int(delta.total_seconds() // 60)
 
@@ -238,6 +253,8 @@ class _Detector:
         listed = (snapshot.get("volumes") or {}).get("all_projects")
         self.scope = ("all projects" if listed is True else
                       "own project only (not admin)" if listed is False else "unknown")
+        #: Cinder's clock (the list's ``Date``): ages of Cinder's timestamps are taken on it
+        self.cloud_now = cloud_now(snapshot)
 
     def finding(self, kind: str, subject: str, severity: Severity, message: str,
                 evidence: dict[str, Any], action: Action | None = None) -> None:
@@ -313,7 +330,10 @@ def _judge(d: _Detector, volume: dict[str, Any], atts: list[dict[str, Any]],
     updated = parse_time(updated_at)
     if updated is None:
         return False  # no age, no verdict
-    cinder_age = d.now - updated
+    # Without Cinder's clock its timestamps' age is a guess: watchdogd's own sightings
+    # then have to span every limit by themselves.
+    cinder_age = (d.cloud_now or d.now) - updated
+    own_clock_only = d.cloud_now is None
     attached = [a for a in atts if a.get("status") == "attached"]
     reserved = [a for a in atts if a.get("status") == "reserved"]
     others = [a for a in atts if a.get("status") not in ("attached", "reserved", "detached",
@@ -363,7 +383,7 @@ def _judge(d: _Detector, volume: dict[str, Any], atts: list[dict[str, Any]],
     observed = d.now - since
     if cinder_age < s.stuck_after or observed <= timedelta(0):
         return bool(dangling)
-    if status == "reserved" and observed < s.stuck_after:
+    if (status == "reserved" or own_clock_only) and observed < s.stuck_after:
         return bool(dangling)  # never judge a young reservation
     message = (f"volume {volume.get('name')} ({vid}) has been {status} for "
                f"{_age_text(cinder_age)}" + who.text())

@@ -10,6 +10,7 @@ the same port (open keep-alive connections are cut, as when a real process dies)
 from __future__ import annotations
 
 import contextlib
+import email.utils
 import json
 import re
 import socket
@@ -144,6 +145,14 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _dispatch(self) -> None:
         self.server.sim._serve(self)
+
+    def date_time_string(self, timestamp: float | None = None) -> str:
+        # The Date header is the simulated server's clock, as a real server's is its own:
+        # tests with a skewed or fake clock see it in every answer.
+        if timestamp is not None:
+            return super().date_time_string(timestamp)
+        return email.utils.format_datetime(self.server.sim.clock().astimezone(UTC),
+                                           usegmt=True)
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _dispatch
 

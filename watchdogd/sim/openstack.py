@@ -34,6 +34,7 @@ backends; created volumes are ``available`` at once; tokens are random strings (
 from __future__ import annotations
 
 import contextlib
+import email.utils
 import json
 import re
 import secrets
@@ -300,6 +301,10 @@ class _Handler(BaseHTTPRequestHandler):
         head = [f"HTTP/1.1 {resp.code} {_PHRASES.get(resp.code, 'Unknown')}",
                 f"Content-Length: {len(resp.body)}"]
         head += [f"{k}: {v}" for k, v in resp.headers.items()]
+        if "Date" not in resp.headers and self.server.sim.send_date:
+            # Cinder's clock, as its WSGI server sends it: the simulated "now".
+            head.append("Date: " + email.utils.format_datetime(
+                self.server.sim.clock().astimezone(UTC), usegmt=True))
         if self.close_connection:
             head.append("Connection: close")
         payload = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1")
@@ -359,6 +364,8 @@ class OpenStackSim:
         (timestamps, token and credential expiry), so tests with a fake clock stay consistent."""
         self.page_max = page_max
         self.clock: Clock = clock or (lambda: datetime.now(UTC))
+        #: whether answers carry a ``Date`` header (a proxy in front may strip it)
+        self.send_date = True
         self.region = region
         self.project_id_in_url = project_id_in_url
         self.token_ttl = token_ttl

@@ -26,12 +26,14 @@ since the pass observed them, so a volume that changed state during the pass is 
 
 from __future__ import annotations
 
+import email.utils
 import re
 import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
@@ -241,12 +243,19 @@ class OpenStackSource:
 
     def _get_json(self, service: str, path: str, *, what: str, ok: tuple[int, ...] = (200,),
                   microversion: str | None = ATTACHMENTS_MICROVERSION) -> Any:
+        return self._get_dated(service, path, what=what, ok=ok, microversion=microversion)[0]
+
+    def _get_dated(self, service: str, path: str, *, what: str, ok: tuple[int, ...] = (200,),
+                   microversion: str | None = ATTACHMENTS_MICROVERSION,
+                   ) -> tuple[Any, datetime | None]:
+        """The JSON of a GET (None for a 404) and the server's ``Date``: the cloud's clock."""
         response = self._request(service, "GET", path, what=what, retry=True, ok=ok,
                                  microversion=microversion)
+        date = _server_date(response)
         if response.status_code == 404:
-            return None
+            return None, date
         try:
-            return response.json()
+            return response.json(), date
         except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
             raise self.error(f"{what}: the answer is not JSON") from None
 
@@ -255,21 +264,26 @@ class OpenStackSource:
     def volumes(self) -> dict[str, Any]:
         """Every volume of every project (``all_tenants``), with details, all pages.
 
-        Returns ``{"items": [...], "pages": n, "all_projects": bool | None}`` (False: the
-        credential is not admin and Cinder listed its own project only), or
-        ``{"auth_error": why}``.
+        Returns ``{"items": [...], "pages": n, "all_projects": bool | None, "cloud_now":
+        iso | None}`` (False: the credential is not admin and Cinder listed its own project
+        only; ``cloud_now``: the first page's ``Date``, Cinder's clock, so ages of its
+        ``updated_at`` are never taken on watchdogd's clock), or ``{"auth_error": why}``.
         """
         try:
             items: list[dict[str, Any]] = []
             seen: set[str] = set()
             marker: str | None = None
             pages = 0
+            cloud_now: datetime | None = None
             while True:
                 query = {"all_tenants": "1", "limit": str(self.page_size)}
                 if marker:
                     query["marker"] = marker
-                data = self._get_json("block_storage", "/volumes/detail?" + urlencode(query),
-                                      what="list volumes")
+                data, date = self._get_dated("block_storage",
+                                             "/volumes/detail?" + urlencode(query),
+                                             what="list volumes")
+                if pages == 0:
+                    cloud_now = date
                 page = _items(data, "volumes")
                 if page is None:
                     raise self.error("list volumes: the answer has no volumes list")
@@ -293,7 +307,8 @@ class OpenStackSource:
                     # (only admins see the tenant attribute).
                     scope = (any("os-vol-tenant-attr:tenant_id" in v for v in items)
                              if items else None)
-                    return {"items": items, "pages": pages, "all_projects": scope}
+                    return {"items": items, "pages": pages, "all_projects": scope,
+                            "cloud_now": cloud_now.isoformat() if cloud_now else None}
         except AuthFailed as exc:
             return {"auth_error": str(exc)}
 
@@ -532,6 +547,18 @@ _VOLUME_FIELDS: dict[str, type | tuple[type, ...]] = {
     "attachments": list, "size": int, "multiattach": bool}
 _ATTACHMENT_FIELDS: dict[str, type | tuple[type, ...]] = {
     "volume_id": str, "status": str, "instance": str}
+
+
+def _server_date(response: Any) -> datetime | None:
+    """The ``Date`` header of a response, timezone-aware, or None when absent or garbled."""
+    text = response.headers.get("Date") if getattr(response, "headers", None) else None
+    if not text:
+        return None
+    try:
+        value = email.utils.parsedate_to_datetime(str(text))
+    except (TypeError, ValueError, IndexError):
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def _well_formed(item: dict[str, Any], fields: dict[str, type | tuple[type, ...]]) -> bool:
