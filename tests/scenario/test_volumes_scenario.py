@@ -9,7 +9,7 @@ Simulated time (a SimClock shared by the simulators and the engine) moves five m
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -137,12 +137,13 @@ class Env:
             "checks": self.checks,
         })
 
-    def engine(self, **cloud: Any) -> Engine:
+    def engine(self, *, skew: timedelta = timedelta(0), **cloud: Any) -> Engine:
+        """An engine whose clock is ``skew`` ahead of the simulators' (Cinder's)."""
         config = self.config(**cloud)
         store = Store(config.state.resolved_url())
         sources = Sources(config)
         self.closers += [store.close, sources.close]
-        return Engine(config, store, sources, clock=self.clock)
+        return Engine(config, store, sources, clock=lambda: self.clock() + skew)
 
     def passes(self, engine: Engine, n: int, only: str) -> list[Obj]:
         reports = []
@@ -217,6 +218,58 @@ def test_orphan_quarantine_then_delete_after_the_quarantine(env: Env) -> None:
     assert action["name"] == "delete-orphan-volume" and action["status"] == "done", action
     assert env.os.volume(orphan["id"]) is None
     assert env.os.volume(keep["id"]) is not None
+
+
+def test_watchdogd_days_ahead_of_cinder_resets_and_deletes_nothing(env: Env) -> None:
+    """Cinder's timestamps are aged on Cinder's clock: a skew of days proves nothing."""
+    env.remediation["enabled"].append("delete-orphan-volume")
+    env.checks["orphans"] = {"quarantine_days": 14}
+    env.checks["volumes"] = {"stuck_after": "1h"}
+    young = env.os.inject_stuck_volume("pvc-young", status="error_deleting",
+                                       age=timedelta(minutes=1))
+    keep = env.os.add_volume("pvc-keep", age=timedelta(days=30))
+    env.bind("c1", keep, "alice")
+    orphan = env.os.inject_orphan_volume("pvc-gone")
+    engine = env.engine(skew=timedelta(days=15))
+    reports = env.passes(engine, 2, "volumes") + env.passes(engine, 5, "orphans")
+    found = [f for r in reports for f in findings(r).values()]
+    assert not [f for f in found if f["kind"] == "volume-stuck"]
+    done = [f["action"]["name"] for f in found if f["action"] and f["action"]["status"] == "done"]
+    assert done == ["quarantine"]
+    assert env.os.volume(orphan["id"]) is not None
+    volume = env.os.volume(young["id"])
+    assert volume is not None and volume["status"] == "error_deleting"
+    # The mark carries Cinder's time, not watchdogd's 15 days ahead.
+    mark = (env.os.volume(orphan["id"]) or {})["metadata"]["watchdogd-orphaned-since"]
+    marked = datetime.fromisoformat(mark.replace("Z", "+00:00"))
+    assert timedelta(0) <= env.clock() - marked <= timedelta(hours=1)
+
+
+def test_watchdogd_behind_cinder_still_repairs_what_is_stuck_on_cinders_clock(
+        env: Env) -> None:
+    stuck = env.os.inject_stuck_volume("pvc-old", status="error_deleting",
+                                       age=timedelta(hours=3))
+    engine = env.engine(skew=-timedelta(days=15))
+    reports = env.passes(engine, 3, "volumes")
+    done = [f["action"]["name"] for r in reports for f in findings(r).values()
+            if f["action"] and f["action"]["status"] == "done"]
+    assert done == ["reset-volume-status"]
+    volume = env.os.volume(stuck["id"])
+    assert volume is not None and volume["status"] == "available"
+
+
+def test_without_cinders_date_header_its_ages_wait_for_watchdogds_own(env: Env) -> None:
+    env.os.send_date = False
+    env.checks["volumes"] = {"stuck_after": "12m"}
+    stuck = env.os.inject_stuck_volume("pvc-old", status="error_deleting",
+                                       age=timedelta(hours=3))
+    engine = env.engine()
+    first, second, third, fourth = env.passes(engine, 4, "volumes")
+    key = ("volume-stuck", stuck["id"])
+    # 0, 5 and 10 minutes of watchdogd's own sightings are not 12: nothing yet.
+    assert key not in findings(first) and key not in findings(second)
+    assert key not in findings(third)
+    assert findings(fourth)[key]["action"]["name"] == "reset-volume-status"
 
 
 def stuck_world(env: Env) -> tuple[Obj, Obj]:
