@@ -38,7 +38,7 @@ from watchdogd.model import (
 from watchdogd.notify import Notifier
 from watchdogd.policy import Budget, Decision, decide
 from watchdogd.sources import Sources
-from watchdogd.sources.base import counting
+from watchdogd.sources.base import counting, server_dates
 from watchdogd.store import LockHold, Store, StoreError, Tracked, utcnow
 
 __all__ = ["CheckResult", "Engine", "PassReport"]
@@ -219,7 +219,7 @@ class Engine:
         else:
             log.warning("not acting", reason=hold.reason)
         planned = self.plan(only, target)
-        observations, errors, need_requests = self._collect(planned)
+        observations, errors, need_requests, clocks = self._collect(planned)
         budget = Budget(
             per_pass=self.config.remediation.max_per_pass,
             per_hour=max(0, self.config.remediation.max_per_hour - self.store.actions_since(
@@ -228,7 +228,7 @@ class Engine:
         results = []
         for spec, check_target in planned:
             results.append(self._run_target(spec, check_target, observations, errors,
-                                            need_requests, budget, pass_id, acting))
+                                            need_requests, clocks, budget, pass_id, acting))
         if self.notifier is not None and acting:
             self.notifier.deliver(self.store, self.clock())
         report = PassReport(started, self.clock(), self.dry_run, results, acting=acting,
@@ -240,7 +240,7 @@ class Engine:
 
     def _collect(
         self, planned: list[tuple[CheckSpec, CheckTarget]]
-    ) -> tuple[dict[Need, Any], dict[Need, str], dict[Need, int]]:
+    ) -> tuple[dict[Need, Any], dict[Need, str], dict[Need, int], dict[Need, datetime]]:
         """Gather every distinct need of the pass concurrently.
 
         Two check targets asking for the same list share one fetch. A need that
@@ -257,14 +257,15 @@ class Engine:
         observations: dict[Need, Any] = {}
         errors: dict[Need, str] = {}
         requests: dict[Need, int] = {}
+        clocks: dict[Need, datetime] = {}
         if not needs:
-            return observations, errors, requests
+            return observations, errors, requests, clocks
 
-        def fetch(need: Need) -> tuple[Any, int]:
-            with counting() as counter:
+        def fetch(need: Need) -> tuple[Any, int, datetime | None]:
+            with counting() as counter, server_dates() as dates:
                 adapter = self.sources.adapter(need.source, need.target)
                 value = getattr(adapter, need.call)(**dict(need.params))
-            return value, counter[0]
+            return value, counter[0], dates[0] if dates else None
 
         timeout = self.config.daemon.pass_timeout.total_seconds()
         pool = concurrent.futures.ThreadPoolExecutor(
@@ -280,7 +281,9 @@ class Engine:
             for future in done:
                 need = futures[future]
                 try:
-                    observations[need], requests[need] = future.result()
+                    observations[need], requests[need], date = future.result()
+                    if date is not None:
+                        clocks[need] = date
                 except SourceError as exc:
                     errors[need] = str(exc)
                     log.warning("source error", source=need.source, target=need.target,
@@ -297,9 +300,11 @@ class Engine:
             if first in observations:
                 observations[need] = observations[first]
                 requests[need] = requests.get(first, 0)
+                if first in clocks:
+                    clocks[need] = clocks[first]
             elif first in errors:
                 errors[need] = errors[first]
-        return observations, errors, requests
+        return observations, errors, requests, clocks
 
     def _run_target(
         self,
@@ -308,6 +313,7 @@ class Engine:
         observations: dict[Need, Any],
         errors: dict[Need, str],
         need_requests: dict[Need, int],
+        clocks: dict[Need, datetime],
         budget: Budget,
         pass_id: str,
         acting: bool,
@@ -323,6 +329,7 @@ class Engine:
             errors={n.key: errors[n] for n in check_target.needs if n in errors},
             settings=check_target.settings,
             marks=self.store.marks(spec.name, check_target.name),
+            server_now={n.key: clocks[n] for n in check_target.needs if n in clocks},
         )
         implausible: ImplausibleData | None = None
         try:

@@ -155,6 +155,8 @@ class Snapshot:
     errors: dict[str, str] = field(default_factory=dict)
     settings: Any = None
     marks: dict[str, datetime] = field(default_factory=dict)
+    #: each observation's server clock (the first ``Date`` of its answer), when it sent one
+    server_now: dict[str, datetime] = field(default_factory=dict)
 
     def __getitem__(self, key: str) -> Any:
         if key in self.errors:

@@ -85,7 +85,7 @@ def detect(snap: Snapshot, now: datetime, found: dict[str, Obj] | None = None) -
 def snapshot(*, users: list[str], db_running: list[Obj], api: list[Obj], pods: list[Obj],
              routes: list[tuple[str, Obj]] | None = None, layout: str = "kubespawner",
              marks: dict[str, datetime] | None = None, hub_pods: list[Obj] | None = None,
-             **check: Any) -> Snapshot:
+             hub_now: datetime | None = NOW, **check: Any) -> Snapshot:
     route_table: dict[str, Obj] = {"/": {"hub": True, "target": "http://hub:8081"}}
     route_table.update(dict(routes or []))
     return Snapshot(
@@ -97,6 +97,7 @@ def snapshot(*, users: list[str], db_running: list[Obj], api: list[Obj], pods: l
             "hub_pods": [hub_pod()] if hub_pods is None else hub_pods,
         },
         settings=settings(layout, **check), marks=marks or {},
+        server_now={"hub_api": hub_now} if hub_now is not None else {},
     )
 
 
@@ -172,11 +173,69 @@ def test_route_to_wrong_target_is_route_mismatch() -> None:
     assert kinds(snap) == {"alice": ("route-mismatch", "sync-routes")}
 
 
+def spawning(started: datetime, **kwargs: Any) -> Snapshot:
+    return snapshot(users=["alice"], db_running=[running("alice")],
+                    api=[active("alice", pending="spawn", started=started.isoformat())],
+                    pods=[], **kwargs)
+
+
+def spawn_mark(started: datetime) -> str:
+    return f"pending-spawn:alice:{started.isoformat()}"
+
+
 def test_pending_spawn_too_long_is_stuck_spawn() -> None:
-    started = (NOW - timedelta(minutes=20)).isoformat()
+    started = NOW - timedelta(minutes=20)
+    # First sighting: the hub says 20 minutes, watchdogd has seen it for none.
+    first = detect(spawning(started), NOW)
+    assert first.findings == [] and spawn_mark(started) in first.marks
+    # Seen for 15 minutes by watchdogd, 20 by the hub's clock: stuck.
+    later = spawning(started, marks={spawn_mark(started): NOW - timedelta(minutes=15)})
+    assert kinds(later) == {"alice": ("stuck-spawn", "stop-server")}
+
+
+def test_a_skewed_clock_alone_never_makes_a_spawn_stuck() -> None:
+    """Each clock compares only with itself; either one alone is not enough."""
+    started = NOW - timedelta(seconds=30)  # the hub started it 30 s ago by its own clock
+    # watchdogd's clock stepped forward a day between its passes: its own sighting looks old.
+    stepped = spawning(started, marks={spawn_mark(started): NOW - timedelta(days=1)})
+    assert kinds(stepped) == {}
+    # watchdogd's clock is a day behind the hub's: the hub's "started" is in watchdogd's
+    # future, which says nothing either way; the hub's own clock says 30 s.
+    behind = spawning(started + timedelta(days=1),
+                      marks={spawn_mark(started + timedelta(days=1)): NOW - timedelta(hours=1)},
+                      hub_now=NOW + timedelta(days=1))
+    assert kinds(behind) == {}
+    # Without the hub's Date, watchdogd's own sightings decide alone.
+    own = spawning(started, marks={spawn_mark(started): NOW - timedelta(minutes=16)},
+                   hub_now=None)
+    assert kinds(own) == {"alice": ("stuck-spawn", "stop-server")}
+
+
+def test_a_pending_stop_is_timed_on_the_hubs_clock_too() -> None:
+    mark = "pending-stop:alice"
     snap = snapshot(users=["alice"], db_running=[running("alice")],
-                    api=[active("alice", pending="spawn", started=started)], pods=[])
-    assert kinds(snap) == {"alice": ("stuck-spawn", "stop-server")}
+                    api=[active("alice", pending="stop")], pods=[],
+                    marks={mark: NOW - timedelta(hours=2)})
+    first = detect(snap, NOW)
+    # watchdogd's clock says two hours (it jumped); the hub's clock starts now.
+    assert first.findings == []
+    [hub_mark] = [m for m in first.marks if m.startswith("hub-since:")]
+    assert hub_mark == f"hub-since:{NOW.isoformat()}:{mark}"
+    later = snapshot(users=["alice"], db_running=[running("alice")],
+                     api=[active("alice", pending="stop")], pods=[],
+                     marks={mark: NOW - timedelta(hours=2),
+                            hub_mark: NOW - timedelta(hours=2)},
+                     hub_now=NOW + timedelta(minutes=11))
+    assert kinds(later) == {"alice": ("stuck-stop", "restart-hub")}
+
+
+def test_no_username_can_forge_anothers_hub_clock_mark() -> None:
+    mark = "pending-stop:alice"
+    forged = f"hub-since:2020-01-01T00:00:00+00:00:pending-stop:x:{mark}"
+    snap = snapshot(users=["alice"], db_running=[running("alice")],
+                    api=[active("alice", pending="stop")], pods=[],
+                    marks={mark: NOW - timedelta(hours=2), forged: NOW})
+    assert detect(snap, NOW).findings == []
 
 
 def test_young_pending_spawn_is_left_alone_even_without_pod() -> None:
@@ -191,10 +250,14 @@ def test_pending_stop_is_remembered_and_becomes_stuck_stop() -> None:
                     api=[active("alice", pending="stop")], pods=[])
     first = detect(snap, NOW)
     assert first.findings == []  # a stop in progress: never stop twice
-    assert first.marks == {"pending-stop:alice"}
+    hub_mark = f"hub-since:{NOW.isoformat()}:pending-stop:alice"
+    assert first.marks == {"pending-stop:alice", hub_mark}
+    # 11 minutes later on both clocks
     later = snapshot(users=["alice"], db_running=[running("alice")],
                      api=[active("alice", pending="stop")], pods=[],
-                     marks={"pending-stop:alice": NOW - timedelta(minutes=11)})
+                     marks={"pending-stop:alice": NOW - timedelta(minutes=11),
+                            hub_mark: NOW - timedelta(minutes=11)},
+                     hub_now=NOW + timedelta(minutes=11))
     [finding] = detect(later, NOW).findings
     assert finding.kind == "stuck-stop"
     assert finding.severity.label == "critical"

@@ -37,10 +37,12 @@ def attachment(aid: str, vid: str, status: str = "attached") -> Obj:
 def snapshot(vols: list[Obj], atts: list[Obj] | None = None, *,
              marks: dict[str, datetime] | None = None, credentials: Obj | None = None,
              pvs: list[Obj] | None = None, pvcs: list[Obj] | None = None,
-             events: list[Obj] | None = None, **check: Any) -> Snapshot:
+             events: list[Obj] | None = None, cloud_now: datetime | None = NOW,
+             **check: Any) -> Snapshot:
     settings = volumes.TargetSettings("js2", ("c1",), volumes.Settings(**check))
     obs: dict[str, Any] = {
-        "volumes": {"items": vols, "pages": 1},
+        "volumes": {"items": vols, "pages": 1,
+                    "cloud_now": cloud_now.isoformat() if cloud_now else None},
         "attachments": {"items": atts or [], "pages": 1},
         "credentials": credentials or {"items": [], "user_id": "u", "in_use": None},
         "pvs:c1": pvs or [], "pvcs:c1": pvcs or [],
@@ -318,3 +320,26 @@ def test_auth_failure_is_the_only_verdict() -> None:
     assert only.kind == "credential-invalid" and only.subject == "js2"
     assert only.severity.label == "critical" and only.action is None
     assert detection.marks == set(snap.marks)  # what earlier passes saw is kept, unjudged
+
+
+def test_updated_at_is_aged_on_cinders_clock_not_watchdogds() -> None:
+    """watchdogd 15 days ahead: a volume detaching for 2 minutes by Cinder's clock is young."""
+    cinder = NOW - timedelta(days=15)
+    vol = volume("v1", "detaching", age=timedelta(days=15, minutes=2))
+    snap = snapshot([vol], cloud_now=cinder)
+    snap.marks = marks_of(snap, timedelta(minutes=3))
+    assert seen(volumes.detect(snap, NOW), "volume-stuck") == []
+    # The same volume truly detaching for 5 hours on Cinder's clock is stuck, whatever
+    # watchdogd's clock says.
+    old = snapshot([volume("v1", "detaching", age=timedelta(days=15, hours=5))],
+                   cloud_now=cinder)
+    old.marks = marks_of(old, timedelta(minutes=3))
+    assert len(seen(volumes.detect(old, NOW), "volume-stuck")) == 1
+
+
+def test_without_cinders_clock_watchdogds_own_sightings_must_span_stuck_after() -> None:
+    snap = snapshot([volume("v1", "detaching", age=timedelta(hours=5))], cloud_now=None)
+    snap.marks = marks_of(snap, timedelta(minutes=3))
+    assert seen(volumes.detect(snap, NOW), "volume-stuck") == []
+    snap.marks = marks_of(snap, timedelta(hours=2))
+    assert len(seen(volumes.detect(snap, NOW), "volume-stuck")) == 1

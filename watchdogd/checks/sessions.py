@@ -231,6 +231,28 @@ class _Detector:
         self.findings.append(Finding(NAME, self.s.hub, kind, subject, severity, message,
                                      evidence, action))
 
+    def pending_for(self, mark: str, started: datetime | None,
+                    ) -> tuple[timedelta, timedelta | None, datetime]:
+        """How long a pending spawn or stop has lasted, on each clock by itself.
+
+        Returns watchdogd's own time since its first sighting (kept in ``mark``), the hub's
+        time (its ``Date`` now minus ``started``, or minus the hub's ``Date`` at the first
+        sighting, kept in a second mark), or None when the hub sends no ``Date``, and when
+        it was first seen.
+        """
+        self.marks.add(mark)
+        since = self.snapshot.marks.get(mark, self.now)
+        waited = self.now - since
+        hub_now = self.snapshot.server_now.get("hub_api")
+        if hub_now is None:
+            return waited, None, since
+        if started is None:
+            kept = _hub_since(self.snapshot.marks, mark) or (
+                f"hub-since:{hub_now.isoformat()}:{mark}", hub_now)
+            self.marks.add(kept[0])
+            started = kept[1]
+        return waited, hub_now - started, since
+
     def rereads(self, key: SessionKey, pod_ref: tuple[Any, Any] | None) -> tuple[Need, ...]:
         """What to read again by name right before acting on this session."""
         needs = [Need.of("server", "hubapi", self.s.hub, "server",
@@ -259,6 +281,20 @@ class _Detector:
                       {"namespace": summary["namespace"], "name": summary["name"],
                        "uid": summary["uid"]}, destructive=True, before={"pod": pod},
                       verify=self.rereads(key, (summary["namespace"], summary["name"])))
+
+
+def _hub_since(marks: dict[str, datetime], mark: str) -> tuple[str, datetime] | None:
+    """The ``hub-since:<hub time>:<mark>`` mark kept for ``mark``, and its hub time.
+
+    The time leads and must parse, so that no username can forge another's mark.
+    """
+    head, tail = "hub-since:", f":{mark}"
+    for name in marks:
+        if name.startswith(head) and name.endswith(tail):
+            when = parse_time(name[len(head):len(name) - len(tail)])
+            if when is not None:
+                return name, when
+    return None
 
 
 def detect(snapshot: Snapshot, now: datetime) -> Detection:
@@ -396,11 +432,9 @@ def _judge_running(
                            "started": api.get("started")}
     pending = api.get("pending")
     if pending == "stop":
-        mark = f"pending-stop:{_subject(key)}"
-        d.marks.add(mark)
-        since = d.snapshot.marks.get(mark, d.now)
-        waited = d.now - since
-        if waited >= s.check.stuck_stop_after:
+        waited, hub_waited, since = d.pending_for(f"pending-stop:{_subject(key)}", None)
+        if waited >= s.check.stuck_stop_after and (hub_waited is None
+                                                    or hub_waited >= s.check.stuck_stop_after):
             action = None
             if hub_pod is not None:
                 meta = hub_pod.get("metadata") or {}
@@ -418,12 +452,19 @@ def _judge_running(
                       action)
         return
     if pending:
-        started = parse_time(api.get("started")) or parse_time(row.get("started"))
-        if started is not None and d.now - started >= s.check.stuck_spawn_after:
+        # "started" is the hub's clock; its age is taken on the hub's clock (the Date of
+        # its answer) and must agree with watchdogd's own sighting of this very spawn
+        # (same started): a skew, or a clock step on either side, alone never stops one.
+        started = api.get("started") or row.get("started")
+        waited, hub_waited, since = d.pending_for(f"pending-spawn:{_subject(key)}:{started}",
+                                                  parse_time(started))
+        limit = s.check.stuck_spawn_after
+        if waited >= limit and (hub_waited is None or hub_waited >= limit):
             d.finding("stuck-spawn", key, Severity.WARNING,
                       f"the spawn of {_subject(key)!r} has been pending ({pending}) for "
-                      f"{_minutes(d.now - started)} minutes",
-                      evidence, d.stop_server(key, evidence, ref))
+                      f"{_minutes(max(waited, hub_waited or waited))} minutes",
+                      {**evidence, "pending_since": since.isoformat()},
+                      d.stop_server(key, evidence, ref))
         return
     if pod is None:
         if ref is None and not absence_known:

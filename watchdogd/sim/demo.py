@@ -196,7 +196,10 @@ def build_world(passes: int = 4) -> DemoWorld:
     cloud = CloudPart()
     cluster = ClusterPart(checks={"nodes": {
         "failed_pod_min_age": f"{FAILED_POD_MIN_AGE_MINUTES}m"}})
-    world = DemoWorld(clock=clock, parts=[cloud, cluster])
+    # A spawn is judged stuck on watchdogd's own sightings as well as the hub's clock: the
+    # demo's 5 minutes (15 by default) let the planted one be seen for long enough.
+    world = DemoWorld(clock=clock, parts=[cloud, cluster],
+                      sessions={"stuck_spawn_after": f"{MINUTES_PER_PASS}m"})
     world.start()
     try:
         _plant_sessions(world)

@@ -8,17 +8,20 @@ They make no decisions.
 from __future__ import annotations
 
 import contextvars
+import email.utils
 import json
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import Any
 
 import requests
 
 from watchdogd.model import SourceError
 
-__all__ = ["HttpClient", "count_request", "counting", "describe_status", "scrub", "secret_values"]
+__all__ = ["HttpClient", "count_request", "counting", "describe_status", "note_server_date",
+           "scrub", "secret_values", "server_dates"]
 
 _requests: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar(
     "watchdogd_requests", default=None
@@ -41,6 +44,38 @@ def counting() -> Iterator[list[int]]:
         yield counter
     finally:
         _requests.reset(token)
+
+
+_dates: contextvars.ContextVar[list[datetime] | None] = contextvars.ContextVar(
+    "watchdogd_server_dates", default=None
+)
+
+
+def note_server_date(header: str | None) -> None:
+    """Remember a response's ``Date`` header for whatever is being read in this context.
+
+    The first one of a read is kept: the server's own "now" when it began to answer. A
+    check ages the server's timestamps against it, never against watchdogd's clock.
+    """
+    dates = _dates.get()
+    if dates is None or dates or not header:
+        return
+    try:
+        value = email.utils.parsedate_to_datetime(str(header))
+    except (TypeError, ValueError, IndexError):
+        return
+    dates.append(value if value.tzinfo else value.replace(tzinfo=UTC))
+
+
+@contextmanager
+def server_dates() -> Iterator[list[datetime]]:
+    """Collect the server's clock (the first ``Date``) of the reads inside the block."""
+    dates: list[datetime] = []
+    token = _dates.set(dates)
+    try:
+        yield dates
+    finally:
+        _dates.reset(token)
 
 
 def secret_values(values: Any) -> list[str]:
@@ -174,6 +209,7 @@ class HttpClient:
                 continue
             except requests.RequestException as exc:
                 raise self.error(f"request failed: {type(exc).__name__}") from None
+            note_server_date(response.headers.get("Date"))
             if response.status_code in ok:
                 return response
             last = describe_status(response.status_code, response.text,

@@ -41,7 +41,13 @@ from keystoneauth1 import exceptions as ks_exc
 
 from watchdogd.config import CloudConfig
 from watchdogd.model import PreconditionFailed, SourceError
-from watchdogd.sources.base import count_request, describe_status, scrub, secret_values
+from watchdogd.sources.base import (
+    count_request,
+    describe_status,
+    note_server_date,
+    scrub,
+    secret_values,
+)
 
 # openstacksdk warns about its own future API changes on every request; in a
 # daemon that logs warnings they would drown the lines an operator needs.
@@ -229,6 +235,7 @@ class OpenStackSource:
                 last = str(exc)
                 continue
             status = response.status_code
+            note_server_date(response.headers.get("Date"))
             if status in ok:
                 return response
             if status == 401:
