@@ -33,6 +33,7 @@ from typing import Any
 
 from tests.safety.faults import DownFault, Fault, HttpFault, wrap_method
 from tests.safety.harness import Driver, Truth
+from tests.safety.stats import STATS
 from watchdogd.checks.volumes import pv_volume_id
 from watchdogd.sim.kube import KubeSim
 from watchdogd.sim.openstack import CloudPart, OpenStackSim, pv_for_volume, pvc_for_user
@@ -43,8 +44,11 @@ __all__ = ["CLOUD_FAULTS", "CLOUD_PLANTS", "CloudModel", "CloudTruth", "cloud_fa
 
 STUCK_STATUSES = ("reserved", "attaching", "detaching", "deleting", "error_deleting")
 CLOUD_PLANTS = ("healthy", "stuck", "dangling-beside", "dangling-alone", "young-reservation",
-                "orphan", "orphan-elsewhere", "released")
+                "orphan", "orphan-elsewhere", "released", "foreign-tagged", "foreign-pv-name")
 SECOND = "sim2"
+#: a cluster that shares the cloud but is in no configuration of watchdogd's
+FOREIGN = "other-team"
+CSI_CLUSTER = "cinder.csi.openstack.org/cluster"
 
 
 class CloudTruth(Truth):
@@ -62,7 +66,8 @@ class CloudTruth(Truth):
                                 for a in sim._attachments.values()}
         self.referenced: set[str] = set()
         self.referenced_names: set[str] = set()
-        for kube in model.kubes.values():
+        # Every cluster that uses the cloud, configured or not: the truth is the whole world.
+        for kube in model.all_kubes():
             for pv in kube.list("PersistentVolume"):
                 self.referenced_names.add(pv["metadata"]["name"])
                 vid = pv_volume_id(pv)
@@ -152,6 +157,8 @@ class CloudModel:
         self.sim: OpenStackSim = part.sim
         self.clock = clock
         self.kubes = {world.cluster_name: world.kube, SECOND: second}
+        # Never started: watchdogd cannot reach it, only its volumes' metadata tells of it.
+        self.foreign = KubeSim()
         self.stuck_after = stuck_after
         self.stale_after = stale_after
         self.min_volume_age = min_volume_age
@@ -166,8 +173,12 @@ class CloudModel:
 
     # -- harm, judged at the moment a request arrives ------------------------------------------
 
+    def all_kubes(self) -> list[KubeSim]:
+        """Every cluster whose PVs use this cloud, including the one watchdogd is not told of."""
+        return [*self.kubes.values(), self.foreign]
+
     def _referenced(self, volume_id: str, name: str) -> bool:
-        for kube in self.kubes.values():
+        for kube in self.all_kubes():
             for pv in kube.list("PersistentVolume"):
                 if pv_volume_id(pv) == volume_id or pv["metadata"]["name"] == name:
                     return True
@@ -268,6 +279,19 @@ class CloudModel:
         elif kind == "released":
             volume = sim.add_volume(name, age=timedelta(days=9))
             self._bind(volume, phase="Released")
+        elif kind in ("foreign-tagged", "foreign-pv-name"):
+            # Another team's cluster on the same cloud: cinder-csi stamped the volume with
+            # its cluster id, or (without --cluster) with the PV and claim it was made for.
+            user = next(self._users)
+            metadata = ({CSI_CLUSTER: FOREIGN} if kind == "foreign-tagged" else
+                        {"csi.storage.k8s.io/pv/name": name,
+                         "csi.storage.k8s.io/pvc/name": f"claim-{user}",
+                         "csi.storage.k8s.io/pvc/namespace": "jhub"})
+            volume = sim.add_volume(name, age=timedelta(days=30), metadata=metadata)
+            self.foreign.put_many([
+                pv_for_volume(volume, claim_namespace="jhub", claim_name=f"claim-{user}"),
+                pvc_for_user(user, volume["name"])])
+            STATS.add("foreign_volumes")
 
     def drift(self, kind: str) -> None:
         """The world moves on: an orphan gets adopted, a stuck volume recovers by itself."""
@@ -306,8 +330,12 @@ class CloudModel:
 
         return {"openstack": writes}
 
-    def driver(self, step: Callable[[], timedelta]) -> Driver:
-        return Driver(self.world.load_config(), self.clock, ["volumes", "orphans"], self.truth,
+    def driver(self, step: Callable[[], timedelta],
+               skew: Callable[[], timedelta] | None = None) -> Driver:
+        """A refereed driver; ``skew()`` puts watchdogd's clock ahead of Cinder's (or behind),
+        and may change between passes (an NTP step, a run from another host)."""
+        clock = self.clock if skew is None else (lambda: self.clock() + skew())
+        return Driver(self.world.load_config(), clock, ["volumes", "orphans"], self.truth,
                       self.mutations(), settle=self.settle, harms=self.harms,
                       advance=lambda: self.clock.advance(seconds=step().total_seconds()))
 

@@ -39,6 +39,7 @@ from tests.safety.faults import (
     wrap_method,
 )
 from tests.safety.harness import Driver, Truth
+from watchdogd.sim._http import parse_iso
 from watchdogd.sim.hub import route_key
 from watchdogd.sim.world import SimClock, World, dumps_toml
 from watchdogd.store import ActionRecord
@@ -285,6 +286,12 @@ class SessionsModel:
                                               state.get("namespace"))
                     if _alive(pod):
                         self.stop_harms.append(f"stopped {user}/{server}: its pod was alive")
+                if info is not None and hub.pending(user, server) == "spawn":
+                    started = parse_iso(str(info.get("started") or ""))
+                    if started is None or self.clock() - started < self.STUCK_SPAWN_AFTER:
+                        self.stop_harms.append(
+                            f"stopped {user}/{server} while it was starting (spawn pending "
+                            f"since {started}, less than {self.STUCK_SPAWN_AFTER})")
             return real(req)
 
         return handle
@@ -303,6 +310,13 @@ class SessionsModel:
         user = self.name()
         self.world.hub.start_server(user)
         self.healthy.append(user)
+        return user
+
+    def start_spawning(self) -> str:
+        """A user starts a server right now: the spawn is pending, as every spawn is at
+        first; only after ``stuck_spawn_after`` (by the hub's clock) is it stuck."""
+        user = self.name()
+        self.world.hub.start_server(user, pending="spawn", started=self.clock())
         return user
 
     def stop_healthy(self, index: int) -> str | None:
@@ -350,6 +364,8 @@ class SessionsModel:
             self.plant(str(arg))
         elif kind == "restart":
             self.restart_hub()
+        elif kind == "spawning":
+            self.start_spawning()
 
     # -- the oracle -------------------------------------------------------------------------------
 
@@ -370,8 +386,12 @@ class SessionsModel:
 
         return {"hubapi": hub_writes, "kube": kube_writes}
 
-    def driver(self, *, notifier: Any = None) -> Driver:
-        return Driver(self.world.load_config(), self.clock, ["sessions"], self.truth,
+    def driver(self, *, notifier: Any = None,
+               skew: Callable[[], timedelta] | None = None) -> Driver:
+        """A refereed driver; ``skew()`` puts watchdogd's clock ahead of the world's (or
+        behind), and may change between passes (an NTP step, a run from another host)."""
+        clock = self.clock if skew is None else (lambda: self.clock() + skew())
+        return Driver(self.world.load_config(), clock, ["sessions"], self.truth,
                       self.mutations(), advance=lambda: self.clock.advance(
                           seconds=self.PASS_EVERY.total_seconds()),
                       settle=self.world.hub.check_restart, harms=self.harms,

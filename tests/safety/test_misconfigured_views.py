@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -134,3 +134,41 @@ def test_a_wrong_namespace_is_implausible_and_stops_nothing() -> None:
         assert check.status == "error"
         assert [f.tracked.finding.kind for f in check.findings] == ["view-implausible"]
         assert all(world.hub.is_running(user) for user in healthy)
+
+
+@pytest.mark.parametrize("skew", [timedelta(days=1), -timedelta(days=1), timedelta(minutes=20)])
+def test_a_skewed_clock_never_stops_a_user_who_is_starting(skew: timedelta) -> None:
+    """watchdogd's clock against the hub's: a spawn's age is the hub's and watchdogd's own.
+
+    Passes run a minute apart (the shipped interval is 30 s), with confirmation after two,
+    while users start servers whose spawns take a few minutes; halfway the clock is
+    corrected (an NTP step). The oracle judges each stop as it reaches the hub, by the
+    hub's own record of when the spawn began and the world's true time.
+    """
+    clock = SimClock(T0)
+    remediation = {"dry_run": False, "confirm_after": 2, "min_age": "0s",
+                   "enabled": ["stop-server", "sync-routes", "delete-pod"],
+                   "breaker_fraction": 1.0}
+    with SafeWorld(clock=clock, timeout="2s", remediation=remediation,
+                   sessions={"stuck_spawn_after": "15m"}) as world:
+        model = SessionsModel(world, clock)
+        healthy = [model.start_healthy() for _ in range(6)]
+        # A truly stuck spawn beside them: stopping it is allowed once both clocks agree
+        # (after the clock step forward, watchdogd's own sighting may; the hub's says 40 m).
+        world.stuck_spawn(model.name(), minutes=40)
+        engine = world.engine()
+        offset = [skew]
+        engine.clock = lambda: clock() + offset[0]
+        starting: list[str] = []
+        for minute in range(12):
+            if minute % 3 == 0:
+                starting.append(model.start_spawning())
+            engine.run_pass(only=["sessions"])
+            assert model.harms() == [], (skew, minute)
+            for user in starting[:-1]:  # a spawn takes about three minutes
+                if world.hub.pending(user) == "spawn":
+                    world.hub.set_pending(user, "", None)
+            if minute == 6:
+                offset[0] = timedelta(0)
+            clock.advance(minutes=1)
+        assert all(world.hub.is_running(user) for user in healthy + starting[:-1])

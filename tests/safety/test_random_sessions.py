@@ -11,7 +11,7 @@ the faults stop and the world must converge within a bound and stay converged (I
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from hypothesis import given, settings
@@ -40,6 +40,7 @@ drift = st.one_of(
     st.tuples(st.just("stop"), st.integers(0, 50)),
     st.tuples(st.just("plant"), st.sampled_from(PROBLEMS + NAMED)),
     st.tuples(st.just("restart"), st.none()),
+    st.tuples(st.just("spawning"), st.none()),
 )
 
 a_pass = st.fixed_dictionaries({
@@ -68,6 +69,12 @@ world_spec = st.fixed_dictionaries({
     "kube_page": st.sampled_from([2, 3, 500]),
     "passes": st.lists(a_pass, min_size=2, max_size=6),
     "outages": st.lists(outage, max_size=2),
+    # watchdogd's clock against the hub's, the proxy's and the cluster's: ages must be
+    # taken on one clock each, so no skew may stop a healthy or a starting server
+    "skew": st.sampled_from([timedelta(0), timedelta(days=15), -timedelta(days=15),
+                             timedelta(hours=3), -timedelta(minutes=40)]),
+    # the pass after which watchdogd's clock is corrected (None: never)
+    "corrected_after": st.one_of(st.none(), st.integers(0, 5)),
 })
 
 
@@ -98,13 +105,18 @@ def run_world(spec: dict[str, Any]) -> list[str]:
             model.start_healthy()
         for kind in spec["problems"]:
             model.plant(kind)
-        driver = model.driver()
+        skew = [spec["skew"]]
+        driver = model.driver(skew=lambda: skew[0])
+        if spec["skew"]:
+            STATS.add("skewed_clocks")
         try:
             for index, step in enumerate(spec["passes"]):
                 for event in step["drift"]:
                     model.drift(event)
                 driver.run([sessions_fault(model, source, kind)
                             for source, kind in faults_of(spec, index)])
+                if index == spec["corrected_after"]:
+                    skew[0] = timedelta(0)
             broken = len(model.truth().broken())
             bound = convergence_bound(driver.referee.policy, broken + 2, PASSES_PER_HOUR)
             converge(driver, bound, world=lambda: model.truth().broken())
