@@ -389,19 +389,58 @@ class Store:
         return int(row[0]) if row else 0
 
     def upgrade(self) -> None:
-        """Apply every migration the database has not seen yet, each in one transaction."""
+        """Apply every migration the database has not seen yet, each in one transaction.
+
+        Two processes starting on a new file at once (a manual run beside the CronJob)
+        must not both create the tables: each step runs under a lock (a transaction-scoped
+        advisory lock on PostgreSQL, the lock file on SQLite) and checks the version again.
+        """
         with self._begin() as conn:
             version = self._version(conn)
+        self._check_version(version)
+        if version == SCHEMA_VERSION:
+            return
+        with self._upgrade_lock():
+            for step in range(version + 1, SCHEMA_VERSION + 1):
+                with self._begin() as conn:
+                    if self._backend == "postgresql":
+                        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"),
+                                     {"key": ADVISORY_KEY + 1})
+                    current = self._version(conn)
+                    self._check_version(current)
+                    if current >= step:
+                        continue  # another process did this step meanwhile
+                    self._migrate(conn, step)
+
+    @staticmethod
+    def _check_version(version: int) -> None:
         if version > SCHEMA_VERSION:
             raise StoreError(
                 f"state database schema version {version} is newer than this watchdogd "
                 f"understands ({SCHEMA_VERSION}); upgrade watchdogd or point state.url elsewhere"
             )
-        for step in range(version + 1, SCHEMA_VERSION + 1):
-            with self._begin() as conn:
-                MIGRATIONS[step](conn)
-                conn.execute(sa.delete(meta_table).where(meta_table.c.key == "schema_version"))
-                conn.execute(sa.insert(meta_table).values(key="schema_version", value=str(step)))
+
+    @contextmanager
+    def _upgrade_lock(self) -> Iterator[None]:
+        if self._lock_path is None:
+            yield
+            return
+        try:
+            fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise StoreError(f"state lock {self._lock_path}: {exc.strerror}") from None
+        try:
+            # Blocking: a pass of another process ends within its pass timeout.
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    @staticmethod
+    def _migrate(conn: Connection, step: int) -> None:
+        MIGRATIONS[step](conn)
+        conn.execute(sa.delete(meta_table).where(meta_table.c.key == "schema_version"))
+        conn.execute(sa.insert(meta_table).values(key="schema_version", value=str(step)))
 
     @contextmanager
     def _begin(self) -> Iterator[Connection]:

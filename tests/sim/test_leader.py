@@ -356,7 +356,8 @@ def test_two_daemons_one_acts_a_frozen_leader_is_replaced(tmp_path: Path) -> Non
             ports[name] = free_port()
             env = {k: v for k, v in os.environ.items() if not k.startswith("WATCHDOGD_")}
             env |= {"POD_NAME": f"replica-{name}",
-                    # Each replica its own state, as in the Deployment (emptyDir).
+                    # Each replica its own state here (a frozen leader may hold a shared
+                    # state's lock); the shared state is tests/safety/test_one_actor.py.
                     "WATCHDOGD_STATE__URL": f"sqlite:///{tmp_path}/state-{name}.db",
                     "WATCHDOGD_DAEMON__METRICS_LISTEN": f"127.0.0.1:{ports[name]}",
                     # A acts on the third sighting, at least two of its 1 s intervals after

@@ -128,3 +128,14 @@ def test_the_standby_leaves_announcements_to_the_leader(tmp_path: Path) -> None:
     engine.acting = lambda: True
     [entry] = engine.run_pass().checks[0].findings
     assert entry.tracked.event == "new"
+
+
+def test_processes_starting_together_on_a_new_file_create_the_schema_once(
+        tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/state.db"
+    code = f"from watchdogd.store import Store; print(Store({url!r}).schema_version())"
+    children = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    results = [child.communicate(timeout=60) for child in children]
+    assert [c.returncode for c in children] == [0, 0, 0, 0], [err for _, err in results]
+    assert {out.strip() for out, _ in results} == {"2"}
