@@ -22,6 +22,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import (
     BaseModel,
     BeforeValidator,
+    ByteSize,
     ConfigDict,
     Field,
     SecretStr,
@@ -35,6 +36,11 @@ from pydantic_settings import (
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+
+#: The default largest answer of a peer: a page of 500 pods or 1,000 volumes is a few MB,
+#: the hub's pages of 200 users well under one; a pass holds a handful of answers at once,
+#: parsed, inside the Deployment's 512 MiB.
+DEFAULT_MAX_BYTES = 32 * 1024 * 1024
 
 __all__ = [
     "ClusterConfig",
@@ -166,6 +172,8 @@ class ClusterConfig(Section):
     in_cluster: bool = False
     timeout: Duration = timedelta(seconds=15)
     page_size: int = Field(500, ge=1, le=5000)
+    #: the largest answer read from this cluster's API (a page of ``page_size`` objects)
+    max_response_bytes: ByteSize = Field(ByteSize(DEFAULT_MAX_BYTES), ge=1024)
 
     @model_validator(mode="after")
     def _one_way_in(self) -> ClusterConfig:
@@ -189,6 +197,8 @@ class HubConfig(Section):
     proxy_token: SecretStr | None = None
     proxy_token_file: str | None = None
     timeout: Duration = timedelta(seconds=15)
+    #: the largest answer read from the Hub API or the proxy (the proxy's table is one answer)
+    max_response_bytes: ByteSize = Field(ByteSize(DEFAULT_MAX_BYTES), ge=1024)
     #: label selector of user server pods; default by layout (see :meth:`user_pod_selector`)
     pod_selector: str | None = None
     hub_pod_selector: str = "component=hub"
@@ -217,6 +227,8 @@ class CloudConfig(Section):
     clusters: list[str] = Field(default_factory=list)
     clouds_yaml: str | None = None
     timeout: Duration = timedelta(seconds=30)
+    #: the largest answer read from Keystone or Cinder (one page of volumes)
+    max_response_bytes: ByteSize = Field(ByteSize(DEFAULT_MAX_BYTES), ge=1024)
     region: str | None = None
     auth_url: str | None = None
     block_storage_endpoint: str | None = None

@@ -14,6 +14,7 @@ engine's ``acting`` gate. Each is optional, so tests can run any subset.
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from collections.abc import Callable
@@ -37,6 +38,11 @@ __all__ = ["Daemon", "supervise"]
 
 EXIT_CONFIG = 78
 
+#: seconds beyond ``pass_timeout`` that a stop may take (the Lease release, the log)
+SHUTDOWN_GRACE = 15.0
+#: exit code when a stop had to abandon a pass that ignored its deadline (EX_TEMPFAIL)
+EXIT_STOP_TIMEOUT = 75
+
 log = structlog.get_logger("watchdogd.daemon")
 
 
@@ -54,6 +60,8 @@ class Daemon:
         self.on_pass_start: list[Callable[[str], None]] = []
         self.on_pass: list[Callable[[str, PassReport | None], None]] = []
         self.scheduled: dict[str, float] = {}
+        self._stop_timer: threading.Timer | None = None
+        self._shutdown: threading.Thread | None = None
 
     def schedule(self) -> list[str]:
         """Add one job per enabled check, the first run now; return the check names."""
@@ -123,8 +131,27 @@ class Daemon:
             callback()
         # From a signal handler the scheduler cannot wait for its own thread;
         # shut down from a helper thread and let start() return.
-        threading.Thread(target=self.scheduler.shutdown, kwargs={"wait": True},
-                         daemon=True).start()
+        self._shutdown = threading.Thread(target=self.scheduler.shutdown,
+                                          kwargs={"wait": True}, daemon=True)
+        self._shutdown.start()
+        self._exit_by_deadline()
+
+    def _exit_by_deadline(self) -> None:
+        """End the process if the running pass outlives its own deadline after a stop.
+
+        Every call of a pass ends by ``pass_timeout`` (bounded.py), so this only fires
+        on a bug; then the daemon still ends within the bound the README documents.
+        """
+        bound = self.config.daemon.pass_timeout.total_seconds() + SHUTDOWN_GRACE
+
+        def expire() -> None:
+            log.error("the running pass did not end after SIGTERM; exiting without it",
+                      waited_s=bound)
+            os._exit(EXIT_STOP_TIMEOUT)
+
+        self._stop_timer = threading.Timer(bound, expire)
+        self._stop_timer.daemon = True
+        self._stop_timer.start()
 
     def run(self) -> int:
         """Run until SIGTERM or SIGINT; return the exit code."""
@@ -138,6 +165,10 @@ class Daemon:
         for callback in self.on_ready:
             callback()
         self.scheduler.start()
+        if self._shutdown is not None:
+            self._shutdown.join()  # the running pass ends (by its deadline)
+        if self._stop_timer is not None:
+            self._stop_timer.cancel()  # the stop finished in time
         log.info("stopped")
         return 0
 

@@ -39,6 +39,7 @@ from watchdogd.notify import Notifier
 from watchdogd.policy import Budget, Decision, decide
 from watchdogd.sources import Sources
 from watchdogd.sources.base import counting, server_dates
+from watchdogd.sources.bounded import pass_deadline
 from watchdogd.store import LockHold, Store, StoreError, Tracked, utcnow
 
 __all__ = ["CheckResult", "Engine", "PassReport"]
@@ -201,11 +202,15 @@ class Engine:
         take it (another process is mid-pass), or a replica that is not the leader,
         detects and reports but writes nothing and acts on nothing.
         """
-        if not self.acting():
-            return self._run_pass(only, target, LockHold(False, reason=(
-                "this replica is not the leader; it detects and reports but does not act")))
-        with self.store.pass_lock() as hold:
-            return self._run_pass(only, target, hold)
+        # Every call of the pass, in any thread, ends by the pass timeout (bounded.py): no
+        # collect thread or socket outlives its pass, however a peer trickles.
+        with pass_deadline(self.config.daemon.pass_timeout.total_seconds()):
+            if not self.acting():
+                return self._run_pass(only, target, LockHold(False, reason=(
+                    "this replica is not the leader; it detects and reports but does not "
+                    "act")))
+            with self.store.pass_lock() as hold:
+                return self._run_pass(only, target, hold)
 
     def _run_pass(self, only: Iterable[str] | None, target: str | None,
                   hold: LockHold) -> PassReport:

@@ -18,7 +18,9 @@ from typing import Any
 
 import requests
 
+from watchdogd.config import DEFAULT_MAX_BYTES
 from watchdogd.model import SourceError
+from watchdogd.sources.bounded import bound_session, limits
 
 __all__ = ["HttpClient", "count_request", "counting", "describe_status", "note_server_date",
            "scrub", "secret_values", "server_dates"]
@@ -161,6 +163,7 @@ class HttpClient:
         credential: str,
         retries: int = 2,
         sleep: Callable[[float], None] = time.sleep,
+        max_bytes: int = DEFAULT_MAX_BYTES,
     ) -> None:
         self.source = source
         self.target = target
@@ -169,7 +172,9 @@ class HttpClient:
         self.credential = credential
         self.retries = retries
         self._sleep = sleep
-        self.session = requests.Session()
+        self.max_bytes = max_bytes
+        # Every connection checks the call's total deadline and byte budget (bounded.py).
+        self.session = bound_session(requests.Session())
         self.session.headers.update(headers)
         self._secrets = secret_values(value for key, value in headers.items()
                                       if key.lower() in _CREDENTIAL_HEADERS)
@@ -199,16 +204,28 @@ class HttpClient:
             if attempt:
                 self._sleep(min(0.2 * 2**attempt, 2.0))
             count_request()
-            try:
-                response = self.session.request(method, url, timeout=self.timeout, **kwargs)
-            except requests.Timeout:
-                last = f"no answer within {self.timeout:g}s from {self._where(url)}"
-                continue
-            except requests.ConnectionError as exc:
-                last = f"cannot connect to {self._where(url)}: {_reason(exc)}"
-                continue
-            except requests.RequestException as exc:
-                raise self.error(f"request failed: {type(exc).__name__}") from None
+            # The timeout is the whole call: connect, headers and body, however they trickle.
+            with limits(self.timeout, self.max_bytes) as bound:
+                try:
+                    response: requests.Response = self.session.request(
+                        method, url, timeout=self.timeout,
+                                                    **kwargs)
+                except requests.RequestException as exc:
+                    if bound.exceeded == "size":
+                        raise self.error(f"{method} {self._path(url)}: "
+                                         f"{bound.describe()}") from None
+                    if bound.exceeded:
+                        last = f"{self._where(url)}: {bound.describe()}"
+                        if method != "GET":
+                            break
+                        continue
+                    if isinstance(exc, requests.Timeout):
+                        last = f"no answer within {self.timeout:g}s from {self._where(url)}"
+                        continue
+                    if isinstance(exc, requests.ConnectionError):
+                        last = f"cannot connect to {self._where(url)}: {_reason(exc)}"
+                        continue
+                    raise self.error(f"request failed: {type(exc).__name__}") from None
             note_server_date(response.headers.get("Date"))
             if response.status_code in ok:
                 return response

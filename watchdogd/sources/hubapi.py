@@ -35,6 +35,7 @@ class HubApiSource:
             headers={"Authorization": f"token {config.api_token.get_secret_value()}",
                      "Accept": PAGINATION},
             timeout=config.timeout.total_seconds(),
+            max_bytes=int(config.max_response_bytes),
             credential=f"the API token of hub {target} (hubs.{target}.api_token_file)",
         )
 

@@ -24,6 +24,7 @@ from kubernetes.client.exceptions import ApiException
 from watchdogd.config import ClusterConfig
 from watchdogd.model import PreconditionFailed, SourceError
 from watchdogd.sources.base import count_request, describe_status, scrub, secret_values
+from watchdogd.sources.bounded import bound_pools, limits
 
 __all__ = ["KIND_LISTS", "KubeSource", "api_client"]
 
@@ -95,6 +96,7 @@ class KubeSource:
         self.target = target
         self.timeout = config.timeout.total_seconds()
         self.page_size = config.page_size
+        self.max_bytes = int(config.max_response_bytes)
         self._config = config
         self._factory = factory
         self._client: client.ApiClient | None = None
@@ -104,6 +106,10 @@ class KubeSource:
         """The ApiClient, built on first use so that a bad kubeconfig is a SourceError."""
         if self._client is None:
             self._client = self._factory(self.target, self._config)
+            rest = getattr(self._client, "rest_client", None)
+            if isinstance(getattr(rest, "pool_manager", None), urllib3.PoolManager):
+                # Every connection checks the call's total deadline and byte budget.
+                bound_pools(rest.pool_manager)  # type: ignore[union-attr]
         return self._client
 
     def error(self, cause: str) -> SourceError:
@@ -192,8 +198,16 @@ class KubeSource:
             preconditions=client.V1Preconditions(uid=uid) if uid else None)
         try:
             count_request()
-            api.delete_namespaced_pod(name, namespace, body=body, _preload_content=False,
-                                      _request_timeout=self.timeout)
+            with limits(self.timeout, self.max_bytes) as bound:
+                try:
+                    api.delete_namespaced_pod(name, namespace, body=body,
+                                              _preload_content=False,
+                                              _request_timeout=self.timeout)
+                except (urllib3.exceptions.HTTPError, OSError):
+                    if bound.exceeded:
+                        raise self.error(f"delete pod {namespace}/{name}: "
+                                         f"{bound.describe()}") from None
+                    raise
         except ApiException as exc:
             if exc.status == 404:
                 raise PreconditionFailed(f"pod {namespace}/{name} is already gone") from None
@@ -215,9 +229,15 @@ class KubeSource:
             method, url, headers, _payload, _post = api.param_serialize(
                 "GET", path, path_params=path_params, query_params=query,
                 header_params={"Accept": "application/json"}, auth_settings=["BearerToken"])
-            response = api.call_api(method, url, header_params=headers,
-                                    _request_timeout=self.timeout)
-            raw = response.read()  # type: ignore[no-untyped-call]
+            with limits(self.timeout, self.max_bytes) as bound:
+                try:
+                    response = api.call_api(method, url, header_params=headers,
+                                            _request_timeout=self.timeout)
+                    raw = response.read()  # type: ignore[no-untyped-call]
+                except (urllib3.exceptions.HTTPError, OSError):
+                    if bound.exceeded:
+                        raise self.error(f"{what}: {bound.describe()}") from None
+                    raise
             if not 200 <= response.status < 300:
                 raise ApiException.from_response(
                     http_resp=response, body=raw.decode("utf-8", "replace"), data=None)

@@ -48,6 +48,7 @@ from watchdogd.sources.base import (
     scrub,
     secret_values,
 )
+from watchdogd.sources.bounded import bound_session, limits
 
 # openstacksdk warns about its own future API changes on every request; in a
 # daemon that logs warnings they would drown the lines an operator needs.
@@ -125,6 +126,7 @@ class OpenStackSource:
         self.config = config
         self.page_size = config.page_size
         self.timeout = config.timeout.total_seconds()
+        self.max_bytes = int(config.max_response_bytes)
         self.retries = retries
         self._sleep = sleep
         self._connect = connect
@@ -158,6 +160,8 @@ class OpenStackSource:
                 session = getattr(getattr(conn, "session", None), "session", None)
                 if session is not None:
                     session.hooks.setdefault("response", []).append(_count_response)
+                    # Every connection checks the call's total deadline and byte budget.
+                    bound_session(session)
                 self._conn = conn
             return self._conn
 
@@ -222,17 +226,26 @@ class OpenStackSource:
             if attempt:
                 self._sleep(min(0.2 * 2 ** attempt, 2.0))
             try:
-                with self._sdk(what):
+                with self._sdk(what), limits(self.timeout, self.max_bytes) as bound:
                     proxy = getattr(self.conn, service)
                     kwargs: dict[str, Any] = {"raise_exc": False, "connect_retries": 0}
                     if microversion is not None and service == "block_storage":
                         kwargs["microversion"] = microversion
                     if json is not None:
                         kwargs["json"] = json
-                    response = proxy.request(path, method, **kwargs)
+                    try:
+                        response = proxy.request(path, method, **kwargs)
+                    except Exception:
+                        if bound.exceeded == "size":
+                            raise self.error(f"{what}: {bound.describe()}") from None
+                        if bound.exceeded:
+                            raise _Retriable(f"{what}: {bound.describe()}") from None
+                        raise
             except _Retriable as exc:
                 count_request()  # no response reached the hook
                 last = str(exc)
+                if method != "GET":
+                    break  # a write whose answer never came is not sent again
                 continue
             status = response.status_code
             note_server_date(response.headers.get("Date"))

@@ -25,6 +25,7 @@ class ProxySource:
             "proxy", target, config.proxy_api_url,
             headers={"Authorization": f"token {config.proxy_token.get_secret_value()}"},
             timeout=config.timeout.total_seconds(),
+            max_bytes=int(config.max_response_bytes),
             credential=f"the proxy token of hub {target} (hubs.{target}.proxy_token_file)",
         )
 

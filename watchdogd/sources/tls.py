@@ -26,8 +26,10 @@ import base64
 import binascii
 import ipaddress
 import os
+import select
 import socket
 import ssl
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -167,6 +169,27 @@ def split_endpoint(url: str) -> tuple[str, int]:
     except ValueError:
         raise ValueError(f"bad port in endpoint {url!r}") from None
     return host, port
+
+
+def _handshake(tls: ssl.SSLSocket, deadline: float) -> None:
+    """The TLS handshake, all of it by ``deadline``.
+
+    A socket timeout bounds each read, so a server that sends its handshake a byte at a
+    time would never trip it: the handshake runs non-blocking against one deadline.
+    """
+    tls.setblocking(False)
+    while True:
+        try:
+            tls.do_handshake()
+            return
+        except ssl.SSLWantReadError:
+            wait: tuple[list[Any], list[Any]] = ([tls], [])
+        except ssl.SSLWantWriteError:
+            wait = ([], [tls])
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("TLS handshake deadline passed")
+        select.select(wait[0], wait[1], [], remaining)
 
 
 def _is_ip(host: str) -> bool:
@@ -376,7 +399,9 @@ class TlsSource:
         count_request()
         try:
             with socket.create_connection((host, port), timeout=timeout) as raw, \
-                    context.wrap_socket(raw, server_hostname=sni) as tls:
+                    context.wrap_socket(raw, server_hostname=sni,
+                                        do_handshake_on_connect=False) as tls:
+                _handshake(tls, time.monotonic() + timeout)
                 der = tls.getpeercert(binary_form=True)
                 version = tls.version()
         except TimeoutError:
