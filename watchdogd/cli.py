@@ -22,6 +22,7 @@ from typing import Any
 import click
 
 from watchdogd.config import Config, ConfigError, load_config
+from watchdogd.text import safe_text
 
 EXIT_OK = 0
 EXIT_FINDINGS = 1
@@ -270,30 +271,35 @@ _MARK = {"ok": "ok", "findings": "!!", "error": "ERROR"}
 
 
 def render_report(report: dict[str, Any]) -> str:
-    """A readable summary of a JSON report."""
+    """A readable summary of a JSON report.
+
+    Every name in it comes from the outside world (volumes, users, servers): each is
+    shown through :func:`safe_text`, so none can move the cursor or forge a line.
+    """
+    t = safe_text
     lines = []
     mode = "dry run" if report["dry_run"] else "remediation on"
     lines.append(f"watchdogd {report['version']} pass at {report['started_at']} ({mode})")
     if not report.get("acting", True):
-        lines.append(f"  NOT ACTING: {report['not_acting_reason']}")
+        lines.append(f"  NOT ACTING: {t(report['not_acting_reason'])}")
     for check in report["checks"]:
-        head = (f"  {_MARK[check['status']]:5} {check['check']}/{check['target']}: "
+        head = (f"  {_MARK[check['status']]:5} {t(check['check'])}/{t(check['target'])}: "
                 f"{len(check['findings'])} finding(s), {check['requests']} request(s), "
                 f"{check['duration_s']:.2f}s")
         lines.append(head)
         if check["error"]:
-            lines.append(f"        error: {check['error']}")
+            lines.append(f"        error: {t(check['error'])}")
         if check.get("breaker"):
-            lines.append(f"        BREAKER OPEN: {check['breaker']}")
+            lines.append(f"        BREAKER OPEN: {t(check['breaker'])}")
         for finding in check["findings"]:
-            lines.append(f"        [{finding['severity']}] {finding['kind']} {finding['subject']}: "
-                         f"{finding['message']}")
+            lines.append(f"        [{finding['severity']}] {t(finding['kind'])} "
+                         f"{t(finding['subject'])}: {t(finding['message'])}")
             action = finding["action"]
             if action:
-                lines.append(f"            -> {action['name']}: {action['status']}"
-                             + (f" ({action['detail']})" if action["detail"] else ""))
+                lines.append(f"            -> {t(action['name'])}: {t(action['status'])}"
+                             + (f" ({t(action['detail'])})" if action["detail"] else ""))
         for key in check.get("resolved", []):
-            lines.append(f"        resolved: {key}")
+            lines.append(f"        resolved: {t(key)}")
     summary = report["summary"]
     lines.append(f"  summary: {summary['findings']} finding(s), {summary['actions_done']} "
                  f"action(s) done, {summary['errors']} error(s)")
@@ -301,6 +307,7 @@ def render_report(report: dict[str, Any]) -> str:
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
+    rows = [[safe_text(cell) for cell in row] for row in rows]
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
     out = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
     out += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]

@@ -41,6 +41,7 @@ from watchdogd.sources import Sources
 from watchdogd.sources.base import counting, server_dates
 from watchdogd.sources.bounded import pass_deadline
 from watchdogd.store import LockHold, Store, StoreError, Tracked, utcnow
+from watchdogd.text import store_key, without_secrets
 
 __all__ = ["CheckResult", "Engine", "PassReport"]
 
@@ -72,7 +73,8 @@ class FindingResult:
         return {
             "key": finding.key, "kind": finding.kind, "subject": finding.subject,
             "severity": finding.severity.label, "message": finding.message,
-            "evidence": finding.evidence, "first_seen": _iso(self.tracked.first_seen),
+            "evidence": without_secrets(finding.evidence),
+            "first_seen": _iso(self.tracked.first_seen),
             "sightings": self.tracked.sightings, "action": action,
         }
 
@@ -432,7 +434,8 @@ class Engine:
             resolve=not detection.partial, write=acting)
         result.status = "findings" if findings else "ok"
         result.resolved = [r.key for r in resolved]
-        repeats = self.store.done_actions_by_finding(now - policy.repeat_window)
+        done_before = self.store.done_actions_by_finding(now - policy.repeat_window)
+        repeats = {t.finding.key: done_before.get(store_key(t.finding.key), 0) for t in tracked}
         decisions, breaker = decide(tracked, policy=policy, dry_run=self.dry_run or not acting,
                                     subjects=subjects, budget=budget, now=now, repeats=repeats)
         marks = set(detection.marks)

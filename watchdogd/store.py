@@ -27,6 +27,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from watchdogd.model import Action, Finding, Severity
+from watchdogd.text import safe_text, store_key, unstore_key, without_secrets
+from watchdogd.urls import sqlalchemy_url
 
 __all__ = ["SCHEMA_VERSION", "ActionRecord", "LockHold", "Notice", "Store", "StoreError",
            "Tracked"]
@@ -245,8 +247,8 @@ class Store:
 
     def __init__(self, url: str, *, upgrade: bool = True) -> None:
         try:
-            parsed = sa.make_url(url)
-        except sa.exc.ArgumentError:
+            parsed = sqlalchemy_url(url)
+        except ValueError:
             raise StoreError("state.url: not a valid database URL") from None
         self._safe_url = parsed.render_as_string(hide_password=True)
         if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
@@ -497,12 +499,14 @@ class Store:
             }
             seen = set()
             for finding in findings:
-                seen.add(finding.key)
-                row = rows.get(finding.key)
+                # Names from the outside world: stored without NUL or control characters.
+                key = store_key(finding.key)
+                seen.add(key)
+                row = rows.get(key)
                 values: dict[str, Any] = {
                     "severity": int(finding.severity),
-                    "message": finding.message,
-                    "evidence": _json(finding.evidence),
+                    "message": safe_text(finding.message),
+                    "evidence": _json(without_secrets(finding.evidence)),
                     "last_seen": now,
                     "status": "open",
                     "resolved_at": None,
@@ -526,18 +530,19 @@ class Store:
                     notified_severity, notified_at = int(finding.severity), now
                 values.update(notified_severity=notified_severity, notified_at=notified_at)
                 if row is None:
-                    inserts.append({"key": finding.key, "check_name": check, "target": target,
-                                    "kind": finding.kind, "subject": finding.subject, **values})
+                    inserts.append({"key": key, "check_name": check, "target": target,
+                                    "kind": finding.kind,
+                                    "subject": safe_text(finding.subject, 700), **values})
                 else:
-                    updates.append({"b_key": finding.key, **values})
+                    updates.append({"b_key": key, **values})
                 tracked.append(Tracked(finding, first_seen, sightings, event))
             if not write:
                 inserts, updates = [], []
             if inserts:
-                conn.execute(sa.insert(findings_table), inserts)
+                _each_or_set_aside(conn, sa.insert(findings_table), inserts, "finding", "key")
             if updates:
-                conn.execute(sa.update(findings_table)
-                             .where(findings_table.c.key == sa.bindparam("b_key")), updates)
+                _each_or_set_aside(conn, sa.update(findings_table).where(
+                    findings_table.c.key == sa.bindparam("b_key")), updates, "finding", "b_key")
             gone: list[str] = []
             for key, row in rows.items():
                 if not resolve or key in seen or row.status != "open":
@@ -560,7 +565,7 @@ class Store:
         seen missing ``confirm_after`` times again (and for ``min_age`` again, when
         ``now`` is given) before it can be stopped again.
         """
-        keys = list(keys)
+        keys = [store_key(k) for k in keys]
         if not keys:
             return
         values: dict[str, Any] = {"sightings": 0}
@@ -593,14 +598,14 @@ class Store:
         """When each remembered condition of this check target was first seen."""
         with self._begin() as conn:
             return {
-                r.mark: r.since
+                unstore_key(r.mark): r.since
                 for r in conn.execute(sa.select(marks_table).where(
                     marks_table.c.check_name == check, marks_table.c.target == target))
             }
 
     def set_marks(self, check: str, target: str, marks: Iterable[str], now: datetime) -> None:
         """Keep the marks still present (with their first time), add new ones, drop the rest."""
-        wanted = set(marks)
+        wanted = {store_key(m) for m in marks}
         with self._begin() as conn:
             old = {
                 r.mark for r in conn.execute(sa.select(marks_table.c.mark).where(
@@ -625,9 +630,10 @@ class Store:
         """Write the intent, with the before-image, before anything is changed."""
         with self._begin() as conn:
             result = conn.execute(sa.insert(actions_table).values(
-                pass_id=pass_id, finding_key=finding.key, name=action.name,
-                source=action.source, target=action.target, call=action.call,
-                params=_json(dict(action.params)), before=_json(dict(action.before)),
+                pass_id=pass_id, finding_key=store_key(finding.key), name=action.name,
+                source=action.source, target=safe_text(action.target), call=action.call,
+                params=_json(dict(action.params)),
+                before=_json(without_secrets(dict(action.before))),
                 destructive=action.destructive, status="started", detail=None, started_at=now,
             ))
             key = result.inserted_primary_key
@@ -638,7 +644,7 @@ class Store:
         """Write the result of an action whose intent is already in the log."""
         with self._begin() as conn:
             conn.execute(sa.update(actions_table).where(actions_table.c.id == action_id)
-                         .values(status=status, detail=detail, finished_at=now))
+                         .values(status=status, detail=safe_text(detail), finished_at=now))
 
     def actions_since(self, since: datetime, *, destructive_only: bool = True) -> int:
         """How many actions were attempted since ``since`` (for the hourly budget)."""
@@ -650,7 +656,8 @@ class Store:
             return int(conn.execute(query).scalar_one())
 
     def done_actions_by_finding(self, since: datetime) -> dict[str, int]:
-        """How many actions were done per finding key since ``since``.
+        """How many actions were done per finding key (as stored: :func:`store_key`) since
+        ``since``.
 
         Interrupted actions do not count: a crash before the request leaves the problem in
         place, and counting it would hold a repair that never happened.
@@ -674,7 +681,8 @@ class Store:
         with self._begin() as conn:
             return [
                 ActionRecord(
-                    r.id, r.pass_id, r.finding_key, r.name, r.target, json.loads(r.params),
+                    r.id, r.pass_id, unstore_key(r.finding_key), r.name, r.target,
+                    json.loads(r.params),
                     json.loads(r.before), bool(r.destructive), r.status, r.detail,
                     r.started_at, r.finished_at,
                 )
@@ -690,6 +698,10 @@ class Store:
         with self._begin() as conn:
             conn.execute(sa.insert(outbox_table), [
                 {**row, "severity": int(row["severity"]), "created_at": now,
+                 "finding_key": store_key(str(row["finding_key"])),
+                 "title": safe_text(row["title"]),
+                 # A body may have lines of its own; each line is made safe.
+                 "body": "\n".join(safe_text(line) for line in str(row["body"]).split("\n")),
                  "attempts": 0, "next_attempt_at": now}
                 for row in rows
             ])
@@ -747,7 +759,8 @@ class Store:
         with self._begin() as conn:
             conn.execute(sa.insert(passes_table).values(
                 id=pass_id, check_name=check, target=target, started_at=started,
-                finished_at=finished, status=status, error=error))
+                finished_at=finished, status=status,
+                error=None if error is None else safe_text(error)))
             conn.execute(sa.delete(passes_table).where(
                 passes_table.c.finished_at < finished - timedelta(days=30)))
 
@@ -757,6 +770,31 @@ class Store:
             return conn.execute(sa.select(sa.func.max(passes_table.c.finished_at)).where(
                 passes_table.c.check_name == check, passes_table.c.target == target)
             ).scalar_one_or_none()
+
+
+def _each_or_set_aside(conn: Connection, statement: Any, rows: list[dict[str, Any]],
+                       what: str, key: str) -> None:
+    """Write ``rows`` in one go; if the database refuses the batch, row by row.
+
+    A row the database still refuses (a value no text sanitising foresaw) is set aside
+    with a log line: the rest of the pass is stored, and its notices go out.
+    """
+    try:
+        with conn.begin_nested():
+            conn.execute(statement, rows)
+        return
+    except sa.exc.DBAPIError:
+        pass
+    for row in rows:
+        try:
+            with conn.begin_nested():
+                conn.execute(statement, [row])
+        except sa.exc.DBAPIError as exc:
+            import structlog  # noqa: PLC0415
+
+            structlog.get_logger("watchdogd.store").error(
+                f"{what} set aside: the state database refused it",
+                key=safe_text(row.get(key), 200), error=_short(exc))
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Any
 
-__all__ = ["parse_time"]
+__all__ = ["parse_time", "pod_before_image"]
 
 
 def parse_time(value: Any) -> datetime | None:
@@ -21,3 +22,47 @@ def parse_time(value: Any) -> datetime | None:
     except ValueError:
         return None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+#: annotation and label keys whose values may be credentials (tokens, passwords, keys)
+_SECRET_KEY = re.compile(r"token|password|passwd|secret|credential|api[-_]?key|auth|cookie|"
+                         r"last-applied-configuration", re.IGNORECASE)
+
+
+def pod_before_image(pod: dict[str, Any]) -> dict[str, Any]:
+    """What the audit log keeps of a pod it deletes: what an undo or an inquiry needs.
+
+    Identity, owner, labels, the scheduling and image of each container, its volumes by
+    claim, status and timestamps. Never env values (``JUPYTERHUB_API_TOKEN`` is in every
+    user pod's env), command lines, secret volumes' items, or annotations whose names say
+    they hold credentials.
+    """
+    meta = pod.get("metadata") or {}
+    spec = pod.get("spec") or {}
+    status = pod.get("status") or {}
+    annotations = {k: v for k, v in (meta.get("annotations") or {}).items()
+                   if not _SECRET_KEY.search(str(k))}
+    containers = [
+        {"name": c.get("name"), "image": c.get("image"), "resources": c.get("resources"),
+         "env_names": sorted(str(e.get("name")) for e in c.get("env") or []
+                             if isinstance(e, dict))}
+        for c in spec.get("containers") or [] if isinstance(c, dict)]
+    volumes = [
+        {"name": v.get("name"),
+         "claim": (v.get("persistentVolumeClaim") or {}).get("claimName"),
+         "kind": next((k for k in v if k != "name"), None)}
+        for v in spec.get("volumes") or [] if isinstance(v, dict)]
+    return {
+        "metadata": {k: meta.get(k) for k in ("name", "namespace", "uid", "labels",
+                                              "ownerReferences", "creationTimestamp",
+                                              "deletionTimestamp")} | {
+            "annotations": annotations},
+        "spec": {"nodeName": spec.get("nodeName"),
+                 "serviceAccountName": spec.get("serviceAccountName"),
+                 "containers": containers, "volumes": volumes},
+        "status": {k: status.get(k) for k in ("phase", "reason", "message", "podIP",
+                                              "startTime")} | {
+            "containerStatuses": [
+                {k: c.get(k) for k in ("name", "ready", "restartCount", "state")}
+                for c in status.get("containerStatuses") or [] if isinstance(c, dict)]},
+    }

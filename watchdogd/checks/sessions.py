@@ -33,7 +33,7 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, Field
 
-from watchdogd.checks.common import parse_time
+from watchdogd.checks.common import parse_time, pod_before_image
 from watchdogd.config import CheckConfig, Config, Duration, HubConfig
 from watchdogd.model import (
     Action,
@@ -279,7 +279,8 @@ class _Detector:
         summary = _pod_summary(pod)
         return Action("delete-pod", "kube", self.s.cluster, "delete_pod",
                       {"namespace": summary["namespace"], "name": summary["name"],
-                       "uid": summary["uid"]}, destructive=True, before={"pod": pod},
+                       "uid": summary["uid"]}, destructive=True,
+                      before={"pod": pod_before_image(pod)},
                       verify=self.rereads(key, (summary["namespace"], summary["name"])))
 
 

@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from watchdogd.config import HubConfig
 from watchdogd.model import SourceError
 from watchdogd.sources.base import count_request
+from watchdogd.urls import sqlalchemy_url
 
 __all__ = ["KNOWN_SCHEMAS", "HubDbSource"]
 
@@ -123,8 +124,9 @@ def _iso(value: datetime | None) -> str | None:
 
 def _readonly_engine(url: str, timeout: float) -> sa.Engine:
     try:
-        parsed = sa.make_url(url)
-    except sa.exc.ArgumentError:
+        # An unescaped "@" in the password must not make part of it the host name.
+        parsed = sqlalchemy_url(url)
+    except ValueError:
         raise ValueError("the hub db_url is not a valid SQLAlchemy URL") from None
     backend = parsed.get_backend_name()
     if backend == "sqlite":
