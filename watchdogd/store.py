@@ -261,6 +261,11 @@ class Store:
             directory = Path(parsed.database).expanduser().parent
             if not directory.is_dir():
                 raise StoreError(f"state database directory {directory} does not exist")
+            # The audit log and findings name users and volumes: private from the start
+            # (SQLite gives its -wal and -shm files the database file's mode).
+            with suppress(FileExistsError):
+                os.close(os.open(Path(parsed.database).expanduser(),
+                                 os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         self.engine: Engine = sa.create_engine(
             parsed, connect_args=_connect_args(parsed), pool_pre_ping=True
         )

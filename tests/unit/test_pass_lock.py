@@ -139,3 +139,12 @@ def test_processes_starting_together_on_a_new_file_create_the_schema_once(
     results = [child.communicate(timeout=60) for child in children]
     assert [c.returncode for c in children] == [0, 0, 0, 0], [err for _, err in results]
     assert {out.strip() for out, _ in results} == {"2"}
+
+
+def test_a_new_state_file_and_its_lock_are_private(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/state.db"
+    store = Store(url)
+    with store.pass_lock():
+        pass
+    for name in ("state.db", "state.db.lock"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o600, name
