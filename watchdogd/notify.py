@@ -36,12 +36,12 @@ Text from the outside world (subjects, messages, action results) is escaped with
 
 from __future__ import annotations
 
+import contextvars
 import enum
 import hashlib
 import logging
 import re
 import tempfile
-import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
@@ -97,28 +97,31 @@ class Outcome(enum.Enum):
 
 
 class _AppriseRecords(logging.Handler):
-    """apprise's log lines of the current thread's send, to tell why it failed.
+    """apprise's log lines of the current send, to tell why it failed.
 
-    apprise only returns True/False; why is in its log. The lines carry URLs with
-    tokens, so they never leave this handler: the logger does not propagate, and
-    only the parsed outcome (a status code, "timed out") is used.
+    apprise only returns True/False; why is in its log. It sends from a worker
+    thread with a copy of the caller's context, so the capture is a context
+    variable. The lines carry URLs with tokens, so they never leave this handler:
+    the logger does not propagate, and only the parsed outcome (a status code,
+    "timed out") is kept.
     """
 
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
-        self._local = threading.local()
+        self._lines: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar(
+            "watchdogd_apprise_lines", default=None)
 
     @contextmanager
     def capture(self) -> Iterator[list[str]]:
         lines: list[str] = []
-        self._local.lines = lines
+        token = self._lines.set(lines)
         try:
             yield lines
         finally:
-            self._local.lines = None
+            self._lines.reset(token)
 
     def emit(self, record: logging.LogRecord) -> None:
-        lines = getattr(self._local, "lines", None)
+        lines = self._lines.get()
         if lines is not None:
             try:
                 lines.append(record.getMessage())
@@ -127,13 +130,23 @@ class _AppriseRecords(logging.Handler):
 
 
 _RECORDS = _AppriseRecords()
-_apprise_log = logging.getLogger("apprise")
-for _old in list(_apprise_log.handlers):
-    if isinstance(_old, _AppriseRecords):
-        _apprise_log.removeHandler(_old)
-_apprise_log.addHandler(_RECORDS)
-_apprise_log.propagate = False
-_apprise_log.setLevel(logging.DEBUG)
+
+
+def _own_apprise_log() -> None:
+    """Route apprise's logger to the capture only (idempotent: tests reconfigure logging)."""
+    apprise_log = logging.getLogger("apprise")
+    # Its records carry tokens: no other handler may see them (a test runner's
+    # capture included), whatever attached it.
+    for handler in list(apprise_log.handlers):
+        if handler is not _RECORDS and not isinstance(handler, logging.NullHandler):
+            apprise_log.removeHandler(handler)
+    if _RECORDS not in apprise_log.handlers:
+        apprise_log.addHandler(_RECORDS)
+    apprise_log.propagate = False
+    apprise_log.setLevel(logging.DEBUG)
+
+
+_own_apprise_log()
 
 _STATUS = re.compile(r"error=(\d{3})\b")
 
@@ -204,6 +217,7 @@ class Destination:
     def send(self, title: str, body: str, severity: Severity,
              finding_key: str = "") -> tuple[Outcome, str]:
         """Deliver one message and say what became of it (the text names no URL)."""
+        _own_apprise_log()
         sender = apprise.Apprise()
         sender.add(self.url_for(finding_key))
         for plugin in sender:

@@ -160,6 +160,11 @@ def _migrate_to_2(conn: Connection) -> None:
     metadata.create_all(conn, tables=list(_V2_TABLES))
 
 
+#: The outbox's text columns and the length a set-aside copy is cut to.
+_OUTBOX_TEXT = {"finding_key": 1000, "event": 16, "title": 2000, "body": 20000,
+                "destination": 64}
+
+
 def _migrate_to_3(conn: Connection) -> None:
     # Step 1 creates the outbox from today's table definition, so a new database
     # already has the column; only an older file needs it added.
@@ -728,11 +733,8 @@ class Store:
             with self._begin() as conn:
                 conn.execute(sa.insert(outbox_table), [{
                     **value,
-                    "finding_key": safe_text(value["finding_key"], 1000),
-                    "event": safe_text(value["event"], 16),
-                    "title": safe_text(value["title"], 2000),
-                    "body": safe_text(value["body"], 20000),
-                    "destination": safe_text(value["destination"], 64),
+                    **{name: safe_text(str(value.get(name) or ""), limit)
+                       for name, limit in _OUTBOX_TEXT.items()},
                     "last_error": error, "set_aside_at": now}])
             set_aside += 1
         return set_aside
