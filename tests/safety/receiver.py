@@ -39,6 +39,8 @@ class Receiver:
     def __init__(self, *, slow_for: float = 1.5) -> None:
         self.port = free_port()
         self.messages: list[dict[str, Any]] = []
+        #: the request headers of each message kept in mode "up"
+        self.headers: list[dict[str, str]] = []
         self.mode = "up"
         self.slow_for = slow_for
         self.attempts = 0
@@ -89,6 +91,7 @@ class Receiver:
                     return
                 with receiver._lock:
                     receiver.messages.append(json.loads(body))
+                    receiver.headers.append(dict(self.headers.items()))
                 self.send_response(200)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
