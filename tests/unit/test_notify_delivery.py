@@ -161,27 +161,24 @@ def test_safe_text_escapes_controls_and_keeps_unicode() -> None:
     assert safe_text("abc", 3) == "abc"
 
 
-def test_schema_2_outbox_is_upgraded_without_loss(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path}/old.db"
+def upgrade_outbox_from_version_2(url: str) -> None:
+    """A schema-2 outbox with a queued notice is brought to 3 and the notice is kept.
+
+    Shared with the PostgreSQL test in ``tests/integration/test_notify.py``.
+    """
     engine = sa.create_engine(url)
     with engine.begin() as conn:
-        # A schema-2 outbox, as 0.1.x wrote it: no set_aside_at column.
-        conn.execute(sa.text(
-            "CREATE TABLE outbox (id INTEGER PRIMARY KEY, created_at DATETIME NOT NULL, "
-            "finding_key VARCHAR(1024) NOT NULL, event VARCHAR(16) NOT NULL, "
-            "severity INTEGER NOT NULL, title TEXT NOT NULL, body TEXT NOT NULL, "
-            "destination VARCHAR(64) NOT NULL, attempts INTEGER NOT NULL, "
-            "next_attempt_at DATETIME NOT NULL, delivered_at DATETIME, last_error TEXT)"))
-        tables = [store_module.meta_table, store_module.findings_table,
-                  store_module.actions_table]
-        store_module.metadata.create_all(conn, tables=tables)
+        # Steps 1 and 2 build today's tables; dropping the new column leaves the outbox
+        # exactly as schema 2 had it.
+        store_module.MIGRATIONS[1](conn)
         store_module.MIGRATIONS[2](conn)
+        conn.execute(sa.text("ALTER TABLE outbox DROP COLUMN set_aside_at"))
         conn.execute(sa.insert(store_module.meta_table).values(key="schema_version", value="2"))
         conn.execute(sa.text(
             "INSERT INTO outbox (created_at, finding_key, event, severity, title, body, "
-            "destination, attempts, next_attempt_at) VALUES ('2026-11-22 03:00:00.000000', "
-            "'k', 'new', 30, 'queued before the upgrade', 'b', 'd1', 2, "
-            "'2026-11-22 03:00:00.000000')"))
+            "destination, attempts, next_attempt_at) VALUES (:at, 'k', 'new', 30, "
+            "'queued before the upgrade', 'b', 'd1', 2, :at)"),
+            {"at": T0.replace(tzinfo=None)})
     engine.dispose()
     store = Store(url)
     assert store.schema_version() == SCHEMA_VERSION == 3
@@ -189,7 +186,14 @@ def test_schema_2_outbox_is_upgraded_without_loss(tmp_path: Path) -> None:
     assert (notice.title, notice.attempts) == ("queued before the upgrade", 2)
     store.mark_failed(notice.id, "refused (HTTP 400)", T0, set_aside_at=T0)
     assert store.outbox_counts() == {"queued": 0, "delivered": 0, "set_aside": 1}
+    assert store.outbox()[0]["set_aside_at"] == T0
     store.close()
+
+
+def test_schema_2_outbox_is_upgraded_without_loss(tmp_path: Path) -> None:
+    upgrade_outbox_from_version_2(f"sqlite:///{tmp_path}/old.db")
     # A new database gets the column from the table definition; the step is a no-op.
     fresh = Store(f"sqlite:///{tmp_path}/new.db")
     assert fresh.schema_version() == 3
+    fresh.enqueue(rows(("a", "new")), T0)
+    assert fresh.outbox()[0]["set_aside_at"] is None
