@@ -7,8 +7,10 @@ a notice survives a restart.
 The guarantee is *at least once*, not exactly once. A notice is marked delivered
 only when apprise says it arrived; otherwise it is tried again later:
 
-* a refusal the receiver would repeat (an HTTP 4xx answer other than 408/425/429)
-  sets the notice aside at once, with its error: retrying cannot help;
+* a refusal of the message itself (an HTTP 4xx answer such as 400, 413 or 422)
+  sets the notice aside at once, with its error: sending it again cannot help;
+* a refusal of the destination (401, 403, 404: a revoked token, a deleted
+  webhook) is retried like a failure: the operator can fix it in time;
 * a definite failure (connection refused, a 5xx answer, a plugin that raised)
   is retried after ``retry_after * 2**attempts``, capped at :data:`MAX_BACKOFF`;
 * a timeout is *uncertain*: the receiver may have kept the message and answered
@@ -77,8 +79,8 @@ MAX_BACKOFF = timedelta(hours=1)
 #: Tries before a notice that keeps failing is set aside (with the default
 #: ``retry_after`` of 1m: about 7 hours of outage).
 MAX_ATTEMPTS = 12
-#: 4xx answers that mean "later", not "never".
-_RETRYABLE_4XX = frozenset({408, 425, 429})
+#: 4xx answers that mean "later" or "fix the destination", not "never this message".
+_RETRYABLE_4XX = frozenset({401, 403, 404, 408, 410, 425, 429})
 # Bounds on what goes into one message: chat services cut or refuse long ones.
 TITLE_LIMIT = 250
 TEXT_LIMIT = 4000

@@ -125,6 +125,10 @@ def test_classify_reads_apprise_log_lines() -> None:
     assert classify(["Failed to send JSON POST notification: Bad Request, error=400."])[0] \
         is Outcome.REFUSED
     assert classify(["Failed to send ntfy notification: error=429."])[0] is Outcome.FAILED
+    # A revoked token or a deleted webhook can be fixed by the operator: keep trying.
+    assert classify(["error=401."]) == (Outcome.FAILED, "failed (HTTP 401)")
+    assert classify(["error=404."])[0] is Outcome.FAILED
+    assert classify(["error=413."]) == (Outcome.REFUSED, "refused (HTTP 413)")
     assert classify(["error=503."]) == (Outcome.FAILED, "failed (HTTP 503)")
     assert classify(["A Connection error occurred", "Socket Exception: "
                      "HTTPConnectionPool(host='h', port=1): Read timed out. (read timeout=1)"]
