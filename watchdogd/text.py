@@ -37,13 +37,13 @@ def safe_text(value: str, limit: int | None = None) -> str:
     Escaped are the C0 and C1 controls and DEL (category ``Cc``), the bidi controls
     that reorder what a reader sees, and the line/paragraph separators. A backslash
     is kept as it is: the result is for people to read, not to be unescaped. Past
-    ``limit`` the text is cut at a whole character or escape and ends in ``...``.
+    ``limit`` the text is cut at a whole character or escape and ends in ``…``.
     """
     pieces = [_escape(char) if _is_control(char) else char for char in value]
     text = "".join(pieces)
     if limit is None or len(text) <= limit:
         return text
-    marker = "..."[:max(limit, 0)]
+    marker = "…" if limit > 0 else ""
     length = len(text)
     while pieces and length + len(marker) > limit:
         length -= len(pieces.pop())

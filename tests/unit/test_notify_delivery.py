@@ -160,9 +160,11 @@ def test_ntfy_notices_carry_a_stable_tag_per_finding(tmp_path: Path) -> None:
 def test_safe_text_escapes_controls_and_keeps_unicode() -> None:
     assert safe_text("a\x1b[31mb\x00c\nd") == "a\\x1b[31mb\\x00c\\nd"
     assert safe_text("é 日本 🎉 \u202eevil") == "é 日本 🎉 \\u202eevil"
-    assert safe_text("abcdefgh", 5) == "ab..."
-    assert safe_text("ab\x1bcdef", 6) == "ab..."  # never cut inside an escape
     assert safe_text("abc", 3) == "abc"
+    for value, limit in (("abcdefgh", 5), ("ab\x1bcdef", 6), ("\x00" * 10, 7)):
+        cut = safe_text(value, limit)
+        assert len(cut) <= limit and cut.endswith("…"), cut
+        assert not any(ord(c) < 0x20 for c in cut), cut
 
 
 def upgrade_outbox_from_version_2(url: str) -> None:
