@@ -1,27 +1,55 @@
-"""Telling people: apprise delivery from the outbox, with retries and order kept.
+"""Telling people: apprise delivery from the outbox, at least once, order kept per finding.
 
 A pass only *queues* notices (one outbox row per destination); delivery runs
 after it and again on a timer, so a dead Slack webhook never blocks a pass and
-a notice survives a restart. Per destination, notices go out in the order they
-were queued and a failed one holds back the ones after it, so "resolved" can
-never arrive before "new".
+a notice survives a restart.
+
+The guarantee is *at least once*, not exactly once. A notice is marked delivered
+only when apprise says it arrived; otherwise it is tried again later:
+
+* a refusal of the message itself (an HTTP 4xx answer such as 400, 413 or 422)
+  sets the notice aside at once, with its error: sending it again cannot help;
+* a refusal of the destination (401, 403, 404: a revoked token, a deleted
+  webhook) is retried like a failure: the operator can fix it in time;
+* a definite failure (connection refused, a 5xx answer, a plugin that raised)
+  is retried after ``retry_after * 2**attempts``, capped at :data:`MAX_BACKOFF`;
+* a timeout is *uncertain*: the receiver may have kept the message and answered
+  too late. Sending again at once would stack duplicates on a slow receiver, so
+  the next try waits the full cap (:data:`MAX_BACKOFF`): a receiver that keeps
+  every message but always answers late gets it at most once an hour;
+* after :data:`MAX_ATTEMPTS` tries a notice is set aside with its last error.
+
+A set-aside notice stays in the outbox (``outbox()``, ``set_aside_at``,
+``last_error``) and holds back nothing.
+
+Order is kept *per finding and destination*: a notice waiting for its retry holds
+back the later notices of the same finding (so "resolved" never arrives before
+"new") and nothing else, so one finding's stuck notice never silences the others.
 
 Destinations are the entries of an apprise configuration (``notify.urls_file``
 or ``WATCHDOGD_NOTIFY__URLS``). Their tags choose severities: an entry tagged
 ``critical`` gets critical notices only, ``warning`` gets warning and critical,
 an entry with no severity tag gets everything. Notification URLs carry tokens,
 so they are never logged: a destination is named by a short hash.
+
+Text from the outside world (subjects, messages, action results) is escaped with
+:func:`watchdogd.text.safe_text` before it goes into a title or body.
 """
 
 from __future__ import annotations
 
+import contextvars
+import enum
 import hashlib
 import logging
+import re
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import apprise
 import structlog
@@ -29,17 +57,15 @@ import structlog
 from watchdogd.config import NotifyConfig
 from watchdogd.model import ActionStatus, Severity
 from watchdogd.store import Resolved, Store
+from watchdogd.text import safe_text
 
 if TYPE_CHECKING:
     from watchdogd.engine import CheckResult
 
-__all__ = ["Destination", "Notifier", "NotifyConfigError"]
+__all__ = ["MAX_ATTEMPTS", "MAX_BACKOFF", "Destination", "Notifier", "NotifyConfigError",
+           "Outcome", "finding_tag"]
 
 log = structlog.get_logger("watchdogd.notify")
-
-# apprise logs the URLs it sends to; they hold tokens. Our own log lines say
-# which destination (by hash) failed.
-logging.getLogger("apprise").setLevel(logging.CRITICAL + 1)
 
 _NOTIFY_TYPE = {
     Severity.INFO: apprise.NotifyType.INFO,
@@ -47,7 +73,111 @@ _NOTIFY_TYPE = {
     Severity.CRITICAL: apprise.NotifyType.FAILURE,
 }
 _ACTION_EVENTS = {ActionStatus.DONE, ActionStatus.FAILED, ActionStatus.SKIPPED}
-MAX_BACKOFF_STEPS = 6
+
+#: The longest wait between two tries of one notice, and the wait after a timeout.
+MAX_BACKOFF = timedelta(hours=1)
+#: Tries before a notice that keeps failing is set aside (with the default
+#: ``retry_after`` of 1m: about 7 hours of outage).
+MAX_ATTEMPTS = 12
+#: 4xx answers that mean "later" or "fix the destination", not "never this message".
+_RETRYABLE_4XX = frozenset({401, 403, 404, 408, 410, 425, 429})
+# Bounds on what goes into one message: chat services cut or refuse long ones.
+TITLE_LIMIT = 250
+TEXT_LIMIT = 4000
+
+
+class Outcome(enum.Enum):
+    """What one delivery attempt tells about the notice."""
+
+    DELIVERED = "delivered"
+    #: did not arrive; trying again may work
+    FAILED = "failed"
+    #: no answer in time: the receiver may have kept it
+    UNCERTAIN = "uncertain"
+    #: the receiver said it will never take it
+    REFUSED = "refused"
+
+
+class _AppriseRecords(logging.Handler):
+    """apprise's log lines of the current send, to tell why it failed.
+
+    apprise only returns True/False; why is in its log. It sends from a worker
+    thread with a copy of the caller's context, so the capture is a context
+    variable. The lines carry URLs with tokens, so they never leave this handler:
+    the logger does not propagate, and only the parsed outcome (a status code,
+    "timed out") is kept.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self._lines: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar(
+            "watchdogd_apprise_lines", default=None)
+
+    @contextmanager
+    def capture(self) -> Iterator[list[str]]:
+        lines: list[str] = []
+        token = self._lines.set(lines)
+        try:
+            yield lines
+        finally:
+            self._lines.reset(token)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        lines = self._lines.get()
+        if lines is not None:
+            try:
+                lines.append(record.getMessage())
+            except Exception:  # a malformed record must not break a send
+                lines.append("")
+
+
+_RECORDS = _AppriseRecords()
+
+
+def _own_apprise_log() -> None:
+    """Route apprise's logger to the capture only (idempotent: tests reconfigure logging)."""
+    apprise_log = logging.getLogger("apprise")
+    # Its records carry tokens: no other handler may see them (a test runner's
+    # capture included), whatever attached it.
+    for handler in list(apprise_log.handlers):
+        if handler is not _RECORDS and not isinstance(handler, logging.NullHandler):
+            apprise_log.removeHandler(handler)
+    if _RECORDS not in apprise_log.handlers:
+        apprise_log.addHandler(_RECORDS)
+    apprise_log.propagate = False
+    apprise_log.setLevel(logging.DEBUG)
+
+
+_own_apprise_log()
+
+_STATUS = re.compile(r"error=(\d{3})\b")
+
+
+def classify(lines: Sequence[str]) -> tuple[Outcome, str]:
+    """The outcome of a send apprise reported as failed, from its log lines.
+
+    The returned text is ours (no URL, no response body): it goes to the store.
+    """
+    text = "\n".join(lines)
+    codes = [int(code) for code in _STATUS.findall(text)]
+    if codes:
+        code = codes[-1]
+        if 400 <= code < 500 and code not in _RETRYABLE_4XX:
+            return Outcome.REFUSED, f"refused (HTTP {code})"
+        return Outcome.FAILED, f"failed (HTTP {code})"
+    lowered = text.lower()
+    if ("timed out" in lowered or "timeout" in lowered) and "connect timeout" not in lowered:
+        return Outcome.UNCERTAIN, "no answer in time (the receiver may have kept it)"
+    if "connect timeout" in lowered:
+        return Outcome.FAILED, "failed (connect timeout)"
+    if "connection" in lowered:
+        return Outcome.FAILED, "failed (connection error)"
+    return Outcome.FAILED, "failed (apprise gave no reason)"
+
+
+def finding_tag(finding_key: str) -> str:
+    """A short stable tag naming one finding: the same for all of its notices."""
+    return "wd-" + hashlib.sha256(finding_key.encode("utf-8", "replace")).hexdigest()[:16]
 
 
 class NotifyConfigError(Exception):
@@ -60,23 +190,48 @@ class Destination:
     def __init__(self, server: Any, timeout: float) -> None:
         # Keep the URL, not the plugin: a reused email plugin holds on to a
         # closed SMTP session and its next send stalls for seconds.
-        self._url = server.url()
+        self._url: str = str(server.url())
         self.timeout = timeout
         self.id = hashlib.sha256(self._url.encode()).hexdigest()[:12]
         tags = {str(t).lower() for t in (server.tags or ())}
         levels = [s for s in Severity if s.label in tags]
         self.min_severity = min(levels) if levels else Severity.INFO
         self.label = f"{server.service_name or server.protocol}#{self.id}"
+        # ntfy shows X-Tags on the message; apprise's ntfy plugin takes them from
+        # ``?tags=``. A stable tag per finding lets a reader (or a filter) see that
+        # a repeat belongs to the same finding.
+        self.is_ntfy = urlsplit(self._url).scheme.lower() in ("ntfy", "ntfys")
 
-    def send(self, title: str, body: str, severity: Severity) -> bool:
-        """Deliver one message; False when apprise says it did not arrive."""
+    def url_for(self, finding_key: str) -> str:
+        """The apprise URL for one notice (for ntfy: with the finding's tag added)."""
+        if not self.is_ntfy:
+            return self._url
+        parts = urlsplit(self._url)
+        query = parse_qsl(parts.query, keep_blank_values=True)
+        tag = finding_tag(finding_key)
+        # ``xtags`` is the plugin's own name for them (``tags`` is its legacy one).
+        names = ("xtags", "tags")
+        others = [(k, v) for k, v in query if k.lower() not in names]
+        existing = [v for k, v in query if k.lower() in names and v]
+        query = [*others, ("xtags", ",".join([*existing, tag]))]
+        return urlunsplit(parts._replace(query=urlencode(query)))
+
+    def send(self, title: str, body: str, severity: Severity,
+             finding_key: str = "") -> tuple[Outcome, str]:
+        """Deliver one message and say what became of it (the text names no URL)."""
+        _own_apprise_log()
         sender = apprise.Apprise()
-        sender.add(self._url)
+        sender.add(self.url_for(finding_key))
         for plugin in sender:
             for attribute in ("socket_connect_timeout", "socket_read_timeout"):
                 if hasattr(plugin, attribute):
                     setattr(plugin, attribute, self.timeout)
-        return bool(sender.notify(title=title, body=body, notify_type=_NOTIFY_TYPE[severity]))
+        with _RECORDS.capture() as lines:
+            ok = bool(sender.notify(title=title, body=body,
+                                    notify_type=_NOTIFY_TYPE[severity]))
+        if ok:
+            return Outcome.DELIVERED, ""
+        return classify(lines)
 
 
 def load_destinations(config: NotifyConfig) -> list[Destination]:
@@ -110,7 +265,9 @@ class Notifier:
     def __init__(self, config: NotifyConfig, destinations: Sequence[Destination]) -> None:
         self.config = config
         self.destinations = {d.id: d for d in destinations}
-        self.prefix = config.title_prefix
+        self.prefix = safe_text(config.title_prefix, 60)
+        #: notices set aside by the last :meth:`deliver`
+        self.set_aside = 0
 
     @classmethod
     def from_config(cls, config: NotifyConfig) -> Notifier:
@@ -119,6 +276,7 @@ class Notifier:
 
     def _rows(self, key: str, event: str, severity: Severity, title: str,
               body: str) -> list[dict[str, Any]]:
+        title = safe_text(title, TITLE_LIMIT)
         return [
             {"finding_key": key, "event": event, "severity": severity, "title": title,
              "body": body, "destination": d.id}
@@ -127,74 +285,107 @@ class Notifier:
 
     def notices(self, result: CheckResult, resolved: Sequence[Resolved],
                 breaker: str | None) -> list[dict[str, Any]]:
-        """The outbox rows for one check target's pass."""
+        """The outbox rows for one check target's pass.
+
+        Every piece of outside text is escaped on its own; the newlines between
+        the parts of a body are watchdogd's and stay.
+        """
         rows: list[dict[str, Any]] = []
-        where = f"{result.check}/{result.target}"
+        where = safe_text(f"{result.check}/{result.target}", 200)
         for entry in result.findings:
             finding = entry.tracked.finding
+            subject = safe_text(finding.subject, 200)
+            message = safe_text(finding.message, TEXT_LIMIT)
+            detail = safe_text(entry.action_detail or "", TEXT_LIMIT)
+            kind = safe_text(finding.kind, 64)
             if entry.tracked.event:
                 word = {"new": "", "escalated": "escalated: ",
                         "reminder": "still open: "}[entry.tracked.event]
-                title = (f"{self.prefix} [{finding.severity.label}] {word}{finding.kind} "
-                         f"{finding.subject} ({where})")
-                body = finding.message
+                title = (f"{self.prefix} [{finding.severity.label}] {word}{kind} "
+                         f"{subject} ({where})")
+                body = message
                 if finding.action is not None and entry.action_status:
                     body += f"\nAction {finding.action.name}: {entry.action_status}"
-                    if entry.action_detail:
-                        body += f" ({entry.action_detail})"
+                    if detail:
+                        body += f" ({detail})"
                 rows += self._rows(finding.key, entry.tracked.event, finding.severity, title,
                                    body)
             if finding.action is not None and entry.notify_held:
                 title = (f"{self.prefix} [critical] {finding.action.name} held: "
-                         f"{finding.subject} ({where})")
-                body = f"{finding.message}\n{entry.action_detail}"
-                rows += self._rows(finding.key, "held", Severity.CRITICAL, title, body)
+                         f"{subject} ({where})")
+                rows += self._rows(finding.key, "held", Severity.CRITICAL, title,
+                                   f"{message}\n{detail}")
             if finding.action is not None and entry.action_status in _ACTION_EVENTS:
                 severity = (Severity.WARNING if entry.action_status == ActionStatus.DONE
                             else Severity.CRITICAL)
                 title = (f"{self.prefix} action {finding.action.name} {entry.action_status}: "
-                         f"{finding.subject} ({where})")
-                body = f"{finding.message}\nResult: {entry.action_detail}"
-                rows += self._rows(finding.key, "action", severity, title, body)
+                         f"{subject} ({where})")
+                rows += self._rows(finding.key, "action", severity, title,
+                                   f"{message}\nResult: {detail}")
         if self.config.send_resolved:
             for item in resolved:
                 if not item.notified:
                     continue
-                title = f"{self.prefix} [resolved] {item.kind} {item.subject} ({where})"
+                title = (f"{self.prefix} [resolved] {safe_text(item.kind, 64)} "
+                         f"{safe_text(item.subject, 200)} ({where})")
                 rows += self._rows(item.key, "resolved", Severity.INFO, title,
-                                   f"No longer seen: {item.message}")
+                                   f"No longer seen: {safe_text(item.message, TEXT_LIMIT)}")
         if breaker:
             title = f"{self.prefix} [critical] breaker open: no action taken ({where})"
-            body = (f"{breaker}.\nwatchdogd acted on none of them. Something large changed "
-                    "at once: look before enabling anything.")
-            rows += self._rows(f"{where}/breaker", "breaker", Severity.CRITICAL, title, body)
+            body = (f"{safe_text(breaker, TEXT_LIMIT)}.\nwatchdogd acted on none of them. "
+                    "Something large changed at once: look before enabling anything.")
+            rows += self._rows(f"{result.check}/{result.target}/breaker", "breaker",
+                               Severity.CRITICAL, title, body)
         return rows
 
+    def _next_try(self, now: datetime, attempts: int, outcome: Outcome) -> datetime:
+        retry_after: timedelta = self.config.retry_after
+        cap = max(MAX_BACKOFF, retry_after)
+        if outcome is Outcome.UNCERTAIN:
+            return now + cap
+        # The exponent is bounded so the product cannot overflow a timedelta.
+        return now + min(retry_after * (1 << min(attempts, 30)), cap)
+
     def deliver(self, store: Store, now: datetime) -> tuple[int, int]:
-        """Send what is due, in order per destination; return (delivered, failed)."""
-        delivered = failed = 0
+        """Send what is due, in order per finding; return (delivered, not delivered).
+
+        Notices set aside are counted in the second number and in :attr:`set_aside`.
+        """
+        delivered = failed = self.set_aside = 0
         for destination_id in store.destinations_with_pending():
             destination = self.destinations.get(destination_id)
             if destination is None:
                 continue  # no longer configured: kept, never silently dropped
+            # Findings whose earlier notice did not get through in this round.
+            held: set[str] = set()
             for notice in store.pending_notices(destination_id, now):
+                if notice.finding_key in held:
+                    continue
                 try:
-                    ok = destination.send(notice.title, notice.body, notice.severity)
-                    error = "" if ok else "delivery failed"
+                    outcome, error = destination.send(notice.title, notice.body,
+                                                      notice.severity, notice.finding_key)
                 except Exception as exc:  # a plugin bug must not stop the daemon
-                    ok, error = False, type(exc).__name__
-                if ok:
+                    outcome, error = Outcome.FAILED, f"failed ({type(exc).__name__})"
+                if outcome is Outcome.DELIVERED:
                     store.mark_delivered(notice.id, now)
                     delivered += 1
                     continue
-                steps = min(notice.attempts, MAX_BACKOFF_STEPS)
-                retry = now + self.config.retry_after * (2**steps)
-                store.mark_failed(notice.id, error, retry)
                 failed += 1
+                attempts = notice.attempts + 1
+                give_up = outcome is Outcome.REFUSED or attempts >= MAX_ATTEMPTS
+                retry = self._next_try(now, notice.attempts, outcome)
+                store.mark_failed(notice.id, error, retry, set_aside_at=now if give_up else None)
+                if give_up:
+                    self.set_aside += 1
+                    # Set aside holds nothing back: the finding's next notice may go.
+                    log.error("notification set aside", destination=destination.label,
+                              finding=safe_text(notice.finding_key, 300), notice=notice.event,
+                              attempts=attempts, error=error)
+                    continue
+                held.add(notice.finding_key)
                 log.warning("notification not delivered", destination=destination.label,
-                            finding=notice.finding_key, notice=notice.event,
-                            attempts=notice.attempts + 1, retry_at=retry.isoformat())
-                break  # keep the order: nothing after it goes out first
+                            finding=safe_text(notice.finding_key, 300), notice=notice.event,
+                            attempts=attempts, error=error, retry_at=retry.isoformat())
         return delivered, failed
 
 

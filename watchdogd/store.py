@@ -33,7 +33,7 @@ from watchdogd.urls import sqlalchemy_url
 __all__ = ["SCHEMA_VERSION", "ActionRecord", "LockHold", "Notice", "Store", "StoreError",
            "Tracked"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 #: The PostgreSQL advisory lock of the pass (advisory locks are scoped to one database).
 ADVISORY_KEY = int.from_bytes(hashlib.sha256(b"watchdogd pass lock").digest()[:8], "big",
@@ -122,6 +122,9 @@ outbox_table = sa.Table(
     sa.Column("next_attempt_at", UTCDateTime, nullable=False),
     sa.Column("delivered_at", UTCDateTime),
     sa.Column("last_error", sa.Text),
+    # Added in schema 3: a notice given up on (refused, or failing too long). It stays
+    # in the table with its error and no longer holds back the notices after it.
+    sa.Column("set_aside_at", UTCDateTime),
     sa.Index("ix_outbox_pending", "destination", "delivered_at", "id"),
 )
 
@@ -158,8 +161,23 @@ def _migrate_to_2(conn: Connection) -> None:
     metadata.create_all(conn, tables=list(_V2_TABLES))
 
 
+#: The outbox's text columns and the length a set-aside copy is cut to.
+_OUTBOX_TEXT = {"finding_key": 1000, "event": 16, "title": 2000, "body": 20000,
+                "destination": 64}
+
+
+def _migrate_to_3(conn: Connection) -> None:
+    # Step 1 creates the outbox from today's table definition, so a new database
+    # already has the column; only an older file needs it added.
+    if "set_aside_at" in {c["name"] for c in sa.inspect(conn).get_columns("outbox")}:
+        return
+    column_type = outbox_table.c.set_aside_at.type.compile(dialect=conn.dialect)
+    conn.execute(sa.text(f"ALTER TABLE outbox ADD COLUMN set_aside_at {column_type}"))
+
+
 #: Step ``n`` brings a schema from version ``n - 1`` to ``n``.
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _migrate_to_1, 2: _migrate_to_2}
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {
+    1: _migrate_to_1, 2: _migrate_to_2, 3: _migrate_to_3}
 
 
 @dataclass
@@ -696,46 +714,85 @@ class Store:
 
     # -- outbox -----------------------------------------------------------------
 
-    def enqueue(self, rows: Sequence[dict[str, Any]], now: datetime) -> None:
-        """Queue notices (one row per destination); delivery happens elsewhere."""
+    def enqueue(self, rows: Sequence[dict[str, Any]], now: datetime) -> int:
+        """Queue notices (one row per destination); delivery happens elsewhere.
+
+        One bad row never costs the others: when the batch cannot be stored, each row
+        is stored alone; a row the database refuses (a NUL PostgreSQL cannot hold, a key
+        too long for its column) is stored again with its text escaped and cut, set
+        aside with the database's error, so it is visible in :meth:`outbox` instead of
+        lost or blocking. Returns how many rows had to be set aside.
+        """
         if not rows:
-            return
-        with self._begin() as conn:
-            conn.execute(sa.insert(outbox_table), [
-                {**row, "severity": int(row["severity"]), "created_at": now,
-                 "finding_key": store_key(str(row["finding_key"])),
-                 "title": safe_text(row["title"]),
-                 # A body may have lines of its own; each line is made safe.
-                 "body": "\n".join(safe_text(line) for line in str(row["body"]).split("\n")),
-                 "attempts": 0, "next_attempt_at": now}
-                for row in rows
-            ])
+            return 0
+        values = [self._outbox_values(row, now) for row in rows]
+        try:
+            with self._begin() as conn:
+                conn.execute(sa.insert(outbox_table), values)
+            return 0
+        except StoreError:
+            pass
+        set_aside = 0
+        for value in values:
+            try:
+                with self._begin() as conn:
+                    conn.execute(sa.insert(outbox_table), [value])
+                continue
+            except StoreError as exc:
+                error = f"could not be stored: {safe_text(str(exc), 300)}"
+            # If even the escaped row cannot be stored the database itself is the
+            # problem: that StoreError goes to the caller like any other.
+            with self._begin() as conn:
+                conn.execute(sa.insert(outbox_table), [{
+                    **value,
+                    **{name: safe_text(str(value.get(name) or ""), limit)
+                       for name, limit in _OUTBOX_TEXT.items()},
+                    "last_error": error, "set_aside_at": now}])
+            set_aside += 1
+        return set_aside
+
+    @staticmethod
+    def _outbox_values(row: dict[str, Any], now: datetime) -> dict[str, Any]:
+        return {**row, "severity": int(row["severity"]), "created_at": now,
+                "finding_key": store_key(str(row["finding_key"])),
+                "title": _safe_lines(row.get("title")),
+                "body": _safe_lines(row.get("body")),
+                "attempts": 0, "next_attempt_at": now}
 
     def pending_notices(self, destination: str, now: datetime, limit: int = 100) -> list[Notice]:
-        """Undelivered notices of one destination in the order they were queued.
+        """The notices of one destination due now, in the order they were queued.
 
-        Only notices up to the first one still waiting for its retry time are
-        returned, so that a later notice never overtakes an earlier one.
+        Order is kept per finding: a notice waiting for its retry time holds back the
+        later notices of its own finding (so "resolved" never arrives before "new"),
+        and nothing else. Set-aside notices hold back nothing.
         """
         query = (sa.select(outbox_table)
                  .where(outbox_table.c.destination == destination,
-                        outbox_table.c.delivered_at.is_(None))
-                 .order_by(outbox_table.c.id).limit(limit))
-        notices = []
+                        outbox_table.c.delivered_at.is_(None),
+                        outbox_table.c.set_aside_at.is_(None))
+                 .order_by(outbox_table.c.id))
+        notices: list[Notice] = []
+        waiting: set[str] = set()
         with self._begin() as conn:
             for r in conn.execute(query):
+                if r.finding_key in waiting:
+                    continue
                 if r.next_attempt_at > now:
-                    break
+                    waiting.add(r.finding_key)
+                    continue
                 notices.append(Notice(r.id, r.finding_key, r.event, Severity(r.severity),
                                       r.title, r.body, r.destination, r.attempts))
+                if len(notices) >= limit:
+                    break
         return notices
 
     def destinations_with_pending(self) -> list[str]:
-        """Destinations that still have undelivered notices."""
+        """Destinations that still have notices to deliver (set-aside ones do not count)."""
         with self._begin() as conn:
             return [r[0] for r in conn.execute(
                 sa.select(outbox_table.c.destination).distinct()
-                .where(outbox_table.c.delivered_at.is_(None)))]
+                .where(outbox_table.c.delivered_at.is_(None),
+                       outbox_table.c.set_aside_at.is_(None)))]
 
     def mark_delivered(self, notice_id: int, now: datetime) -> None:
         """Record a successful delivery."""
@@ -743,18 +800,32 @@ class Store:
             conn.execute(sa.update(outbox_table).where(outbox_table.c.id == notice_id)
                          .values(delivered_at=now, attempts=outbox_table.c.attempts + 1))
 
-    def mark_failed(self, notice_id: int, error: str, retry_at: datetime) -> None:
-        """Record a failed attempt; the notice stays queued until ``retry_at``."""
+    def mark_failed(self, notice_id: int, error: str, retry_at: datetime, *,
+                    set_aside_at: datetime | None = None) -> None:
+        """Record a failed attempt: retried from ``retry_at``, or set aside for good."""
         with self._begin() as conn:
             conn.execute(sa.update(outbox_table).where(outbox_table.c.id == notice_id)
-                         .values(attempts=outbox_table.c.attempts + 1, last_error=error,
-                                 next_attempt_at=retry_at))
+                         .values(attempts=outbox_table.c.attempts + 1,
+                                 last_error=safe_text(error, 500),
+                                 next_attempt_at=retry_at, set_aside_at=set_aside_at))
 
     def outbox(self) -> list[dict[str, Any]]:
         """Every queued notice (for tests and ``watchdogd findings --outbox``)."""
         with self._begin() as conn:
             return [dict(r._mapping) for r in conn.execute(
                 sa.select(outbox_table).order_by(outbox_table.c.id))]
+
+    def outbox_counts(self) -> dict[str, int]:
+        """How many notices are queued, delivered and set aside."""
+        state = sa.case((outbox_table.c.delivered_at.is_not(None), "delivered"),
+                        (outbox_table.c.set_aside_at.is_not(None), "set_aside"),
+                        else_="queued")
+        counts = {"queued": 0, "delivered": 0, "set_aside": 0}
+        with self._begin() as conn:
+            for name, count in conn.execute(
+                    sa.select(state, sa.func.count()).group_by(state)):
+                counts[name] = count
+        return counts
 
     # -- passes -------------------------------------------------------------------
 
@@ -775,6 +846,13 @@ class Store:
             return conn.execute(sa.select(sa.func.max(passes_table.c.finished_at)).where(
                 passes_table.c.check_name == check, passes_table.c.target == target)
             ).scalar_one_or_none()
+
+
+def _safe_lines(value: Any) -> Any:
+    """Text with each of its lines made safe (None, for the database to refuse, stays)."""
+    if value is None:
+        return None
+    return "\n".join(safe_text(line) for line in str(value).split("\n"))
 
 
 def _each_or_set_aside(conn: Connection, statement: Any, rows: list[dict[str, Any]],

@@ -16,7 +16,8 @@ __all__ = ["safe_text", "store_key", "unstore_key"]
 
 #: C0 controls, DEL, C1 controls, and the bidirectional overrides and isolates that make
 #: a terminal show text in another order than it is.
-_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e"
+                     "\u2066-\u2069]")
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 

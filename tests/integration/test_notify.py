@@ -8,8 +8,10 @@ from typing import Any
 
 import pytest
 
+from tests.peers.postgres import RealPostgres
 from tests.peers.receivers import JsonReceiver, SmtpReceiver
 from tests.unit.test_engine import Adapter, Clock, FakeWorld, make_config
+from tests.unit.test_notify_delivery import T0, rows, upgrade_outbox_from_version_2
 from watchdogd.checks import REGISTRY
 from watchdogd.config import NotifyConfig
 from watchdogd.engine import Engine
@@ -107,3 +109,26 @@ def test_bad_apprise_config_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(NotifyConfigError, match="does not exist"):
         load_destinations(NotifyConfig(urls_file=str(tmp_path / "missing")))
 
+
+
+def test_outbox_upgrade_from_schema_2_on_postgresql(postgres: RealPostgres) -> None:
+    upgrade_outbox_from_version_2(postgres.create_database("wd_outbox_upgrade"))
+
+
+def test_a_row_postgresql_refuses_is_set_aside_and_the_rest_are_queued(
+        postgres: RealPostgres) -> None:
+    """A NUL is stored escaped; a row PostgreSQL still refuses must not cost the others."""
+    store = Store(postgres.create_database("wd_outbox_nul"))
+    batch = rows(("sessions/main/stale-session/e\x00ve", "new"), ("b", "new"),
+                 ("c", "new"))
+    batch[2]["destination"] = "d" * 100  # longer than the column: PostgreSQL refuses it
+    assert store.enqueue(batch, T0) == 1
+    nul, good, bad = store.outbox()
+    assert nul["finding_key"] == "sessions/main/stale-session/e\\0ve"
+    assert nul["set_aside_at"] is None
+    assert bad["set_aside_at"] == T0
+    assert bad["last_error"].startswith("could not be stored")
+    assert (good["finding_key"], good["set_aside_at"]) == ("b", None)
+    assert [n.finding_key for n in store.pending_notices("d1", T0)] == [
+        "sessions/main/stale-session/e\\0ve", "b"]
+    store.close()

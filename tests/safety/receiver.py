@@ -5,7 +5,10 @@ port (``down()`` closes the listening socket: connections are refused), and its 
 mode holds a request past the client's timeout and then answers 504 *without* keeping the
 message, the way a gateway in front of a dead chat service behaves. (A receiver that keeps
 a message and answers too late would make any sender deliver it twice: exactly-once needs
-the receiver's answer.)
+the receiver's answer.) That receiver is mode "late": it keeps the message and answers
+200 after ``slow_for``, the duplicate case an at-least-once sender can only bound. Mode
+"reject" answers 400 without keeping, a refusal that retrying cannot change. Neither is in
+:data:`MODES`, the modes an exactly-once delivery must survive.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from tests.peers.postgres import free_port
 __all__ = ["Receiver"]
 
 MODES = ("up", "failing", "down", "slow")
+#: Modes outside what exactly-once can survive.
+EXTRA_MODES = ("late", "reject")
 
 
 class _Server(ThreadingHTTPServer):
@@ -34,6 +39,8 @@ class Receiver:
     def __init__(self, *, slow_for: float = 1.5) -> None:
         self.port = free_port()
         self.messages: list[dict[str, Any]] = []
+        #: the request headers of each message kept in mode "up"
+        self.headers: list[dict[str, str]] = []
         self.mode = "up"
         self.slow_for = slow_for
         self.attempts = 0
@@ -61,6 +68,22 @@ class Receiver:
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
+                if mode == "late":
+                    with receiver._lock:
+                        receiver.messages.append(json.loads(body))
+                    receiver._closing.wait(receiver.slow_for)
+                    try:
+                        self.send_response(200)
+                        self.send_header("Content-Length", "0")
+                        self.end_headers()
+                    except OSError:
+                        pass  # the sender has long given up
+                    return
+                if mode == "reject":
+                    self.send_response(400)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 if mode == "failing":
                     self.send_response(503)
                     self.send_header("Content-Length", "0")
@@ -68,6 +91,7 @@ class Receiver:
                     return
                 with receiver._lock:
                     receiver.messages.append(json.loads(body))
+                    receiver.headers.append(dict(self.headers.items()))
                 self.send_response(200)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
@@ -94,8 +118,9 @@ class Receiver:
             server.server_close()
 
     def set_mode(self, mode: str) -> None:
-        """``up``, ``failing`` (503), ``down`` (refused) or ``slow`` (timeout, then 504)."""
-        if mode not in MODES:
+        """``up``, ``failing`` (503), ``down`` (refused), ``slow`` (timeout, then 504),
+        ``late`` (kept, then 200 after the timeout) or ``reject`` (400)."""
+        if mode not in MODES + EXTRA_MODES:
             raise ValueError(mode)
         if mode == "down":
             self.stop()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from tests.unit.test_engine import T0, Clock, FakeWorld, make_engine
 from watchdogd.model import Action, Finding, Severity
-from watchdogd.store import Store
+from watchdogd.store import SCHEMA_VERSION, Store
 
 
 def test_a_second_store_on_one_file_cannot_take_the_lock(tmp_path: Path) -> None:
@@ -138,7 +138,7 @@ def test_processes_starting_together_on_a_new_file_create_the_schema_once(
                                  stderr=subprocess.PIPE, text=True) for _ in range(4)]
     results = [child.communicate(timeout=60) for child in children]
     assert [c.returncode for c in children] == [0, 0, 0, 0], [err for _, err in results]
-    assert {out.strip() for out, _ in results} == {"2"}
+    assert {out.strip() for out, _ in results} == {str(SCHEMA_VERSION)}
 
 
 def test_a_new_state_file_and_its_lock_are_private(tmp_path: Path) -> None:
