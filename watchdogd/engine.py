@@ -62,6 +62,8 @@ class FindingResult:
     action_detail: str | None = None
     #: a held action's one critical notice is due this pass
     notify_held: bool = False
+    #: the remedy was one run shared with an earlier finding of the pass (one route sync)
+    shared: bool = False
 
     def as_json(self) -> dict[str, Any]:
         """The report's finding object."""
@@ -129,9 +131,10 @@ class PassReport:
 
     @property
     def actions_done(self) -> int:
-        """How many actions ran successfully."""
+        """How many actions ran successfully: a run shared by several findings counts once,
+        as the audit log has it."""
         return sum(1 for c in self.checks for f in c.findings
-                   if f.action_status == ActionStatus.DONE)
+                   if f.action_status == ActionStatus.DONE and not f.shared)
 
     def as_json(self) -> dict[str, Any]:
         """The stable JSON report of DESIGN.md."""
@@ -464,7 +467,7 @@ class Engine:
                 entry.notify_held = decision.notify
                 if decision.status is ActionStatus.PLANNED:
                     with counting() as counter:
-                        status, detail = self._act(spec, item, pass_id, done)
+                        status, detail, entry.shared = self._act(spec, item, pass_id, done)
                     result.requests += counter[0]
                     entry.action_status, entry.action_detail = status, detail
                     if status is ActionStatus.DONE:
@@ -478,21 +481,21 @@ class Engine:
             self.store.enqueue(self.notifier.notices(result, resolved, breaker), now)
 
     def _act(self, spec: CheckSpec, item: Tracked, pass_id: str,
-             done: dict[tuple[Any, ...], str]) -> tuple[ActionStatus, str]:
+             done: dict[tuple[Any, ...], str]) -> tuple[ActionStatus, str, bool]:
         """Verify, then run one action with its intent and result in the audit log."""
         finding = item.finding
         action = finding.action
         assert action is not None
         if not self.acting():
             # The lease was lost during this pass: another replica may act now.
-            return ActionStatus.SKIPPED, "not done: this replica is no longer the leader"
+            return ActionStatus.SKIPPED, "not done: this replica is no longer the leader", False
         if not self.store.lock_held():
             # The lock went with its database session: another process may be acting.
-            return ActionStatus.SKIPPED, "not done: the state store's lock was lost"
+            return ActionStatus.SKIPPED, "not done: the state store's lock was lost", False
         identity = _identity(action)
         if identity in done:
             # Several findings can share one remedy (one route sync for a hub).
-            return ActionStatus.DONE, f"done once for this pass ({done[identity]})"
+            return ActionStatus.DONE, f"done once for this pass ({done[identity]})", True
         action_id = self.store.begin_action(pass_id, finding, action, self.clock())
         log.info("action started", action=action.name, target=action.target,
                  finding=finding.key, params=dict(action.params))
@@ -518,7 +521,7 @@ class Engine:
             raise
         log.info("action finished", action=action.name, target=action.target,
                  finding=finding.key, status=status.value, detail=detail)
-        return status, detail
+        return status, detail, False
 
     def _verify(self, spec: CheckSpec, item: Tracked) -> None:
         """Re-read by name what the finding rests on; raise PreconditionFailed if it changed.

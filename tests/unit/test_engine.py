@@ -319,6 +319,9 @@ def test_one_route_sync_serves_every_missing_route(tmp_path: Path, world: FakeWo
     report = engine.run_pass()
     assert {s for _, s in statuses(report).values()} == {"done"}
     assert world.calls == [("sync_routes", {})]
+    # The summary counts what the audit log holds: one run, not one per finding.
+    assert report.as_json()["summary"]["actions_done"] == 1
+    assert len([r for r in engine.store.actions() if r.status == "done"]) == 1
 
 
 def test_disabled_action_is_reported_not_run(tmp_path: Path, world: FakeWorld) -> None:
