@@ -39,10 +39,13 @@ class Fatal(Exception):
         self.code = code
 
 
-def _load(path: str | None) -> Config:
+def _load(path: str | None, *, check_files: bool = False) -> Config:
+    """The configuration, or exit 78: one line per problem, each naming its field."""
     try:
-        return load_config(path)
+        return load_config(path, check_files=check_files)
     except ConfigError as exc:
+        if len(exc.problems) == 1:
+            raise Fatal(f"config: {exc.problems[0]}", EXIT_CONFIG) from None
         for problem in exc.problems:
             click.echo(f"config: {problem}", err=True)
         raise Fatal(f"configuration has {len(exc.problems)} problem(s)", EXIT_CONFIG) from None
@@ -196,8 +199,13 @@ def config_group() -> None:
 @config_group.command("check")
 @config_option
 def config_check(config_path: str | None) -> None:
-    """Validate the configuration; print every problem with its path."""
-    config = _load(config_path)
+    """Validate the configuration; print every problem with its path.
+
+    Beyond what ``check`` and ``run`` require to start, the kubeconfig and clouds.yaml
+    files must exist and name the configured context and cloud, and the state database's
+    folder must exist. ``run`` applies the same validation to a file it reloads on SIGHUP.
+    """
+    config = _load(config_path, check_files=True)
     hubs, clusters, clouds = len(config.hubs), len(config.clusters), len(config.clouds)
     click.echo(f"configuration is valid: {hubs} hub(s), {clusters} cluster(s), "
                f"{clouds} cloud(s); remediation "
