@@ -133,18 +133,23 @@ def check(config_path: str | None, only: Sequence[str], target: str | None,
 @click.option("--dry-run/--no-dry-run", default=None,
               help="Override remediation.dry_run.")
 def run(config_path: str | None, dry_run: bool | None) -> None:
-    """Run the daemon: passes on schedule until SIGTERM.
+    """Run the daemon: passes on schedule until SIGTERM; SIGHUP reloads the configuration.
 
     Under systemd (``Type=notify``) it reports readiness, pings the watchdog
     while passes complete, and announces its shutdown. With
     ``[daemon] leader_election`` only the replica holding the Lease remediates
     and notifies; the others detect, for their metrics.
     """
+    import signal  # noqa: PLC0415
+
     from watchdogd import logs  # noqa: PLC0415
     from watchdogd.daemon import Daemon, supervise  # noqa: PLC0415
     from watchdogd.metrics import Health, InstrumentedSources, Metrics, MetricsServer  # noqa: PLC0415
     from watchdogd.sdnotify import SystemdNotifier, watchdog_period  # noqa: PLC0415
 
+    # SIGHUP's default action kills: until the daemon's handler is in place (after the
+    # store and the metrics endpoint are up), a reload request is ignored instead.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     logs.configure()
     config = _load(config_path)
     elector = _elector(config) if config.daemon.leader_election else None
@@ -158,9 +163,36 @@ def run(config_path: str | None, dry_run: bool | None) -> None:
             raise Fatal(str(exc), EXIT_CONFIG) from None
     engine = _engine(config, dry_run, sources=InstrumentedSources(config, metrics),
                      acting=elector.is_leader if elector else None)
-    sys.exit(supervise(Daemon(config, engine), systemd=SystemdNotifier.from_env(),
+
+    def reloader() -> Any:
+        return _reload(config_path, dry_run,
+                       lambda new: InstrumentedSources(new, metrics))
+
+    daemon = Daemon(config, engine, reloader=reloader)
+    sys.exit(supervise(daemon, systemd=SystemdNotifier.from_env(),
                        watchdog_period=watchdog_period(), health=health, metrics=metrics,
                        server=server, elector=elector))
+
+
+def _reload(config_path: str | None, dry_run: bool | None,
+            sources: Any) -> Any:
+    """The configuration read again for ``run``'s SIGHUP, validated as ``config check`` does.
+
+    Raises ReloadRefused with one line naming every problem; nothing is applied here.
+    """
+    from watchdogd.daemon import Reload, ReloadRefused  # noqa: PLC0415
+    from watchdogd.notify import Notifier, NotifyConfigError  # noqa: PLC0415
+
+    try:
+        config = load_config(config_path, check_files=True)
+    except ConfigError as exc:
+        raise ReloadRefused("; ".join(f"config: {p}" for p in exc.problems)) from None
+    try:
+        notifier = Notifier.from_config(config.notify)
+    except NotifyConfigError as exc:
+        raise ReloadRefused(str(exc)) from None
+    return Reload(config, sources(config), notifier,
+                  config.remediation.dry_run if dry_run is None else dry_run)
 
 
 def _elector(config: Config) -> Any:
