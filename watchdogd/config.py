@@ -578,7 +578,9 @@ def _kubeconfig_problems(name: str, cluster: ClusterConfig) -> list[str]:
     import yaml  # noqa: PLC0415
 
     data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    contexts = [c.get("name") for c in data.get("contexts") or [] if isinstance(c, dict)]
+    listed = data.get("contexts")
+    contexts = [c.get("name") for c in (listed if isinstance(listed, list) else [])
+                if isinstance(c, dict)]
     if cluster.context is not None and cluster.context not in contexts:
         return [f"clusters.{name}.context: {path}: no context named {cluster.context!r}"]
     if cluster.context is None and not data.get("current-context"):
