@@ -694,8 +694,10 @@ def _state_url_problems(url: str, base: Path, *, check_files: bool) -> tuple[str
             parsed = parsed.set(username=unquote(user),
                                 password=None if password is None else unquote(password))
         port = parsed.port
-    except (sa.exc.ArgumentError, ValueError, TypeError):
-        return url, [f"state.url: cannot parse {shown} (a port must be a number)"]
+    except sa.exc.ArgumentError:
+        return url, [f"state.url: cannot parse {shown}"]
+    except (ValueError, TypeError):  # int() of the port
+        return url, [f"state.url: cannot parse {shown}: the port is not a number"]
     if port is not None and not 0 < port < 65536:
         return url, [f"state.url: port {port} out of range in {shown}"]
     backend = parsed.get_backend_name()

@@ -88,12 +88,12 @@ class Daemon:
         self.scheduled: dict[str, float] = {}
         self._reload_lock = threading.Lock()
 
-    def _wanted(self, config: Config) -> dict[str, float]:
-        """The checks ``config`` schedules (enabled, with a target) and their intervals."""
+    def _wanted(self) -> dict[str, float]:
+        """The checks the engine's configuration schedules (enabled, with a target)."""
         wanted = {}
-        for name, spec in self.engine.registry.items():
-            check = config.check(name)
-            if check.enabled and spec.targets(config):
+        for name in self.engine.registry:
+            check = self.config.check(name)
+            if check.enabled and self.engine.plan([name]):
                 wanted[name] = check.interval.total_seconds()
         return wanted
 
@@ -118,7 +118,7 @@ class Daemon:
 
     def schedule(self) -> list[str]:
         """Add one job per enabled check, the first run now; return the check names."""
-        self.scheduled = self._wanted(self.config)
+        self.scheduled = self._wanted()
         for name, interval in self.scheduled.items():
             self._add_check_job(name, interval)
         self._schedule_outbox()
@@ -148,9 +148,6 @@ class Daemon:
         with self._reload_lock:
             try:
                 new = self.reloader()
-                if not self._wanted(new.config):
-                    raise ReloadRefused("nothing to do: no enabled check has a target in the "
-                                        "new configuration")
             except ReloadRefused as exc:
                 log.error("reload refused; the running configuration stays", problem=str(exc))
                 return False
@@ -175,18 +172,23 @@ class Daemon:
                    if getattr(new.config, name) != getattr(old, name)]
         config = new.config.model_copy(update={name: getattr(old, name)
                                                for name in RESTART_SECTIONS})
-        old_sources = self.engine.sources
+        engine = self.engine
+        previous = (engine.config, engine.sources, engine.notifier, engine.dry_run)
         self.config = config
-        self.engine.config = config
-        self.engine.sources = new.sources
-        self.engine.notifier = new.notifier
-        self.engine.dry_run = new.dry_run
-        try:
-            old_sources.close()
-        except Exception as exc:  # an adapter that fails to close must not stop the reload
-            log.warning("closing the old sources failed", error=f"{type(exc).__name__}: {exc}")
+        engine.config, engine.sources, engine.notifier, engine.dry_run = (
+            config, new.sources, new.notifier, new.dry_run)
+        wanted = self._wanted()
+        if not wanted:
+            # As at the start, a configuration without anything to check is refused.
+            self.config = old
+            engine.config, engine.sources, engine.notifier, engine.dry_run = previous
+            _close(new.sources)
+            log.error("reload refused; the running configuration stays",
+                      problem="nothing to do: no enabled check has a target in the new "
+                              "configuration")
+            return
+        _close(previous[1])
         before = dict(self.scheduled)
-        wanted = self._wanted(config)
         for name in set(before) - set(wanted):
             job = self.scheduler.get_job(f"check-{name}")
             if job is not None:
@@ -362,6 +364,13 @@ def supervise(
             elector.stop(release=True)
         if server is not None:
             server.stop()
+
+
+def _close(sources: Any) -> None:
+    try:
+        sources.close()
+    except Exception as exc:  # an adapter that fails to close must not stop the reload
+        log.warning("closing sources failed", error=f"{type(exc).__name__}: {exc}")
 
 
 def _status_line(name: str, report: PassReport | None) -> str:
