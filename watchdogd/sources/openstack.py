@@ -373,7 +373,10 @@ class OpenStackSource:
         finding, and a failure of it must not leave the volume verdicts without data.
         """
         try:
-            auth_type = self._auth_type()
+            # Inside _sdk like every other first use of the connection: the SDK's modules
+            # are imported in the same order in every collect thread.
+            with self._sdk("read the auth type"):
+                auth_type = self._auth_type()
             if auth_type in NO_AUTH_TYPES:
                 return {"skipped": f"auth_type {auth_type}: no Keystone user, no application "
                                    "credentials"}
