@@ -7,6 +7,12 @@ file itself: each secret ``x`` is read from ``x_file`` (a path, or
 variable for ``x``. Loading either succeeds completely or raises
 :class:`ConfigError` listing every problem with its dotted path, so that
 ``watchdogd config check`` can print them all at once.
+
+Relative paths (``kubeconfig``, ``clouds_yaml``, every ``*_file``, a SQLite state
+database) are relative to the config file's folder, never to the working directory
+of whoever started watchdogd; the loaded configuration holds them absolute. The state
+URL is parsed here, so that a bad port or an unknown driver is a configuration error
+(exit 78) rather than a traceback, and no message ever shows its password.
 """
 
 from __future__ import annotations
