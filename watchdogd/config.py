@@ -717,12 +717,18 @@ def _state_url_problems(url: str, base: Path, *, check_files: bool) -> tuple[str
     except ImportError:
         return url, [f"state.url: the driver of {drivername!r} is not installed ({shown})"]
     problems = []
+    if backend == "sqlite" and (parsed.host or parsed.port or parsed.username):
+        # SQLAlchemy refuses it only when connecting, with a traceback.
+        return url, [f"state.url: a SQLite URL has no host ({shown}); use "
+                     "sqlite:///relative/state.db or sqlite:////absolute/state.db"]
     if backend == "sqlite" and parsed.database and parsed.database != ":memory:" \
             and not parsed.database.startswith("file:"):
         database = _absolute(parsed.database, base)
         parsed = parsed.set(database=str(database))
         if check_files and not database.parent.is_dir():
             problems.append(f"state.url: directory {database.parent} does not exist")
+        elif check_files and database.is_dir():
+            problems.append(f"state.url: {database} is a directory, not a database file")
     # Rendered again with the user information quoted, so that the Store's own parse of
     # it finds the same host (and never shows a piece of the password as one).
     return parsed.render_as_string(hide_password=False), problems

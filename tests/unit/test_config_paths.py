@@ -165,6 +165,8 @@ BROKEN_URLS = [
     ("postgresql+nodriver://wd:s3cret@db/wd",
      "state.url: unknown database driver 'postgresql+nodriver'", "s3cret"),
     ("s3cret-without-a-scheme", "state.url: not a database URL", "s3cret"),
+    ("sqlite://wd:s3cret@somehost/state.db", "state.url: a SQLite URL has no host",
+     "s3cret"),
     # An unescaped @ (and : and /) in the password: the LAST @ ends the user information.
     ("postgresql://wd:p@ss:w/rd@db.example:5x/wd", "state.url: cannot parse", "ss:w/rd"),
 ]
@@ -206,6 +208,13 @@ def test_a_missing_sqlite_directory(tmp_path: Path) -> None:
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
         assert f"{tmp_path}/nowhere" in result.stderr
     assert not (tmp_path / "nowhere").exists()
+
+
+def test_a_directory_as_the_sqlite_database(tmp_path: Path) -> None:
+    (tmp_path / "state-url").write_text(f"sqlite:///{tmp_path}\n")
+    (tmp_path / "watchdogd.toml").write_text('[state]\nurl_file = "state-url"\n')
+    assert problems(tmp_path / "watchdogd.toml") == [
+        f"state.url: {tmp_path} is a directory, not a database file"]
 
 
 def test_an_at_in_the_password_reaches_the_driver_intact(tmp_path: Path) -> None:
