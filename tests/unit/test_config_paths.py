@@ -178,7 +178,7 @@ def test_broken_state_urls_are_config_errors(url: str, expected: str, password: 
     (tmp_path / "state-url").write_text(url + "\n")
     config = tmp_path / "watchdogd.toml"
     config.write_text('[state]\nurl_file = "state-url"\n')
-    for command in (["config", "check"], ["check"]):
+    for command in (["config", "check"], ["check"], ["run"]):
         result = run_cli(*command, "--config", str(config))
         assert result.returncode == EXIT_CONFIG, (command, result.stderr)
         lines = result.stderr.strip().splitlines()
