@@ -40,10 +40,13 @@ class Fatal(Exception):
         self.code = code
 
 
-def _load(path: str | None) -> Config:
+def _load(path: str | None, *, check_files: bool = False) -> Config:
+    """The configuration, or exit 78: one line per problem, each naming its field."""
     try:
-        return load_config(path)
+        return load_config(path, check_files=check_files)
     except ConfigError as exc:
+        if len(exc.problems) == 1:
+            raise Fatal(f"config: {exc.problems[0]}", EXIT_CONFIG) from None
         for problem in exc.problems:
             click.echo(f"config: {problem}", err=True)
         raise Fatal(f"configuration has {len(exc.problems)} problem(s)", EXIT_CONFIG) from None
@@ -131,18 +134,23 @@ def check(config_path: str | None, only: Sequence[str], target: str | None,
 @click.option("--dry-run/--no-dry-run", default=None,
               help="Override remediation.dry_run.")
 def run(config_path: str | None, dry_run: bool | None) -> None:
-    """Run the daemon: passes on schedule until SIGTERM.
+    """Run the daemon: passes on schedule until SIGTERM; SIGHUP reloads the configuration.
 
     Under systemd (``Type=notify``) it reports readiness, pings the watchdog
     while passes complete, and announces its shutdown. With
     ``[daemon] leader_election`` only the replica holding the Lease remediates
     and notifies; the others detect, for their metrics.
     """
+    import signal  # noqa: PLC0415
+
     from watchdogd import logs  # noqa: PLC0415
     from watchdogd.daemon import Daemon, supervise  # noqa: PLC0415
     from watchdogd.metrics import Health, InstrumentedSources, Metrics, MetricsServer  # noqa: PLC0415
     from watchdogd.sdnotify import SystemdNotifier, watchdog_period  # noqa: PLC0415
 
+    # SIGHUP's default action kills: until the daemon's handler is in place (after the
+    # store and the metrics endpoint are up), a reload request is ignored instead.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     logs.configure()
     config = _load(config_path)
     elector = _elector(config) if config.daemon.leader_election else None
@@ -156,9 +164,36 @@ def run(config_path: str | None, dry_run: bool | None) -> None:
             raise Fatal(str(exc), EXIT_CONFIG) from None
     engine = _engine(config, dry_run, sources=InstrumentedSources(config, metrics),
                      acting=elector.is_leader if elector else None)
-    sys.exit(supervise(Daemon(config, engine), systemd=SystemdNotifier.from_env(),
+
+    def reloader() -> Any:
+        return _reload(config_path, dry_run,
+                       lambda new: InstrumentedSources(new, metrics))
+
+    daemon = Daemon(config, engine, reloader=reloader)
+    sys.exit(supervise(daemon, systemd=SystemdNotifier.from_env(),
                        watchdog_period=watchdog_period(), health=health, metrics=metrics,
                        server=server, elector=elector))
+
+
+def _reload(config_path: str | None, dry_run: bool | None,
+            sources: Any) -> Any:
+    """The configuration read again for ``run``'s SIGHUP, validated as ``config check`` does.
+
+    Raises ReloadRefused with one line naming every problem; nothing is applied here.
+    """
+    from watchdogd.daemon import Reload, ReloadRefused  # noqa: PLC0415
+    from watchdogd.notify import Notifier, NotifyConfigError  # noqa: PLC0415
+
+    try:
+        config = load_config(config_path, check_files=True)
+    except ConfigError as exc:
+        raise ReloadRefused("; ".join(f"config: {p}" for p in exc.problems)) from None
+    try:
+        notifier = Notifier.from_config(config.notify)
+    except NotifyConfigError as exc:
+        raise ReloadRefused(str(exc)) from None
+    return Reload(config, sources(config), notifier,
+                  config.remediation.dry_run if dry_run is None else dry_run)
 
 
 def _elector(config: Config) -> Any:
@@ -197,8 +232,13 @@ def config_group() -> None:
 @config_group.command("check")
 @config_option
 def config_check(config_path: str | None) -> None:
-    """Validate the configuration; print every problem with its path."""
-    config = _load(config_path)
+    """Validate the configuration; print every problem with its path.
+
+    Beyond what ``check`` and ``run`` require to start, the kubeconfig and clouds.yaml
+    files must exist and name the configured context and cloud, and the state database's
+    folder must exist. ``run`` applies the same validation to a file it reloads on SIGHUP.
+    """
+    config = _load(config_path, check_files=True)
     hubs, clusters, clouds = len(config.hubs), len(config.clusters), len(config.clouds)
     click.echo(f"configuration is valid: {hubs} hub(s), {clusters} cluster(s), "
                f"{clouds} cloud(s); remediation "

@@ -7,6 +7,12 @@ file itself: each secret ``x`` is read from ``x_file`` (a path, or
 variable for ``x``. Loading either succeeds completely or raises
 :class:`ConfigError` listing every problem with its dotted path, so that
 ``watchdogd config check`` can print them all at once.
+
+Relative paths (``kubeconfig``, ``clouds_yaml``, every ``*_file``, a SQLite state
+database) are relative to the config file's folder, never to the working directory
+of whoever started watchdogd; the loaded configuration holds them absolute. The state
+URL is parsed here, so that a bad port or an unknown driver is a configuration error
+(exit 78) rather than a traceback, and no message ever shows its password.
 """
 
 from __future__ import annotations
@@ -47,8 +53,10 @@ __all__ = [
     "Config",
     "ConfigError",
     "HubConfig",
+    "file_problem",
     "load_config",
     "parse_duration",
+    "redact_url",
 ]
 
 ENV_PREFIX = "WATCHDOGD_"
@@ -421,8 +429,16 @@ def config_path(explicit: str | Path | None) -> Path | None:
     return DEFAULT_CONFIG_PATH if DEFAULT_CONFIG_PATH.exists() else None
 
 
-def load_config(path: str | Path | None = None) -> Config:
-    """Load, validate and resolve secrets; raise :class:`ConfigError` with every problem."""
+def load_config(path: str | Path | None = None, *, check_files: bool = False) -> Config:
+    """Load, validate and resolve secrets; raise :class:`ConfigError` with every problem.
+
+    Relative paths (``kubeconfig``, ``clouds_yaml``, every ``*_file``, a SQLite state
+    database) are taken relative to the config file's folder, the working directory when
+    there is no file. ``check_files`` (``config check``, a reload) also requires the
+    kubeconfig and clouds.yaml files and the state database's folder to exist; a daemon
+    started without it reports a missing kubeconfig as a failing check instead, since
+    such a file may be provisioned after the start.
+    """
     resolved = config_path(path)
     problems: list[str] = []
     base = Path.cwd()
@@ -438,7 +454,7 @@ def load_config(path: str | Path | None = None) -> Config:
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError([f"{resolved}: cannot read: {exc}"]) from None
         problems += _check_raw_file(raw)
-        base = resolved.parent
+        base = resolved.parent.absolute()
     problems += _check_env()
 
     class _Loaded(Config):
@@ -457,6 +473,8 @@ def load_config(path: str | Path | None = None) -> Config:
     config, secret_problems = _resolve_secret_files(config, base)
     problems += secret_problems
     problems += _check_checks(config.checks)
+    config, path_problems = _resolve_paths(config, base, check_files=check_files)
+    problems += path_problems
     if problems:
         raise ConfigError(problems)
     return config
@@ -528,3 +546,213 @@ def _check_checks(sections: dict[str, Any]) -> list[str]:
                 msg = msg.removeprefix("Value error, ")
                 problems.append(f"checks.{name}.{loc}: {msg}")
     return problems
+
+
+# -- paths and the state URL -------------------------------------------------------------
+
+
+def _absolute(value: str, base: Path) -> Path:
+    """``value`` with ``~`` expanded, relative to ``base`` (the config file's folder)."""
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else Path(os.path.normpath(base / path))
+
+
+def file_problem(field: str, path: Path) -> str | None:
+    """Why ``path`` cannot be read as a small YAML file, naming both ``field`` and ``path``.
+
+    Only the kind of failure is told, never the content: a kubeconfig holds tokens.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return f"{field}: {path}: no such file"
+    except IsADirectoryError:
+        return f"{field}: {path}: is a directory, not a file"
+    except PermissionError:
+        return f"{field}: {path}: permission denied"
+    except OSError as exc:
+        return f"{field}: {path}: cannot read ({exc.strerror})"
+    except UnicodeDecodeError:
+        return f"{field}: {path}: not UTF-8 text"
+    import yaml  # noqa: PLC0415 - only `config check` and a reload read these files
+
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return f"{field}: {path}: not valid YAML"
+    if not isinstance(data, dict) or not data:
+        return f"{field}: {path}: empty or not a YAML mapping"
+    return None
+
+
+def _kubeconfig_problems(name: str, cluster: ClusterConfig) -> list[str]:
+    field = f"clusters.{name}.kubeconfig"
+    if cluster.in_cluster or cluster.kubeconfig is None:
+        return []  # the service account, or the client's own default (~/.kube/config)
+    path = Path(cluster.kubeconfig)
+    problem = file_problem(field, path)
+    if problem is not None:
+        return [problem]
+    import yaml  # noqa: PLC0415
+
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    listed = data.get("contexts")
+    contexts = [c.get("name") for c in (listed if isinstance(listed, list) else [])
+                if isinstance(c, dict)]
+    if cluster.context is not None and cluster.context not in contexts:
+        return [f"clusters.{name}.context: {path}: no context named {cluster.context!r}"]
+    if cluster.context is None and not data.get("current-context"):
+        return [f"clusters.{name}.context: {path} has no current-context; set context"]
+    return []
+
+
+def _clouds_yaml_problems(name: str, cloud: CloudConfig) -> list[str]:
+    if cloud.clouds_yaml is None:
+        return []  # openstacksdk's own search path
+    path = Path(cloud.clouds_yaml)
+    problem = file_problem(f"clouds.{name}.clouds_yaml", path)
+    if problem is not None:
+        return [problem]
+    import yaml  # noqa: PLC0415
+
+    entries = yaml.safe_load(path.read_text(encoding="utf-8")).get("clouds")
+    if not isinstance(entries, dict) or cloud.cloud not in entries:
+        return [f"clouds.{name}.cloud: {path}: no cloud named {cloud.cloud!r}"]
+    return []
+
+
+def _absolute_files(entry: Section, base: Path, **update: Any) -> Any:
+    """A copy of ``entry`` whose ``*_file`` paths are absolute (``credential:`` stays)."""
+    for key, value in entry:
+        if key.endswith("_file") and isinstance(value, str) \
+                and not value.startswith("credential:"):
+            update[key] = str(_absolute(value, base))
+    return entry.model_copy(update=update) if update else entry
+
+
+def _resolve_paths(config: Config, base: Path, *,
+                   check_files: bool) -> tuple[Config, list[str]]:
+    """Make every relative path absolute against ``base``; check the files when asked.
+
+    Secret files were already read relative to ``base``; they are made absolute too, so
+    that what the loaded configuration says is what was read.
+    """
+    problems: list[str] = []
+    clusters: dict[str, ClusterConfig] = {}
+    for name, cluster in config.clusters.items():
+        kubeconfig = cluster.kubeconfig
+        clusters[name] = cluster.model_copy(update={
+            "kubeconfig": str(_absolute(kubeconfig, base)) if kubeconfig else kubeconfig})
+        if check_files:
+            problems += _kubeconfig_problems(name, clusters[name])
+    clouds: dict[str, CloudConfig] = {}
+    for name, cloud in config.clouds.items():
+        clouds_yaml = cloud.clouds_yaml
+        clouds[name] = _absolute_files(cloud, base, clouds_yaml=(
+            str(_absolute(clouds_yaml, base)) if clouds_yaml else clouds_yaml))
+        if check_files:
+            problems += _clouds_yaml_problems(name, clouds[name])
+    hubs = {name: _absolute_files(hub, base) for name, hub in config.hubs.items()}
+    state, state_problems = _resolve_state(config.state, base, check_files=check_files)
+    problems += state_problems
+    return config.model_copy(update={
+        "clusters": clusters, "clouds": clouds, "hubs": hubs,
+        "state": _absolute_files(state, base),
+        "notify": _absolute_files(config.notify, base)}), problems
+
+
+#: the backends watchdogd's state store is tested on; a driver of another backend
+#: may work, but its dialect and DBAPI must at least load
+_DEFAULT_DRIVERS = {"postgresql": "postgresql+psycopg"}
+
+
+def _split_userinfo(url: str) -> tuple[str, str | None, str | None, str]:
+    """``(scheme, user, password, rest)`` of ``scheme://user:password@rest``.
+
+    The LAST ``@`` ends the user information: a password may hold an unescaped ``@``
+    (``p@ss``), and taking the first one would leave part of it in the "host". A query
+    string with an ``@`` then makes more of the URL count as the password, which only
+    hides more.
+    """
+    scheme, sep, after = url.partition("://")
+    if not sep:
+        return url, None, None, ""
+    at = after.rfind("@")
+    if at < 0:
+        return scheme, None, None, after
+    userinfo, rest = after[:at], after[at + 1:]
+    user, colon, password = userinfo.partition(":")
+    return scheme, user, password if colon else None, rest
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password replaced by ``***``, whatever characters the password has."""
+    scheme, user, password, rest = _split_userinfo(url)
+    if user is None and password is None:
+        return url if "://" in url else "<not a URL>"
+    shown = f"{user}:***" if password is not None else f"{user}"
+    return f"{scheme}://{shown}@{rest}"
+
+
+def _state_url_problems(url: str, base: Path, *, check_files: bool) -> tuple[str, list[str]]:
+    """The normalized state URL and what is wrong with it; messages never hold a password."""
+    from urllib.parse import unquote  # noqa: PLC0415
+
+    import sqlalchemy as sa  # noqa: PLC0415 - config must stay cheap to import
+
+    shown = redact_url(url)
+    scheme, user, password, rest = _split_userinfo(url)
+    if "://" not in url or not scheme:
+        return url, [f"state.url: not a database URL ({shown}); "
+                     "use sqlite:///PATH or postgresql://USER@HOST/DB"]
+    try:
+        parsed = sa.make_url(f"{scheme}://{rest}")
+        if user is not None:
+            # Quoted here, so that SQLAlchemy parses the user information the same way.
+            parsed = parsed.set(username=unquote(user),
+                                password=None if password is None else unquote(password))
+        port = parsed.port
+    except sa.exc.ArgumentError:
+        return url, [f"state.url: cannot parse {shown}"]
+    except (ValueError, TypeError):  # int() of the port
+        return url, [f"state.url: cannot parse {shown}: the port is not a number"]
+    if port is not None and not 0 < port < 65536:
+        return url, [f"state.url: port {port} out of range in {shown}"]
+    backend = parsed.get_backend_name()
+    drivername = _DEFAULT_DRIVERS.get(parsed.drivername, parsed.drivername)
+    try:
+        dialect = parsed.set(drivername=drivername).get_dialect()
+    except (sa.exc.ArgumentError, ValueError, ImportError):
+        return url, [f"state.url: unknown database driver {parsed.drivername!r} in {shown}"]
+    try:
+        dialect.import_dbapi()
+    except ImportError:
+        return url, [f"state.url: the driver of {drivername!r} is not installed ({shown})"]
+    problems = []
+    if backend == "sqlite" and (parsed.host or parsed.port or parsed.username):
+        # SQLAlchemy refuses it only when connecting, with a traceback.
+        return url, [f"state.url: a SQLite URL has no host ({shown}); use "
+                     "sqlite:///relative/state.db or sqlite:////absolute/state.db"]
+    if backend == "sqlite" and parsed.database and parsed.database != ":memory:" \
+            and not parsed.database.startswith("file:"):
+        database = _absolute(parsed.database, base)
+        parsed = parsed.set(database=str(database))
+        if check_files and not database.parent.is_dir():
+            problems.append(f"state.url: directory {database.parent} does not exist")
+        elif check_files and database.is_dir():
+            problems.append(f"state.url: {database} is a directory, not a database file")
+    # Rendered again with the user information quoted, so that the Store's own parse of
+    # it finds the same host (and never shows a piece of the password as one).
+    return parsed.render_as_string(hide_password=False), problems
+
+
+def _resolve_state(state: StateConfig, base: Path, *,
+                   check_files: bool) -> tuple[StateConfig, list[str]]:
+    if state.url is None:
+        default = state.resolved_url()
+        _, problems = _state_url_problems(default, base, check_files=check_files)
+        return state, [p + " (the default; set state.url or $STATE_DIRECTORY)"
+                       for p in problems]
+    normalized, problems = _state_url_problems(state.url.get_secret_value(), base,
+                                               check_files=check_files)
+    return state.model_copy(update={"url": SecretStr(normalized)}), problems

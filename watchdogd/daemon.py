@@ -5,6 +5,14 @@ interval. Jobs run one at a time (a single worker thread): passes never overlap,
 so budgets and the audit log stay simple, and the collect stage inside a pass
 is concurrent anyway. SIGTERM lets the running pass finish, then exits 0.
 
+SIGHUP reloads the configuration: the file is validated at once (as ``watchdogd config
+check`` does), off the scheduler's thread; a bad one is refused with one log line and the
+running configuration stays. A good one is queued as a job on the single worker, so it
+replaces the engine's configuration, sources and notifier, and the schedule, between two
+passes, never in the middle of one. ``[state]`` and ``[daemon]`` belong to the process (the
+store holds the pass lock, the elector the Lease, the metrics endpoint its port): a reload
+keeps them, logs that they changed, and they take effect at the next start.
+
 :func:`supervise` adds what runs around the scheduler in production: systemd
 notifications (``READY=1`` once the first pass is scheduled, ``WATCHDOG=1``
 while passes keep completing, ``STOPPING=1``), the ``/metrics`` and
@@ -18,6 +26,7 @@ import os
 import signal
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import timedelta
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -32,9 +41,10 @@ from watchdogd.engine import Engine, PassReport
 if TYPE_CHECKING:
     from watchdogd.leader import LeaderElector
     from watchdogd.metrics import Health, Metrics, MetricsServer
+    from watchdogd.notify import Notifier
     from watchdogd.sdnotify import SystemdNotifier
 
-__all__ = ["Daemon", "supervise"]
+__all__ = ["RESTART_SECTIONS", "Daemon", "Reload", "ReloadRefused", "supervise"]
 
 EXIT_CONFIG = 78
 
@@ -42,16 +52,35 @@ EXIT_CONFIG = 78
 SHUTDOWN_GRACE = 15.0
 #: exit code when a stop had to abandon a pass that ignored its deadline (EX_TEMPFAIL)
 EXIT_STOP_TIMEOUT = 75
+#: sections a reload keeps: they belong to the process, and take effect at the next start
+RESTART_SECTIONS = ("state", "daemon")
 
 log = structlog.get_logger("watchdogd.daemon")
 
 
-class Daemon:
-    """Schedules passes of an engine until told to stop."""
+@dataclass(frozen=True)
+class Reload:
+    """A validated new configuration with what is built from it, waiting for a pass boundary."""
 
-    def __init__(self, config: Config, engine: Engine) -> None:
+    config: Config
+    sources: Any
+    notifier: Notifier | None
+    dry_run: bool
+
+
+class ReloadRefused(Exception):
+    """The new configuration cannot be used; the message is one line naming the problem."""
+
+
+class Daemon:
+    """Schedules passes of an engine until told to stop; reloads its configuration on SIGHUP."""
+
+    def __init__(self, config: Config, engine: Engine, *,
+                 reloader: Callable[[], Reload] | None = None) -> None:
         self.config = config
         self.engine = engine
+        #: reads and validates the configuration again; raises ReloadRefused
+        self.reloader = reloader
         self.scheduler = BlockingScheduler(
             executors={"default": ThreadPoolExecutor(max_workers=1)}, timezone="UTC")
         self.stopping = threading.Event()
@@ -59,34 +88,132 @@ class Daemon:
         self.on_stopping: list[Callable[[], None]] = []
         self.on_pass_start: list[Callable[[str], None]] = []
         self.on_pass: list[Callable[[str, PassReport | None], None]] = []
+        #: called on the worker after a reload was applied, with the schedule before it
+        self.on_reload: list[Callable[[dict[str, float]], None]] = []
         self.scheduled: dict[str, float] = {}
         self._stop_timer: threading.Timer | None = None
         self._shutdown: threading.Thread | None = None
+        self._reload_lock = threading.Lock()
+
+    def _wanted(self) -> dict[str, float]:
+        """The checks the engine's configuration schedules (enabled, with a target)."""
+        wanted = {}
+        for name in self.engine.registry:
+            check = self.config.check(name)
+            if check.enabled and self.engine.plan([name]):
+                wanted[name] = check.interval.total_seconds()
+        return wanted
+
+    def _add_check_job(self, name: str, interval: float) -> None:
+        self.scheduler.add_job(
+            self._run_check, "interval", args=[name], seconds=interval, id=f"check-{name}",
+            name=name, next_run_time=_now(), coalesce=True, max_instances=1,
+            # The default grace of 1 s drops passes after a slow one; a pass
+            # that is late by up to an interval should still run.
+            misfire_grace_time=max(1, int(interval)), replace_existing=True,
+        )
+
+    def _schedule_outbox(self) -> None:
+        if self.engine.notifier is None:
+            if self.scheduler.get_job("outbox") is not None:
+                self.scheduler.remove_job("outbox")
+            return
+        retry = self.config.notify.retry_after.total_seconds()
+        self.scheduler.add_job(self._deliver, "interval", seconds=retry, id="outbox",
+                               coalesce=True, max_instances=1,
+                               misfire_grace_time=max(1, int(retry)), replace_existing=True)
 
     def schedule(self) -> list[str]:
         """Add one job per enabled check, the first run now; return the check names."""
-        names = []
-        for name in self.engine.registry:
-            check = self.config.check(name)
-            if not check.enabled or not self.engine.plan([name]):
-                continue
-            interval = check.interval.total_seconds()
-            self.scheduler.add_job(
-                self._run_check, "interval", args=[name], seconds=interval, id=f"check-{name}",
-                name=name, next_run_time=_now(), coalesce=True, max_instances=1,
-                # The default grace of 1 s drops passes after a slow one; a pass
-                # that is late by up to an interval should still run.
-                misfire_grace_time=max(1, int(interval)),
-            )
-            names.append(name)
-            self.scheduled[name] = interval
-        notifier = self.engine.notifier
-        if notifier is not None:
-            retry = self.config.notify.retry_after.total_seconds()
-            self.scheduler.add_job(self._deliver, "interval", seconds=retry, id="outbox",
-                                   coalesce=True, max_instances=1,
-                                   misfire_grace_time=max(1, int(retry)))
-        return names
+        self.scheduled = self._wanted()
+        for name, interval in self.scheduled.items():
+            self._add_check_job(name, interval)
+        self._schedule_outbox()
+        return list(self.scheduled)
+
+    # -- reload (SIGHUP) -------------------------------------------------------------------
+
+    def request_reload(self, signum: int | None = None, _frame: FrameType | None = None) -> None:
+        """SIGHUP: validate the configuration again, off the signal handler's frame."""
+        if self.stopping.is_set():
+            return
+        log.info("reload requested", signal=signum)
+        # The handler interrupts the scheduler's own thread, which may hold the
+        # scheduler's lock: reading files and adding jobs happen in a helper thread.
+        threading.Thread(target=self.reload, name="reload", daemon=True).start()
+
+    def reload(self) -> bool:
+        """Validate the configuration now and queue it for the next pass boundary.
+
+        False, with one log line naming the problem, when the new configuration is refused;
+        the running one then stays in force.
+        """
+        if self.reloader is None:
+            log.warning("reload ignored: this daemon was started without a configuration file "
+                        "to read again")
+            return False
+        with self._reload_lock:
+            try:
+                new = self.reloader()
+            except ReloadRefused as exc:
+                log.error("reload refused; the running configuration stays", problem=str(exc))
+                return False
+            except Exception as exc:  # a bug while building: the daemon keeps running as it was
+                log.error("reload refused; the running configuration stays",
+                          problem=f"{type(exc).__name__}: {exc}")
+                return False
+            if self.stopping.is_set():
+                return False
+            # The only worker runs passes one at a time: a job queued on it runs after the
+            # pass in progress and before the next one.
+            self.scheduler.add_job(self._apply_reload, "date", args=[new], id="reload",
+                                   run_date=_now(), misfire_grace_time=None,
+                                   replace_existing=True)
+            return True
+
+    def _apply_reload(self, new: Reload) -> None:
+        if self.stopping.is_set():
+            return
+        old = self.config
+        restart = [name for name in RESTART_SECTIONS
+                   if getattr(new.config, name) != getattr(old, name)]
+        config = new.config.model_copy(update={name: getattr(old, name)
+                                               for name in RESTART_SECTIONS})
+        engine = self.engine
+        previous = (engine.config, engine.sources, engine.notifier, engine.dry_run)
+        self.config = config
+        engine.config, engine.sources, engine.notifier, engine.dry_run = (
+            config, new.sources, new.notifier, new.dry_run)
+        wanted = self._wanted()
+        if not wanted:
+            # As at the start, a configuration without anything to check is refused.
+            self.config = old
+            engine.config, engine.sources, engine.notifier, engine.dry_run = previous
+            _close(new.sources)
+            log.error("reload refused; the running configuration stays",
+                      problem="nothing to do: no enabled check has a target in the new "
+                              "configuration")
+            return
+        _close(previous[1])
+        before = dict(self.scheduled)
+        for name in set(before) - set(wanted):
+            job = self.scheduler.get_job(f"check-{name}")
+            if job is not None:
+                job.remove()
+        for name, interval in wanted.items():
+            if before.get(name) != interval:
+                self._add_check_job(name, interval)
+        self.scheduled = wanted
+        self._schedule_outbox()
+        log.info("configuration reloaded", checks=list(wanted), dry_run=self.engine.dry_run)
+        if restart:
+            log.warning("changed sections keep their old values until a restart",
+                        sections=restart)
+        for callback in self.on_reload:
+            try:
+                callback(before)
+            except Exception as exc:  # a hook must never take the scheduler down
+                log.error("reload hook failed", error=f"{type(exc).__name__}: {exc}")
 
     def _run_check(self, name: str) -> None:
         if self.stopping.is_set():
@@ -154,13 +281,14 @@ class Daemon:
         self._stop_timer.start()
 
     def run(self) -> int:
-        """Run until SIGTERM or SIGINT; return the exit code."""
+        """Run until SIGTERM or SIGINT, reloading on SIGHUP; return the exit code."""
         names = self.schedule()
         if not names:
             log.error("nothing to do: no enabled check has a target in the configuration")
             return 78
         signal.signal(signal.SIGTERM, self.request_stop)
         signal.signal(signal.SIGINT, self.request_stop)
+        signal.signal(signal.SIGHUP, self.request_reload)
         log.info("started", checks=names, dry_run=self.engine.dry_run)
         for callback in self.on_ready:
             callback()
@@ -235,8 +363,18 @@ def supervise(
         if elector is not None:
             elector.resign()
 
+    def reloaded(before: dict[str, float]) -> None:
+        if health is not None:
+            for name in set(before) - set(daemon.scheduled):
+                health.forget(name)
+            for name, interval in daemon.scheduled.items():
+                health.expect(name, interval)
+        if systemd is not None:
+            systemd.status(f"reloaded; scheduled {', '.join(daemon.scheduled)}")
+
     daemon.on_ready.append(ready)
     daemon.on_stopping.append(stopping)
+    daemon.on_reload.append(reloaded)
 
     if server is not None:
         try:
@@ -256,6 +394,13 @@ def supervise(
             elector.stop(release=True)
         if server is not None:
             server.stop()
+
+
+def _close(sources: Any) -> None:
+    try:
+        sources.close()
+    except Exception as exc:  # an adapter that fails to close must not stop the reload
+        log.warning("closing sources failed", error=f"{type(exc).__name__}: {exc}")
 
 
 def _status_line(name: str, report: PassReport | None) -> str:

@@ -101,6 +101,13 @@ class Health:
         with self._lock:
             self._intervals[check] = interval
 
+    def forget(self, check: str) -> None:
+        """``check`` is no longer scheduled (a reloaded configuration dropped it)."""
+        with self._lock:
+            for table in (self._intervals, self._completed, self._running):
+                table.pop(check, None)
+            self._failed.discard(check)
+
     def pass_started(self, check: str) -> None:
         """A pass of ``check`` began."""
         with self._lock:

@@ -25,6 +25,15 @@ db_url_file = "dburl"
 interval = "30s"
 """
 
+KUBECONFIG = """\
+apiVersion: v1
+kind: Config
+current-context: js2
+clusters: [{name: js2, cluster: {server: "https://127.0.0.1:6443"}}]
+users: [{name: js2, user: {token: not-a-real-token}}]
+contexts: [{name: js2, context: {cluster: js2, user: js2}}]
+"""
+
 
 @pytest.fixture
 def cfg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
@@ -33,6 +42,9 @@ def cfg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
             monkeypatch.delenv(key)
     (tmp_path / "token").write_text("tok-from-file\n")
     (tmp_path / "dburl").write_text("sqlite:////tmp/hub.sqlite\n")
+    # `config check` reads the kubeconfig and the state folder: both must exist.
+    (tmp_path / "kubeconfig").write_text(KUBECONFIG)
+    monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path))
     path = tmp_path / "watchdogd.toml"
     path.write_text(GOOD)
     return path

@@ -6,6 +6,7 @@ import re
 import shutil
 from pathlib import Path
 
+import pytest
 from pydantic import BaseModel
 
 from watchdogd.checks import REGISTRY
@@ -55,7 +56,15 @@ def test_every_key_is_documented() -> None:
     assert fields(CheckConfig) <= documented
 
 
-def test_example_passes_config_check(tmp_path: Path, capsys) -> None:
+def test_example_passes_config_check(tmp_path: Path, capsys,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    # `config check` reads the files the example names: its ~/.kube/config (context js2),
+    # and the default state folder ($STATE_DIRECTORY under systemd).
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path))
+    (tmp_path / ".kube").mkdir()
+    (tmp_path / ".kube" / "config").write_text(
+        "current-context: js2\ncontexts: [{name: js2, context: {cluster: js2, user: js2}}]\n")
     config = tmp_path / "watchdogd.toml"
     shutil.copy(EXAMPLE, config)
     for path in re.findall(r'^[a-z_]+_file = "([^"]+)"', EXAMPLE.read_text(), re.M):

@@ -38,11 +38,17 @@ another, dead node).
 
 ``credential-expiring`` warns about application credentials of the configured user
 (``warn_days`` / ``critical_days``, as for certificates); ``credential-invalid`` is the only
-verdict for a cloud whose credentials Keystone rejects in a pass.
+verdict for a cloud whose credentials Keystone rejects when listing volumes or attachments.
+Listing the credentials is a check of its own: when only it fails (Keystone refuses the
+listing, the token names no user), that is ``credential-check-failed`` (a warning) and the
+volume verdicts are made as usual; the credentials last seen expiring stay reported, with
+their remembered expiry, rather than being announced as resolved. A cloud without Keystone
+(clouds.yaml ``auth_type: none``) has no credentials to check: the source skips the listing.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -65,7 +71,7 @@ from watchdogd.model import (
 
 NAME = "volumes"
 KINDS = ("volume-stuck", "attachment-stale", "volume-attach-failed", "credential-expiring",
-         "credential-invalid")
+         "credential-invalid", "credential-check-failed")
 
 ANNOTATION_USER = "hub.jupyter.org/username"
 EVENT_REASONS = ("FailedAttachVolume", "FailedMount")
@@ -270,7 +276,9 @@ class _Detector:
 def detect(snapshot: Snapshot, now: datetime) -> Detection:
     """Stuck volumes, dangling attachments and credentials of one cloud; plan the ladder."""
     d = _Detector(snapshot, now)
-    problem = auth_error(snapshot, ("volumes", "attachments", "credentials"))
+    # Only the lists the verdicts rest on: a refused credential listing alone says nothing
+    # about them (it is credential-check-failed, below).
+    problem = auth_error(snapshot, ("volumes", "attachments"))
     if problem is not None:
         d.finding("credential-invalid", d.s.cloud, Severity.CRITICAL,
                   f"cloud {d.s.cloud}: {problem}. No volume verdicts until this is fixed "
@@ -482,25 +490,66 @@ def _event_count(event: dict[str, Any]) -> int:
     return 1
 
 
+#: marks that remember a credential seen expiring: ``credexp:`` + JSON of its fields
+_CRED_MARK = "credexp:"
+#: the marks column's width; a longer mark is not kept (the finding then may resolve)
+_MARK_MAX = 1024
+
+
 def _judge_credentials(d: _Detector, data: dict[str, Any]) -> None:
-    s = d.s.check
+    if data.get("skipped"):
+        return  # no Keystone (auth_type none): nothing to expire
+    failure = data.get("check_error") or data.get("auth_error")
+    if failure:
+        _credential_check_failed(d, str(failure))
+        return
     for cred in data.get("items") or []:
-        expires = parse_time(cred.get("expires_at"))
-        if expires is None:
-            continue  # never expires
-        left = expires - d.now
-        days = left.total_seconds() / 86400
-        if days > s.warn_days:
+        _judge_credential(d, cred, in_use=cred.get("id") == data.get("in_use"))
+
+
+def _credential_check_failed(d: _Detector, failure: str) -> None:
+    d.finding("credential-check-failed", d.s.cloud, Severity.WARNING,
+              f"cloud {d.s.cloud}: cannot check the application credentials' expiry: "
+              f"{failure}. Volume verdicts are not affected; grant the user the listing of "
+              "its own application credentials, or set checks.volumes.check_credentials = "
+              "false", {"error": failure})
+    # What was seen expiring before is still expiring: keep reporting it from memory.
+    for mark in sorted(d.snapshot.marks):
+        if not mark.startswith(_CRED_MARK):
             continue
-        severity = Severity.CRITICAL if days <= s.critical_days else Severity.WARNING
-        name = str(cred.get("name") or cred.get("id"))
-        in_use = cred.get("id") == data.get("in_use")
-        what = "the credential watchdogd itself uses" if in_use else "application credential"
-        when = (f"expired {_age_text(-left)} ago" if days < 0
-                else f"expires in {int(days)} day(s) ({expires:%Y-%m-%d %H:%M} UTC)")
-        d.finding("credential-expiring", name, severity,
-                  f"cloud {d.s.cloud}: {what} {name!r} {when}; create a new one and replace "
-                  "its secret wherever it is used",
-                  {"id": cred.get("id"), "name": name, "expires_at": cred.get("expires_at"),
-                   "days_left": round(days, 1), "in_use": in_use,
-                   "project_id": cred.get("project_id")})
+        try:
+            cred = json.loads(mark.removeprefix(_CRED_MARK))
+        except ValueError:
+            continue
+        if isinstance(cred, dict):
+            _judge_credential(d, cred, in_use=bool(cred.get("in_use")), remembered=True)
+
+
+def _judge_credential(d: _Detector, cred: dict[str, Any], *, in_use: bool,
+                      remembered: bool = False) -> None:
+    s = d.s.check
+    expires = parse_time(cred.get("expires_at"))
+    if expires is None:
+        return  # never expires
+    left = expires - d.now
+    days = left.total_seconds() / 86400
+    if days > s.warn_days:
+        return
+    severity = Severity.CRITICAL if days <= s.critical_days else Severity.WARNING
+    name = str(cred.get("name") or cred.get("id"))
+    what = "the credential watchdogd itself uses" if in_use else "application credential"
+    when = (f"expired {_age_text(-left)} ago" if days < 0
+            else f"expires in {int(days)} day(s) ({expires:%Y-%m-%d %H:%M} UTC)")
+    d.finding("credential-expiring", name, severity,
+              f"cloud {d.s.cloud}: {what} {name!r} {when}; create a new one and replace "
+              "its secret wherever it is used"
+              + (" (as last listed: the listing fails now)" if remembered else ""),
+              {"id": cred.get("id"), "name": name, "expires_at": cred.get("expires_at"),
+               "days_left": round(days, 1), "in_use": in_use,
+               "project_id": cred.get("project_id")})
+    mark = _CRED_MARK + json.dumps(
+        {"id": cred.get("id"), "name": cred.get("name"), "expires_at": cred.get("expires_at"),
+         "in_use": in_use, "project_id": cred.get("project_id")},
+        sort_keys=True, ensure_ascii=False, default=str)
+    if len(mark) <= _MARK_MAX:
+        d.marks.add(mark)

@@ -21,7 +21,7 @@ from kubernetes import client
 from kubernetes import config as kube_config
 from kubernetes.client.exceptions import ApiException
 
-from watchdogd.config import ClusterConfig
+from watchdogd.config import ClusterConfig, file_problem
 from watchdogd.model import PreconditionFailed, SourceError
 from watchdogd.sources.base import count_request, describe_status, scrub, secret_values
 from watchdogd.sources.bounded import bound_pools, limits
@@ -55,6 +55,15 @@ _LOAD_LOCK = threading.Lock()
 def api_client(name: str, config: ClusterConfig) -> client.ApiClient:
     """An ApiClient for one configured cluster, never touching the global config."""
     configuration = client.Configuration()
+    if not config.in_cluster and config.kubeconfig:
+        # The client says "Invalid kube-config file. No configuration found." for a
+        # missing file, naming neither the setting nor the path.
+        from pathlib import Path  # noqa: PLC0415
+
+        problem = file_problem(f"clusters.{name}.kubeconfig",
+                               Path(_expand(config.kubeconfig)))
+        if problem is not None:
+            raise SourceError("kube", name, f"cannot load the cluster credentials: {problem}")
     try:
         if config.in_cluster:
             kube_config.load_incluster_config(  # type: ignore[no-untyped-call]

@@ -63,6 +63,10 @@ RETRY_STATUSES = frozenset({500, 502, 503, 504})
 _DROP_VOLUME_FIELDS = ("links",)
 
 
+#: keystoneauth plugins that send no credentials: such a cloud has no user to list
+NO_AUTH_TYPES = frozenset({"none", "noauth"})
+
+
 class AuthFailed(Exception):
     """Keystone or Cinder rejected the credentials (after the SDK's own re-authentication)."""
 
@@ -376,8 +380,29 @@ class OpenStackSource:
         """The application credentials of the authenticated user, with ``expires_at``.
 
         Returns ``{"items", "user_id", "in_use"}`` (``in_use``: the id of the credential this
-        connection authenticates with, if any), or ``{"auth_error": why}``.
+        connection authenticates with, if any), ``{"auth_error": why}``, ``{"check_error":
+        why}`` when the listing fails otherwise, or ``{"skipped": why}`` for a cloud without
+        Keystone (``auth_type: none``). It never raises: the credential check is its own
+        finding, and a failure of it must not leave the volume verdicts without data.
         """
+        try:
+            # Inside _sdk like every other first use of the connection: the SDK's modules
+            # are imported in the same order in every collect thread.
+            with self._sdk("read the auth type"):
+                auth_type = self._auth_type()
+            if auth_type in NO_AUTH_TYPES:
+                return {"skipped": f"auth_type {auth_type}: no Keystone user, no application "
+                                   "credentials"}
+            return self._application_credentials()
+        except SourceError as exc:
+            return {"check_error": exc.cause}
+
+    def _auth_type(self) -> str | None:
+        config = getattr(getattr(self.conn, "config", None), "config", None)
+        value = config.get("auth_type") if isinstance(config, dict) else None
+        return value if isinstance(value, str) else None
+
+    def _application_credentials(self) -> dict[str, Any]:
         try:
             with self._sdk("who am I"):
                 user_id = self.conn.current_user_id
