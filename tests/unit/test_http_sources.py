@@ -229,3 +229,15 @@ def test_unreachable_hub(serve: Callable[[Handler], Scripted]) -> None:
     source.http._sleep = lambda _s: None
     with pytest.raises(SourceError, match=r"cannot connect to http://127\.0\.0\.1"):
         source.active_servers()
+
+
+def test_a_next_page_that_never_ends_is_an_error(serve: Callable[[Handler], Scripted]) -> None:
+    def handler(method: str, path: str, query: dict[str, list[str]]) -> tuple[int, Any]:
+        offset = int(query["offset"][0])
+        page = users_page(["alice"], offset, 1)
+        page["_pagination"]["next"] = {"limit": 200}  # no offset: the hub never says "end"
+        return 200, page
+
+    server = serve(handler)
+    with pytest.raises(SourceError, match="more than the 1 active users"):
+        HubApiSource("main", hub_config(server.url)).active_servers()

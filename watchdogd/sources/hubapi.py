@@ -73,6 +73,10 @@ class HubApiSource:
                 total = info.get("total")
             elif info.get("total") != total:
                 raise self.http.error("GET /users: the user list changed while paging")
+            if isinstance(total, int) and users > total:
+                # A "next" that never ends would page forever: more than the hub announced.
+                raise self.http.error(f"GET /users: more than the {total} active users the "
+                                      "hub announced; the list changed or never ends")
             nxt = info.get("next")
             if not nxt:
                 break
