@@ -43,6 +43,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from watchdogd.urls import redact_url, split_userinfo
+
 #: The default largest answer of a peer: a page of 500 pods or 1,000 volumes is a few MB,
 #: the hub's pages of 200 users well under one; a pass holds a handful of answers at once,
 #: parsed, inside the Deployment's 512 MiB.
@@ -666,34 +668,6 @@ def _resolve_paths(config: Config, base: Path, *,
 _DEFAULT_DRIVERS = {"postgresql": "postgresql+psycopg"}
 
 
-def _split_userinfo(url: str) -> tuple[str, str | None, str | None, str]:
-    """``(scheme, user, password, rest)`` of ``scheme://user:password@rest``.
-
-    The LAST ``@`` ends the user information: a password may hold an unescaped ``@``
-    (``p@ss``), and taking the first one would leave part of it in the "host". A query
-    string with an ``@`` then makes more of the URL count as the password, which only
-    hides more.
-    """
-    scheme, sep, after = url.partition("://")
-    if not sep:
-        return url, None, None, ""
-    at = after.rfind("@")
-    if at < 0:
-        return scheme, None, None, after
-    userinfo, rest = after[:at], after[at + 1:]
-    user, colon, password = userinfo.partition(":")
-    return scheme, user, password if colon else None, rest
-
-
-def redact_url(url: str) -> str:
-    """``url`` with its password replaced by ``***``, whatever characters the password has."""
-    scheme, user, password, rest = _split_userinfo(url)
-    if user is None and password is None:
-        return url if "://" in url else "<not a URL>"
-    shown = f"{user}:***" if password is not None else f"{user}"
-    return f"{scheme}://{shown}@{rest}"
-
-
 def _state_url_problems(url: str, base: Path, *, check_files: bool) -> tuple[str, list[str]]:
     """The normalized state URL and what is wrong with it; messages never hold a password."""
     from urllib.parse import unquote  # noqa: PLC0415
@@ -701,7 +675,7 @@ def _state_url_problems(url: str, base: Path, *, check_files: bool) -> tuple[str
     import sqlalchemy as sa  # noqa: PLC0415 - config must stay cheap to import
 
     shown = redact_url(url)
-    scheme, user, password, rest = _split_userinfo(url)
+    scheme, user, password, rest = split_userinfo(url)
     if "://" not in url or not scheme:
         return url, [f"state.url: not a database URL ({shown}); "
                      "use sqlite:///PATH or postgresql://USER@HOST/DB"]

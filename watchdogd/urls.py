@@ -3,39 +3,47 @@
 Operators paste ``postgresql://user:p@ss@host/db`` with an unescaped ``@`` in the
 password. SQLAlchemy's parser splits at the first ``@`` and takes ``ss@host`` for the host,
 so the driver's "cannot resolve host" error, and every message quoting the host, carried
-part of the password. Here the userinfo ends at the *last* ``@`` of the authority, and
-what is shown never holds the password.
+part of the password. Here the user information ends at the *last* ``@``, and what is
+shown never holds the password. (Cheap to import: the configuration uses it.)
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
 from urllib.parse import quote, unquote
 
-import sqlalchemy as sa
+if TYPE_CHECKING:
+    import sqlalchemy as sa
 
-__all__ = ["redact_url", "sqlalchemy_url"]
+__all__ = ["redact_url", "split_userinfo", "sqlalchemy_url"]
 
 
-def _split(url: str) -> tuple[str, str | None, str | None, str]:
-    """``(scheme, user, password, rest)``: the userinfo ends at the authority's last ``@``."""
-    scheme, sep, rest = url.partition("://")
+def split_userinfo(url: str) -> tuple[str, str | None, str | None, str]:
+    """``(scheme, user, password, rest)`` of ``scheme://user:password@rest``.
+
+    The LAST ``@`` ends the user information: a password may hold an unescaped ``@``
+    (``p@ss``), and taking the first one would leave part of it in the "host". A query
+    string with an ``@`` then makes more of the URL count as the password, which only
+    hides more.
+    """
+    scheme, sep, after = url.partition("://")
     if not sep:
         return url, None, None, ""
-    end = rest.find("?")
-    at = rest.rfind("@", 0, end if end >= 0 else len(rest))
+    at = after.rfind("@")
     if at < 0:
-        return scheme, None, None, rest
-    userinfo, tail = rest[:at], rest[at + 1:]
+        return scheme, None, None, after
+    userinfo, rest = after[:at], after[at + 1:]
     user, colon, password = userinfo.partition(":")
-    return scheme, user, password if colon else None, tail
+    return scheme, user, password if colon else None, rest
 
 
 def redact_url(url: str) -> str:
-    """``url`` with its password replaced by ``***`` (any characters in it)."""
-    scheme, user, password, rest = _split(url)
-    if user is None:
-        return url
-    return f"{scheme}://{user}{':***' if password is not None else ''}@{rest}"
+    """``url`` with its password replaced by ``***``, whatever characters the password has."""
+    scheme, user, password, rest = split_userinfo(url)
+    if user is None and password is None:
+        return url if "://" in url else "<not a URL>"
+    shown = f"{user}:***" if password is not None else f"{user}"
+    return f"{scheme}://{shown}@{rest}"
 
 
 def sqlalchemy_url(url: str) -> sa.URL:
@@ -43,13 +51,12 @@ def sqlalchemy_url(url: str) -> sa.URL:
 
     Raises :class:`ValueError` (with no part of the password) when it is not a URL.
     """
-    scheme, user, password, rest = _split(url)
-    if user is None:
-        try:
-            return sa.make_url(url)
-        except sa.exc.ArgumentError:
-            raise ValueError(f"not a valid database URL: {redact_url(url)!r}") from None
+    import sqlalchemy as sa  # noqa: PLC0415 - the configuration imports this module
+
+    scheme, user, password, rest = split_userinfo(url)
     try:
+        if user is None:
+            return sa.make_url(url)
         parsed = sa.make_url(f"{scheme}://{quote(unquote(user), safe='')}@{rest}")
     except sa.exc.ArgumentError:
         raise ValueError(f"not a valid database URL: {redact_url(url)!r}") from None

@@ -29,7 +29,32 @@ from tests.safety.sessions_world import SafeWorld
 DEPLOYMENT_LIMIT = 512 * 1024 * 1024
 
 
-class Trickler:
+class _Server:
+    """A listening socket on a free port, one thread per connection."""
+
+    def __init__(self) -> None:
+        self.closing = threading.Event()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.closing.is_set():
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self.closing.set()
+        self.listener.close()
+
+
+class Trickler(_Server):
     """Forwards to ``upstream``; the answers to matching requests come a byte at a time.
 
     ``mode`` "body": headers at full speed, then the body trickles; "all": from the first
@@ -43,19 +68,8 @@ class Trickler:
         self.mode = mode
         self.methods = methods
         self.delay = delay
-        self.closing = threading.Event()
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
         self.slowed = 0
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while not self.closing.is_set():
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+        super().__init__()
 
     def _serve(self, client: socket.socket) -> None:
         with contextlib.suppress(OSError), client, \
@@ -98,29 +112,11 @@ class Trickler:
                 return
             client.sendall(bytes([byte]))
 
-    def close(self) -> None:
-        self.closing.set()
-        self.listener.close()
 
-
-class Flood:
+class Flood(_Server):
     """An HTTP server whose every answer is a 200 with a 400 MB JSON list, streamed."""
 
     SIZE = 400 * 1024 * 1024
-
-    def __init__(self) -> None:
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.closing = threading.Event()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while not self.closing.is_set():
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
 
     def _serve(self, client: socket.socket) -> None:
         item = b'{"x": "' + b"y" * 1000 + b'"},'
@@ -133,10 +129,6 @@ class Flood:
             while sent < self.SIZE - len(block) and not self.closing.is_set():
                 client.sendall(block)
                 sent += len(block)
-
-    def close(self) -> None:
-        self.closing.set()
-        self.listener.close()
 
 
 def port_of(url: str) -> int:
