@@ -632,6 +632,26 @@ def _absolute_files(entry: Section, base: Path, **update: Any) -> Any:
     return entry.model_copy(update=update) if update else entry
 
 
+#: the keys of a check's section that hold local paths (a path or a list of them), by name
+_CHECK_PATH_KEYS = re.compile(r"^(files|kubeconfigs)$|_(path|paths|dir|dirs)$")
+
+
+def _absolute_check_paths(check: CheckConfig, base: Path) -> CheckConfig:
+    """A check section whose path keys (``[checks.certs] files``, ``kubeconfigs``...) are
+    absolute against the config file's folder, like every other path of the config."""
+    update: dict[str, Any] = {}
+    for key, value in (check.model_extra or {}).items():
+        if not _CHECK_PATH_KEYS.search(key):
+            continue
+        if isinstance(value, str):
+            update[key] = str(_absolute(value, base))
+        elif isinstance(value, list) and all(isinstance(v, str) for v in value):
+            update[key] = [str(_absolute(v, base)) for v in value]
+    if not update:
+        return check
+    return type(check).model_validate({**check.model_dump(), **update})
+
+
 def _resolve_paths(config: Config, base: Path, *,
                    check_files: bool) -> tuple[Config, list[str]]:
     """Make every relative path absolute against ``base``; check the files when asked.
@@ -655,10 +675,11 @@ def _resolve_paths(config: Config, base: Path, *,
         if check_files:
             problems += _clouds_yaml_problems(name, clouds[name])
     hubs = {name: _absolute_files(hub, base) for name, hub in config.hubs.items()}
+    checks = {name: _absolute_check_paths(check, base) for name, check in config.checks.items()}
     state, state_problems = _resolve_state(config.state, base, check_files=check_files)
     problems += state_problems
     return config.model_copy(update={
-        "clusters": clusters, "clouds": clouds, "hubs": hubs,
+        "clusters": clusters, "clouds": clouds, "hubs": hubs, "checks": checks,
         "state": _absolute_files(state, base),
         "notify": _absolute_files(config.notify, base)}), problems
 

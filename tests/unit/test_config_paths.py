@@ -239,3 +239,13 @@ def test_an_at_in_the_password_reaches_the_driver_intact(tmp_path: Path) -> None
 ])
 def test_redact_url(url: str, shown: str) -> None:
     assert redact_url(url) == shown
+
+
+def test_paths_in_a_checks_section_resolve_against_the_config_folder(tmp_path: Path) -> None:
+    (tmp_path / "watchdogd.toml").write_text(
+        '[checks.certs]\nfiles = ["pki/ca.crt", "/etc/kubernetes/pki"]\n'
+        'kubeconfigs = ["admin.conf"]\n')
+    config = load_config(tmp_path / "watchdogd.toml")
+    certs = config.check("certs").model_dump()
+    assert certs["files"] == [str(tmp_path / "pki/ca.crt"), "/etc/kubernetes/pki"]
+    assert certs["kubeconfigs"] == [str(tmp_path / "admin.conf")]
