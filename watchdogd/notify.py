@@ -56,6 +56,7 @@ import structlog
 
 from watchdogd.config import NotifyConfig
 from watchdogd.model import ActionStatus, Severity
+from watchdogd.sources.bounded import bound_requests, limits
 from watchdogd.store import Resolved, Store
 from watchdogd.text import safe_text
 
@@ -226,7 +227,10 @@ class Destination:
             for attribute in ("socket_connect_timeout", "socket_read_timeout"):
                 if hasattr(plugin, attribute):
                     setattr(plugin, attribute, self.timeout)
-        with _RECORDS.capture() as lines:
+        # apprise's timeouts are per socket read: a receiver that trickles its answer
+        # would hold the pass. The notify timeout is the whole send (bounded.py).
+        bound_requests()
+        with _RECORDS.capture() as lines, limits(self.timeout):
             ok = bool(sender.notify(title=title, body=body,
                                     notify_type=_NOTIFY_TYPE[severity]))
         if ok:

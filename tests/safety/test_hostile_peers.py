@@ -227,3 +227,28 @@ def test_sigterm_ends_the_daemon_within_its_bound_while_a_peer_trickles(
         assert "stopping" in err
     finally:
         trickle.close()
+
+
+def test_a_webhook_that_trickles_its_answer_cannot_hold_a_send() -> None:
+    """apprise's timeouts are per read; the notify timeout is the whole send."""
+    from tests.safety.receiver import Receiver
+    from watchdogd.model import Severity
+    from watchdogd.notify import Destination, Outcome
+
+    with Receiver() as rx:
+        trickle = Trickler(rx.port, mode="all", methods=(b"POST",), delay=0.3)
+        try:
+            import apprise
+
+            servers = apprise.Apprise()
+            servers.add(f"json://127.0.0.1:{trickle.port}/notify")
+            [server] = list(servers)
+            outcome, detail = Destination(server, timeout=1.0).send(
+                "[critical] title", "body", Severity.CRITICAL, "k")
+            assert trickle.slowed == 1
+            # The answer did not come in time; the receiver keeps the message (maybe only
+            # after the sender gave up, on a loaded machine): the uncertain case.
+            assert outcome is Outcome.UNCERTAIN, detail
+            wait_for(lambda: len(rx.messages) == 1, "the receiver to keep the message")
+        finally:
+            trickle.close()

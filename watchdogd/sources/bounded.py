@@ -31,7 +31,8 @@ from urllib3.poolmanager import PoolManager
 
 from watchdogd.config import DEFAULT_MAX_BYTES
 
-__all__ = ["DEFAULT_MAX_BYTES", "Limits", "bound_pools", "limits", "pass_deadline"]
+__all__ = ["DEFAULT_MAX_BYTES", "Limits", "bound_pools", "bound_requests", "limits",
+           "pass_deadline"]
 
 
 
@@ -221,3 +222,28 @@ def bound_session(session: Any) -> Any:
         if isinstance(manager, PoolManager):
             bound_pools(manager)
     return session
+
+
+_requests_bound = False
+
+
+def bound_requests() -> None:
+    """Bound the connections of every ``requests`` adapter made from now on in this process.
+
+    For libraries that make their own sessions (apprise's plugins call ``requests.post``):
+    their calls made inside :func:`limits` get its deadline too. Outside of it the sockets
+    behave as before, so this is harmless for any other caller.
+    """
+    global _requests_bound  # noqa: PLW0603 - one patch per process
+    if _requests_bound:
+        return
+    from requests.adapters import HTTPAdapter  # noqa: PLC0415
+
+    original = HTTPAdapter.init_poolmanager
+
+    def init_poolmanager(self: HTTPAdapter, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        bound_pools(self.poolmanager)
+
+    HTTPAdapter.init_poolmanager = init_poolmanager  # type: ignore[method-assign]
+    _requests_bound = True
