@@ -22,8 +22,8 @@ from watchdogd.config import DEFAULT_MAX_BYTES
 from watchdogd.model import SourceError
 from watchdogd.sources.bounded import bound_session, limits
 
-__all__ = ["HttpClient", "count_request", "counting", "describe_status", "note_server_date",
-           "scrub", "secret_values", "server_dates"]
+__all__ = ["HttpClient", "count_request", "counting", "describe_status", "http_date",
+           "note_server_date", "scrub", "secret_values", "server_dates"]
 
 _requests: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar(
     "watchdogd_requests", default=None
@@ -53,6 +53,17 @@ _dates: contextvars.ContextVar[list[datetime] | None] = contextvars.ContextVar(
 )
 
 
+def http_date(header: str | None) -> datetime | None:
+    """An HTTP ``Date`` header as an aware datetime, or None when absent or garbled."""
+    if not header:
+        return None
+    try:
+        value = email.utils.parsedate_to_datetime(str(header))
+    except (TypeError, ValueError, IndexError):
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
 def note_server_date(header: str | None) -> None:
     """Remember a response's ``Date`` header for whatever is being read in this context.
 
@@ -60,13 +71,11 @@ def note_server_date(header: str | None) -> None:
     check ages the server's timestamps against it, never against watchdogd's clock.
     """
     dates = _dates.get()
-    if dates is None or dates or not header:
+    if dates is None or dates:
         return
-    try:
-        value = email.utils.parsedate_to_datetime(str(header))
-    except (TypeError, ValueError, IndexError):
-        return
-    dates.append(value if value.tzinfo else value.replace(tzinfo=UTC))
+    value = http_date(header)
+    if value is not None:
+        dates.append(value)
 
 
 @contextmanager

@@ -26,14 +26,13 @@ since the pass observed them, so a volume that changed state during the pass is 
 
 from __future__ import annotations
 
-import email.utils
 import re
 import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
@@ -44,6 +43,7 @@ from watchdogd.model import PreconditionFailed, SourceError
 from watchdogd.sources.base import (
     count_request,
     describe_status,
+    http_date,
     note_server_date,
     scrub,
     secret_values,
@@ -275,7 +275,7 @@ class OpenStackSource:
         """The JSON of a GET (None for a 404) and the server's ``Date``: the cloud's clock."""
         response = self._request(service, "GET", path, what=what, retry=True, ok=ok,
                                  microversion=microversion)
-        date = _server_date(response)
+        date = http_date(response.headers.get("Date"))
         if response.status_code == 404:
             return None, date
         try:
@@ -592,18 +592,6 @@ _VOLUME_FIELDS: dict[str, type | tuple[type, ...]] = {
     "attachments": list, "size": int, "multiattach": bool}
 _ATTACHMENT_FIELDS: dict[str, type | tuple[type, ...]] = {
     "volume_id": str, "status": str, "instance": str}
-
-
-def _server_date(response: Any) -> datetime | None:
-    """The ``Date`` header of a response, timezone-aware, or None when absent or garbled."""
-    text = response.headers.get("Date") if getattr(response, "headers", None) else None
-    if not text:
-        return None
-    try:
-        value = email.utils.parsedate_to_datetime(str(text))
-    except (TypeError, ValueError, IndexError):
-        return None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def _well_formed(item: dict[str, Any], fields: dict[str, type | tuple[type, ...]]) -> bool:
