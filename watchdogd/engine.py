@@ -370,8 +370,8 @@ class Engine:
         result.duration_s = time.monotonic() - clock
         if acting:
             self.store.record_pass(pass_id + "-" + spec.name + "-" + check_target.name,
-                               spec.name, check_target.name, started, self.clock(),
-                               result.status, result.error)
+                                   spec.name, check_target.name, started, self.clock(),
+                                   result.status, result.error)
         return result
 
     def _detect_with_lookups(self, spec: CheckSpec, snapshot: Snapshot, detection: Detection,
@@ -439,8 +439,9 @@ class Engine:
         result.resolved = [r.key for r in resolved]
         done_before = self.store.done_actions_by_finding(now - policy.repeat_window)
         repeats = {t.finding.key: done_before.get(store_key(t.finding.key), 0) for t in tracked}
-        decisions, breaker = decide(tracked, policy=policy, dry_run=self.dry_run or not acting,
-                                    subjects=subjects, budget=budget, now=now, repeats=repeats)
+        decisions, breaker = decide(tracked, policy=policy, dry_run=self.dry_run,
+                                    subjects=subjects, budget=budget, now=now, repeats=repeats,
+                                    acting=acting)
         marks = set(detection.marks)
         previous_marks = self.store.marks(spec.name, check_target.name)
         for held in decisions:
@@ -452,10 +453,6 @@ class Engine:
         if acting:
             self.store.set_marks(spec.name, check_target.name, marks, now)
         result.breaker = breaker
-        if not acting:
-            for standby in decisions:
-                if standby.status is ActionStatus.DRY_RUN:
-                    standby.detail = standby.detail.replace("dry run:", "not acting:", 1)
         by_key = {d.tracked.finding.key: d for d in decisions}
         done: dict[tuple[Any, ...], str] = {}
         acted: list[str] = []

@@ -76,12 +76,14 @@ def decide(
     budget: Budget,
     now: datetime,
     repeats: Mapping[str, int] | None = None,
+    acting: bool = True,
 ) -> tuple[list[Decision], str | None]:
     """Decide every planned action of one check target's pass.
 
     ``repeats`` counts, per finding key, the actions done on it within
-    ``remediation.repeat_window``. Returns the decisions and, when the breaker
-    opened, the reason (the caller sends one critical notice for it).
+    ``remediation.repeat_window``. ``acting=False`` (a standby, or a process without
+    the store's lock) decides like a dry run and says why. Returns the decisions and,
+    when the breaker opened, the reason (the caller sends one critical notice for it).
     """
     repeats = repeats or {}
     decisions: list[Decision] = []
@@ -129,9 +131,10 @@ def decide(
             continue
         action = decision.tracked.finding.action
         assert action is not None
-        if dry_run:
+        if dry_run or not acting:
             decision.status = ActionStatus.DRY_RUN
-            decision.detail = f"dry run: would run {action.name}"
+            decision.detail = (f"{'dry run' if acting else 'not acting'}: "
+                               f"would run {action.name}")
             continue
         if action.destructive:
             refusal = budget.take()
