@@ -274,16 +274,14 @@ class Store:
         self._backend = parsed.get_backend_name()
         self._lock_path: Path | None = None
         if parsed.get_backend_name() == "sqlite" and parsed.database:
-            self._lock_path = Path(parsed.database).expanduser().with_name(
-                Path(parsed.database).name + ".lock")
-            directory = Path(parsed.database).expanduser().parent
-            if not directory.is_dir():
-                raise StoreError(f"state database directory {directory} does not exist")
+            database = Path(parsed.database).expanduser()
+            self._lock_path = database.with_name(database.name + ".lock")
+            if not database.parent.is_dir():
+                raise StoreError(f"state database directory {database.parent} does not exist")
             # The audit log and findings name users and volumes: private from the start
             # (SQLite gives its -wal and -shm files the database file's mode).
             with suppress(FileExistsError):
-                os.close(os.open(Path(parsed.database).expanduser(),
-                                 os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+                os.close(os.open(database, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         self.engine: Engine = sa.create_engine(
             parsed, connect_args=_connect_args(parsed), pool_pre_ping=True
         )
@@ -370,10 +368,7 @@ class Store:
             return conn
         if self._lock_path is None:  # in-memory or another backend: one process only
             return True
-        try:
-            fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-        except OSError as exc:
-            raise StoreError(f"state lock {self._lock_path}: {exc.strerror}") from None
+        fd = self._open_lock_file()
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -383,6 +378,13 @@ class Store:
             os.close(fd)
             raise StoreError(f"state lock {self._lock_path}: {exc.strerror}") from None
         return fd
+
+    def _open_lock_file(self) -> int:
+        assert self._lock_path is not None
+        try:
+            return os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise StoreError(f"state lock {self._lock_path}: {exc.strerror}") from None
 
     def _drop_lock(self, handle: Any) -> None:
         if isinstance(handle, Connection):
@@ -450,10 +452,7 @@ class Store:
         if self._lock_path is None:
             yield
             return
-        try:
-            fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-        except OSError as exc:
-            raise StoreError(f"state lock {self._lock_path}: {exc.strerror}") from None
+        fd = self._open_lock_file()
         try:
             # Blocking: a pass of another process ends within its pass timeout.
             fcntl.flock(fd, fcntl.LOCK_EX)

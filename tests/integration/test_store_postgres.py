@@ -50,3 +50,21 @@ def test_one_actor_per_postgresql_state(postgres: RealPostgres) -> None:
         assert taken.held
     leader.close()
     standby.close()
+
+
+def test_a_finding_postgresql_refuses_is_set_aside_and_the_others_are_tracked(
+        postgres: RealPostgres) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from watchdogd.model import Finding, Severity
+
+    store = Store(postgres.create_database("wd_findings_aside"))
+    now = datetime(2026, 11, 22, 3, 0, tzinfo=UTC)
+    good = Finding("sessions", "main", "stale-session", "alice", Severity.CRITICAL, "m")
+    # A kind longer than its VARCHAR(64): nothing escapes that, PostgreSQL refuses it.
+    bad = Finding("sessions", "main", "k" * 100, "bob", Severity.CRITICAL, "m")
+    tracked, _ = store.track("sessions", "main", [good, bad], now, announce_after=1,
+                             repeat_after=timedelta(hours=1))
+    assert [t.finding.subject for t in tracked] == ["alice", "bob"]  # both in the report
+    assert [f["subject"] for f in store.findings()] == ["alice"]  # the good one is stored
+    store.close()
