@@ -217,8 +217,7 @@ class HttpClient:
             with limits(self.timeout, self.max_bytes) as bound:
                 try:
                     response: requests.Response = self.session.request(
-                        method, url, timeout=self.timeout,
-                                                    **kwargs)
+                        method, url, timeout=self.timeout, **kwargs)
                 except requests.RequestException as exc:
                     if bound.exceeded == "size":
                         raise self.error(f"{method} {self._path(url)}: "

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import urllib3
@@ -207,16 +208,9 @@ class KubeSource:
             preconditions=client.V1Preconditions(uid=uid) if uid else None)
         try:
             count_request()
-            with limits(self.timeout, self.max_bytes) as bound:
-                try:
-                    api.delete_namespaced_pod(name, namespace, body=body,
-                                              _preload_content=False,
-                                              _request_timeout=self.timeout)
-                except (urllib3.exceptions.HTTPError, OSError):
-                    if bound.exceeded:
-                        raise self.error(f"delete pod {namespace}/{name}: "
-                                         f"{bound.describe()}") from None
-                    raise
+            with self._limited(f"delete pod {namespace}/{name}"):
+                api.delete_namespaced_pod(name, namespace, body=body, _preload_content=False,
+                                          _request_timeout=self.timeout)
         except ApiException as exc:
             if exc.status == 404:
                 raise PreconditionFailed(f"pod {namespace}/{name} is already gone") from None
@@ -238,15 +232,10 @@ class KubeSource:
             method, url, headers, _payload, _post = api.param_serialize(
                 "GET", path, path_params=path_params, query_params=query,
                 header_params={"Accept": "application/json"}, auth_settings=["BearerToken"])
-            with limits(self.timeout, self.max_bytes) as bound:
-                try:
-                    response = api.call_api(method, url, header_params=headers,
-                                            _request_timeout=self.timeout)
-                    raw = response.read()  # type: ignore[no-untyped-call]
-                except (urllib3.exceptions.HTTPError, OSError):
-                    if bound.exceeded:
-                        raise self.error(f"{what}: {bound.describe()}") from None
-                    raise
+            with self._limited(what):
+                response = api.call_api(method, url, header_params=headers,
+                                        _request_timeout=self.timeout)
+                raw = response.read()  # type: ignore[no-untyped-call]
             if not 200 <= response.status < 300:
                 raise ApiException.from_response(
                     http_resp=response, body=raw.decode("utf-8", "replace"), data=None)
@@ -268,6 +257,18 @@ class KubeSource:
         if not isinstance(data, dict):
             raise self.error(f"{what}: answer is not an object")
         return data
+
+    @contextmanager
+    def _limited(self, what: str) -> Iterator[None]:
+        """One call within the cluster's timeout and answer size (bounded.py); past
+        either, a SourceError that says which."""
+        with limits(self.timeout, self.max_bytes) as bound:
+            try:
+                yield
+            except (urllib3.exceptions.HTTPError, OSError):
+                if bound.exceeded:
+                    raise self.error(f"{what}: {bound.describe()}") from None
+                raise
 
     def _credential(self) -> str:
         if self._config.in_cluster:
