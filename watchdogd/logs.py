@@ -23,17 +23,15 @@ from typing import Any, TextIO
 
 import structlog
 
-from watchdogd.text import safe_text
+from watchdogd.text import MASK, names_a_secret, safe_text
 
 __all__ = ["configure", "redact"]
 
-_SECRET_KEY = re.compile(r"(token|password|passwd|secret|authorization|api[_-]?key|cookie)",
-                         re.IGNORECASE)
 # Up to the authority's last "@": a password may hold an unescaped "@" of its own.
 _URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:@]*:)[^/\s]*@")
 #: values that are several lines by design
 _MULTILINE = frozenset({"traceback", "exception"})
-_MASK = "***"
+_MASK = MASK
 
 
 def _scrub(value: Any) -> Any:
@@ -41,7 +39,7 @@ def _scrub(value: Any) -> Any:
         # Names from the outside world: no escape sequence or forged line reaches the log.
         return safe_text(_URL_PASSWORD.sub(lambda m: f"{m.group('head')}{_MASK}@", value))
     if isinstance(value, dict):
-        return {k: (_MASK if isinstance(k, str) and _SECRET_KEY.search(k) and v
+        return {k: (_MASK if isinstance(k, str) and names_a_secret(k) and v
                     else _scrub(v)) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return type(value)(_scrub(v) for v in value)
@@ -52,7 +50,7 @@ def redact(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]
            ) -> MutableMapping[str, Any]:
     """structlog processor: mask secret-looking keys and passwords in URLs."""
     for key, value in list(event_dict.items()):
-        if _SECRET_KEY.search(key) and value and key != "event":
+        if names_a_secret(key) and value and key != "event":
             event_dict[key] = _MASK
         elif key in _MULTILINE and isinstance(value, str):
             event_dict[key] = "\n".join(_scrub(line) for line in value.split("\n"))

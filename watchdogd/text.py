@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import re
 
-__all__ = ["safe_text", "store_key", "unstore_key"]
+__all__ = ["names_a_secret", "safe_text", "store_key", "unstore_key", "without_secrets"]
 
 #: C0 controls, DEL, C1 controls, and the bidirectional overrides and isolates that make
 #: a terminal show text in another order than it is.
@@ -70,6 +70,13 @@ def unstore_key(value: str) -> str:
 #: keys whose values are never kept: credentials by name, and a container's env/command
 _SECRET_NAME = re.compile(r"token|password|passwd|secret|credential|api[-_]?key|"
                           r"authorization|cookie|private[-_]?key", re.IGNORECASE)
+
+
+def names_a_secret(name: str) -> bool:
+    """Whether a key's name says its value is a credential (logs, evidence, audit)."""
+    return _SECRET_NAME.search(name) is not None
+
+
 _DROPPED = frozenset({"env", "envFrom", "command", "args", "stringData", "data"})
 MASK = "***"
 
@@ -84,7 +91,7 @@ def without_secrets(value: object) -> object:
         out: dict[object, object] = {}
         for key, item in value.items():
             name = str(key)
-            secret = (_SECRET_NAME.search(name) is not None and bool(item)
+            secret = (names_a_secret(name) and bool(item)
                       and not isinstance(item, bool | int))
             if (name in _DROPPED and item) or secret:
                 out[key] = MASK

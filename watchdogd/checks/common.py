@@ -6,6 +6,8 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
+from watchdogd.text import names_a_secret
+
 __all__ = ["parse_time", "pod_before_image"]
 
 
@@ -24,9 +26,9 @@ def parse_time(value: Any) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-#: annotation and label keys whose values may be credentials (tokens, passwords, keys)
-_SECRET_KEY = re.compile(r"token|password|passwd|secret|credential|api[-_]?key|auth|cookie|"
-                         r"last-applied-configuration", re.IGNORECASE)
+#: annotations that may hold credentials beyond what their name says: any "auth" state,
+#: and kubectl's copy of the whole manifest (env included)
+_SECRET_ANNOTATION = re.compile(r"auth|last-applied-configuration", re.IGNORECASE)
 
 
 def pod_before_image(pod: dict[str, Any]) -> dict[str, Any]:
@@ -41,7 +43,7 @@ def pod_before_image(pod: dict[str, Any]) -> dict[str, Any]:
     spec = pod.get("spec") or {}
     status = pod.get("status") or {}
     annotations = {k: v for k, v in (meta.get("annotations") or {}).items()
-                   if not _SECRET_KEY.search(str(k))}
+                   if not (names_a_secret(str(k)) or _SECRET_ANNOTATION.search(str(k)))}
     containers = [
         {"name": c.get("name"), "image": c.get("image"), "resources": c.get("resources"),
          "env_names": sorted(str(e.get("name")) for e in c.get("env") or []
