@@ -256,7 +256,7 @@ DEMO_KINDS = {
     "sessions": set(KINDS),
     "volumes": {"volume-stuck", "attachment-stale", "volume-attach-failed",
                 "credential-expiring"},
-    "orphans": {"orphan-volume", "released-pv", "orphan-extra-pvc"},
+    "orphans": {"orphan-volume", "foreign-volume", "released-pv", "orphan-extra-pvc"},
     "certs": {"cert-expiring", "cert-hostname-mismatch", "cert-unreadable"},
     "nodes": {"node-pressure", "node-not-ready", "failed-pods", "image-cache-pressure",
               "core-pod-misplaced", "namespace-stuck-terminating"},

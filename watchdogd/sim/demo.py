@@ -92,6 +92,9 @@ LEFT_TO_PEOPLE = {
                    "about someone's data",
     "orphan-extra-pvc": "report only: the claim may hold data its departed user wants back; "
                         "keeping or deleting it is an operator's call",
+    "foreign-volume": "report only, never quarantined or deleted: another cluster on the "
+                      "same cloud made it; add that cluster to clouds.X.clusters if watchdogd "
+                      "should judge it",
     "node-pressure": "report only: the kubelet is already evicting pods to relieve the node; "
                      "free disk or memory there",
     "node-not-ready": "report only: a node that stopped working needs a person (or the "
@@ -249,6 +252,12 @@ def _plant_cloud(world: DemoWorld) -> None:
     released = injected["released"][0]
     world.plant("orphans", "released-pv", f"{world.cluster_name}/{released}",
                 "a PV left Released: its claim jhub/claim-departed was deleted")
+    assert cloud.sim is not None
+    foreign = cloud.sim.inject_orphan_volume(
+        metadata={"cinder.csi.openstack.org/cluster": "other-team"})
+    world.plant("orphans", "foreign-volume", foreign["id"],
+                "a pvc-* volume no PV here references, made by cinder-csi of cluster "
+                "'other-team', which shares the cloud")
     for claim in injected["extra_pvcs"]:
         user = claim.rsplit("-", 1)[-1]
         world.plant("orphans", "orphan-extra-pvc", f"{world.cluster_name}/{claim}",
