@@ -23,6 +23,7 @@ import click
 
 from watchdogd.config import Config, ConfigError, load_config
 from watchdogd.text import safe_text
+from watchdogd.times import iso
 
 EXIT_OK = 0
 EXIT_FINDINGS = 1
@@ -355,9 +356,7 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def _iso(value: Any) -> str:
-    if isinstance(value, datetime):
-        return value.isoformat(timespec="seconds").replace("+00:00", "Z")
-    return str(value)
+    return iso(value, timespec="seconds") if isinstance(value, datetime) else str(value)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

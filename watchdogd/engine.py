@@ -40,8 +40,9 @@ from watchdogd.policy import Budget, Decision, decide
 from watchdogd.sources import Sources
 from watchdogd.sources.base import counting, server_dates
 from watchdogd.sources.bounded import pass_deadline
-from watchdogd.store import LockHold, Store, StoreError, Tracked, utcnow
+from watchdogd.store import LockHold, Store, StoreError, Tracked
 from watchdogd.text import store_key, without_secrets
+from watchdogd.times import iso, utcnow
 
 __all__ = ["CheckResult", "Engine", "PassReport"]
 
@@ -76,7 +77,7 @@ class FindingResult:
             "key": finding.key, "kind": finding.kind, "subject": finding.subject,
             "severity": finding.severity.label, "message": finding.message,
             "evidence": without_secrets(finding.evidence),
-            "first_seen": _iso(self.tracked.first_seen),
+            "first_seen": iso(self.tracked.first_seen),
             "sightings": self.tracked.sightings, "action": action,
         }
 
@@ -140,8 +141,8 @@ class PassReport:
         """The stable JSON report of DESIGN.md."""
         return {
             "version": __version__,
-            "started_at": _iso(self.started_at),
-            "finished_at": _iso(self.finished_at),
+            "started_at": iso(self.started_at),
+            "finished_at": iso(self.finished_at),
             "dry_run": self.dry_run,
             "acting": self.acting,
             "not_acting_reason": self.not_acting_reason,
@@ -586,7 +587,7 @@ class Engine:
                                      "watchdogd stopped between intent and result; "
                                      "the world is checked again before any retry", now)
             log.warning("interrupted action found", action=record.name, target=record.target,
-                        finding=record.finding_key, started_at=_iso(record.started_at))
+                        finding=record.finding_key, started_at=iso(record.started_at))
         self.store.reset_sightings(r.finding_key for r in interrupted)
         return [r.finding_key for r in interrupted]
 
@@ -615,8 +616,3 @@ def _identity(action: Action) -> tuple[Any, ...]:
     return (action.name, action.source, action.target, action.call,
             tuple(sorted((k, repr(v)) for k, v in action.params.items())))
 
-
-def _iso(value: datetime | None) -> str | None:
-    if value is None:
-        return None
-    return value.isoformat().replace("+00:00", "Z")

@@ -55,6 +55,7 @@ from watchdogd import __version__
 from watchdogd.config import Config
 from watchdogd.model import PreconditionFailed, SourceError
 from watchdogd.sources import Factory, Sources
+from watchdogd.times import format_duration
 
 if TYPE_CHECKING:
     from watchdogd.engine import PassReport
@@ -133,11 +134,12 @@ class Health:
                 limit = self.stale_intervals * interval
                 if now - since > limit:
                     what = "since start" if check not in self._completed else "in"
-                    out.append(f"{check}: no pass completed {what} {_secs(now - since)} "
-                               f"({self.stale_intervals} intervals are {_secs(limit)})")
+                    out.append(f"{check}: no pass completed {what} {format_duration(now - since)} "
+                               f"({self.stale_intervals} intervals are {format_duration(limit)})")
             for check, began in sorted(self._running.items()):
                 if now - began > self.stuck_after:
-                    out.append(f"{check}: a pass has been running for {_secs(now - began)}")
+                    out.append(f"{check}: a pass has been running for "
+                               f"{format_duration(now - began)}")
         return out
 
     def healthy(self) -> bool:
@@ -153,14 +155,6 @@ class Health:
         """The watchdog's rule: healthy, and no check's latest pass failed."""
         return self.healthy() and not self.failing()
 
-
-def _secs(seconds: float) -> str:
-    seconds = max(0, int(seconds))
-    if seconds >= 3600:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    if seconds >= 60:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds}s"
 
 
 class Metrics(Collector):

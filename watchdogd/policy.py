@@ -15,6 +15,7 @@ from datetime import datetime
 from watchdogd.config import RemediationConfig
 from watchdogd.model import ActionStatus
 from watchdogd.store import Tracked
+from watchdogd.times import format_duration
 
 __all__ = ["Budget", "Decision", "breaker_trips", "decide"]
 
@@ -100,7 +101,7 @@ def decide(
         if done >= policy.max_repeats:
             decisions.append(Decision(item, ActionStatus.HELD, (
                 f"{action.name} already done {done} times in "
-                f"{_fmt(policy.repeat_window.total_seconds())} "
+                f"{format_duration(policy.repeat_window.total_seconds())} "
                 f"(remediation.max_repeats = {policy.max_repeats}): the problem keeps coming "
                 "back, so watchdogd's picture of it may be wrong; no more automatic action")))
             continue
@@ -112,8 +113,8 @@ def decide(
         age = now - item.first_seen
         if age < policy.min_age:
             decisions.append(Decision(item, ActionStatus.UNCONFIRMED,
-                                      f"seen for {_fmt(age.total_seconds())} of "
-                                      f"{_fmt(policy.min_age.total_seconds())} needed"))
+                                      f"seen for {format_duration(age.total_seconds())} of "
+                                      f"{format_duration(policy.min_age.total_seconds())} needed"))
             continue
         decision = Decision(item, ActionStatus.PLANNED, f"would run {action.name}")
         decisions.append(decision)
@@ -143,11 +144,3 @@ def decide(
                 decision.detail = refusal
     return decisions, breaker
 
-
-def _fmt(seconds: float) -> str:
-    seconds = int(seconds)
-    if seconds >= 3600:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    if seconds >= 60:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds}s"

@@ -894,7 +894,3 @@ def _short(exc: sa.exc.DBAPIError | sa.exc.OperationalError) -> str:
     text = str(orig) if orig is not None else str(exc)
     return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
 
-
-def utcnow() -> datetime:
-    """The current time, timezone-aware (naive datetimes are refused by the store)."""
-    return datetime.now(UTC)

@@ -39,9 +39,9 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from watchdogd.checks.common import parse_time
 from watchdogd.config import CheckConfig, Config, Duration
 from watchdogd.model import CheckTarget, Detection, Finding, Need, Severity, Snapshot
+from watchdogd.times import parse_time
 
 NAME = "certs"
 KINDS = ("cert-expiring", "cert-hostname-mismatch", "cert-unreadable")

@@ -39,7 +39,6 @@ from typing import Any
 
 from pydantic import ConfigDict, Field, field_validator
 
-from watchdogd.checks.common import parse_time
 from watchdogd.config import CheckConfig, Config, Duration
 from watchdogd.model import (
     Action,
@@ -51,6 +50,7 @@ from watchdogd.model import (
     Severity,
     Snapshot,
 )
+from watchdogd.times import parse_time
 
 NAME = "nodes"
 KINDS = (

@@ -50,7 +50,6 @@ from typing import Any
 
 from pydantic import ConfigDict, Field
 
-from watchdogd.checks.common import parse_time
 from watchdogd.checks.sessions import escape_slug
 from watchdogd.checks.volumes import (
     auth_error,
@@ -72,6 +71,7 @@ from watchdogd.model import (
     Severity,
     Snapshot,
 )
+from watchdogd.times import parse_time
 
 NAME = "orphans"
 KINDS = ("orphan-volume", "foreign-volume", "released-pv", "orphan-extra-pvc")

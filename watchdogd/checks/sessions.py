@@ -33,7 +33,7 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, Field
 
-from watchdogd.checks.common import parse_time, pod_before_image
+from watchdogd.checks.common import pod_before_image
 from watchdogd.config import CheckConfig, Config, Duration, HubConfig
 from watchdogd.model import (
     Action,
@@ -45,6 +45,7 @@ from watchdogd.model import (
     Severity,
     Snapshot,
 )
+from watchdogd.times import parse_time
 
 NAME = "sessions"
 KINDS = (

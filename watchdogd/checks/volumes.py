@@ -57,7 +57,6 @@ from typing import Any
 
 from pydantic import ConfigDict, Field
 
-from watchdogd.checks.common import parse_time
 from watchdogd.config import CheckConfig, Config, Duration
 from watchdogd.model import (
     Action,
@@ -68,6 +67,7 @@ from watchdogd.model import (
     Severity,
     Snapshot,
 )
+from watchdogd.times import parse_time
 
 NAME = "volumes"
 KINDS = ("volume-stuck", "attachment-stale", "volume-attach-failed", "credential-expiring",

@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from watchdogd.config import HubConfig
 from watchdogd.model import SourceError
 from watchdogd.sources.base import count_request
+from watchdogd.times import iso
 from watchdogd.urls import sqlalchemy_url
 
 __all__ = ["KNOWN_SCHEMAS", "HubDbSource"]
@@ -119,7 +120,7 @@ def _iso(value: datetime | None) -> str | None:
         return None
     if value.tzinfo is None:  # the hub stores naive UTC
         value = value.replace(tzinfo=UTC)
-    return value.isoformat()
+    return iso(value)
 
 
 def _readonly_engine(url: str, timeout: float) -> sa.Engine:
