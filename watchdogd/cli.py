@@ -22,10 +22,10 @@ from typing import Any
 import click
 
 from watchdogd.config import Config, ConfigError, load_config
+from watchdogd.report import render_report
 from watchdogd.text import safe_text
 from watchdogd.times import iso
 
-EXIT_OK = 0
 EXIT_FINDINGS = 1
 EXIT_INCOMPLETE = 2
 EXIT_USAGE = 64
@@ -304,47 +304,6 @@ def demo(passes: int, as_json: bool, keep: bool) -> None:
     from watchdogd.sim.demo import run_demo  # noqa: PLC0415
 
     sys.exit(run_demo(passes=passes, as_json=as_json, keep=keep))
-
-
-# -- rendering ------------------------------------------------------------------------
-
-_MARK = {"ok": "ok", "findings": "!!", "error": "ERROR"}
-
-
-def render_report(report: dict[str, Any]) -> str:
-    """A readable summary of a JSON report.
-
-    Every name in it comes from the outside world (volumes, users, servers): each is
-    shown through :func:`safe_text`, so none can move the cursor or forge a line.
-    """
-    t = safe_text
-    lines = []
-    mode = "dry run" if report["dry_run"] else "remediation on"
-    lines.append(f"watchdogd {report['version']} pass at {report['started_at']} ({mode})")
-    if not report.get("acting", True):
-        lines.append(f"  NOT ACTING: {t(report['not_acting_reason'])}")
-    for check in report["checks"]:
-        head = (f"  {_MARK[check['status']]:5} {t(check['check'])}/{t(check['target'])}: "
-                f"{len(check['findings'])} finding(s), {check['requests']} request(s), "
-                f"{check['duration_s']:.2f}s")
-        lines.append(head)
-        if check["error"]:
-            lines.append(f"        error: {t(check['error'])}")
-        if check.get("breaker"):
-            lines.append(f"        BREAKER OPEN: {t(check['breaker'])}")
-        for finding in check["findings"]:
-            lines.append(f"        [{finding['severity']}] {t(finding['kind'])} "
-                         f"{t(finding['subject'])}: {t(finding['message'])}")
-            action = finding["action"]
-            if action:
-                lines.append(f"            -> {t(action['name'])}: {t(action['status'])}"
-                             + (f" ({t(action['detail'])})" if action["detail"] else ""))
-        for key in check.get("resolved", []):
-            lines.append(f"        resolved: {t(key)}")
-    summary = report["summary"]
-    lines.append(f"  summary: {summary['findings']} finding(s), {summary['actions_done']} "
-                 f"action(s) done, {summary['errors']} error(s)")
-    return "\n".join(lines)
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:

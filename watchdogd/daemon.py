@@ -36,7 +36,8 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.blocking import BlockingScheduler
 
 from watchdogd.config import Config
-from watchdogd.engine import Engine, PassReport
+from watchdogd.engine import Engine
+from watchdogd.report import PassReport
 
 if TYPE_CHECKING:
     from watchdogd.leader import LeaderElector

@@ -13,13 +13,11 @@ import time
 import traceback
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
 
-from watchdogd import __version__
 from watchdogd.checks import REGISTRY, CheckSpec
 from watchdogd.config import Config
 from watchdogd.model import (
@@ -34,122 +32,25 @@ from watchdogd.model import (
     Severity,
     Snapshot,
     SourceError,
+    Tracked,
 )
 from watchdogd.notify import Notifier
-from watchdogd.policy import Budget, Decision, decide
+from watchdogd.policy import Budget, decide
+from watchdogd.report import CheckResult, FindingResult, PassReport
 from watchdogd.sources import Sources
 from watchdogd.sources.base import counting, server_dates
 from watchdogd.sources.bounded import pass_deadline
-from watchdogd.store import LockHold, Store, StoreError, Tracked
-from watchdogd.text import store_key, without_secrets
+from watchdogd.store import LockHold, Store, StoreError
+from watchdogd.text import store_key
 from watchdogd.times import iso, utcnow
 
-__all__ = ["CheckResult", "Engine", "PassReport"]
+__all__ = ["Engine"]
 
 log = structlog.get_logger("watchdogd.engine")
 
 COLLECT_WORKERS = 8
 #: Objects a check may ask to read one by one in a pass before the view is implausible.
 MAX_LOOKUPS = 50
-
-
-@dataclass
-class FindingResult:
-    """A finding as it appears in the report."""
-
-    tracked: Tracked
-    decision: Decision | None = None
-    action_status: str | None = None
-    action_detail: str | None = None
-    #: a held action's one critical notice is due this pass
-    notify_held: bool = False
-    #: the remedy was one run shared with an earlier finding of the pass (one route sync)
-    shared: bool = False
-
-    def as_json(self) -> dict[str, Any]:
-        """The report's finding object."""
-        finding = self.tracked.finding
-        action = None
-        if finding.action is not None:
-            action = {"name": finding.action.name, "status": self.action_status,
-                      "detail": self.action_detail}
-        return {
-            "key": finding.key, "kind": finding.kind, "subject": finding.subject,
-            "severity": finding.severity.label, "message": finding.message,
-            "evidence": without_secrets(finding.evidence),
-            "first_seen": iso(self.tracked.first_seen),
-            "sightings": self.tracked.sightings, "action": action,
-        }
-
-
-@dataclass
-class CheckResult:
-    """One check target's part of a pass."""
-
-    check: str
-    target: str
-    status: str = "ok"
-    error: str | None = None
-    duration_s: float = 0.0
-    requests: int = 0
-    findings: list[FindingResult] = field(default_factory=list)
-    resolved: list[str] = field(default_factory=list)
-    breaker: str | None = None
-
-    def as_json(self) -> dict[str, Any]:
-        """The report's check object."""
-        return {
-            "check": self.check, "target": self.target, "status": self.status,
-            "error": self.error, "duration_s": round(self.duration_s, 3),
-            "requests": self.requests,
-            "findings": [f.as_json() for f in self.findings],
-            "resolved": self.resolved,
-            "breaker": self.breaker,
-        }
-
-
-@dataclass
-class PassReport:
-    """Everything one pass did: the ``--json`` report."""
-
-    started_at: datetime
-    finished_at: datetime
-    dry_run: bool
-    checks: list[CheckResult]
-    #: whether this pass could act (it held the store's lock, and the Lease if elected)
-    acting: bool = True
-    not_acting_reason: str | None = None
-
-    @property
-    def errors(self) -> int:
-        """How many check targets could not complete."""
-        return sum(1 for c in self.checks if c.status == "error")
-
-    @property
-    def findings(self) -> int:
-        """How many findings the pass reported."""
-        return sum(len(c.findings) for c in self.checks)
-
-    @property
-    def actions_done(self) -> int:
-        """How many actions ran successfully: a run shared by several findings counts once,
-        as the audit log has it."""
-        return sum(1 for c in self.checks for f in c.findings
-                   if f.action_status == ActionStatus.DONE and not f.shared)
-
-    def as_json(self) -> dict[str, Any]:
-        """The stable JSON report of DESIGN.md."""
-        return {
-            "version": __version__,
-            "started_at": iso(self.started_at),
-            "finished_at": iso(self.finished_at),
-            "dry_run": self.dry_run,
-            "acting": self.acting,
-            "not_acting_reason": self.not_acting_reason,
-            "checks": [c.as_json() for c in self.checks],
-            "summary": {"findings": self.findings, "actions_done": self.actions_done,
-                        "errors": self.errors},
-        }
 
 
 class Engine:
@@ -334,7 +235,7 @@ class Engine:
         result = CheckResult(spec.name, check_target.name)
         result.requests = sum(need_requests.get(n, 0) for n in check_target.needs)
         snapshot = Snapshot(
-            check=spec.name, target=check_target.name, taken_at=started,
+            check=spec.name, target=check_target.name,
             observations={n.key: observations[n] for n in check_target.needs
                           if n in observations},
             errors={n.key: errors[n] for n in check_target.needs if n in errors},

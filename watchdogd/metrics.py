@@ -58,7 +58,7 @@ from watchdogd.sources import Factory, Sources
 from watchdogd.times import format_duration
 
 if TYPE_CHECKING:
-    from watchdogd.engine import PassReport
+    from watchdogd.report import PassReport
 
 __all__ = [
     "Health",

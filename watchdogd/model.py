@@ -24,9 +24,11 @@ __all__ = [
     "MissingObservation",
     "Need",
     "PreconditionFailed",
+    "Resolved",
     "Severity",
     "Snapshot",
     "SourceError",
+    "Tracked",
 ]
 
 
@@ -150,7 +152,6 @@ class Snapshot:
 
     check: str
     target: str
-    taken_at: datetime
     observations: dict[str, Any] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
     settings: Any = None
@@ -242,3 +243,27 @@ class Detection:
     #: spawner state places outside the listed namespace or selector). The engine
     #: fetches them and calls ``detect()`` once more with them in the snapshot.
     lookups: tuple[Need, ...] = ()
+
+
+@dataclass
+class Tracked:
+    """A finding after tracking: its history and whether people should hear about it."""
+
+    finding: Finding
+    first_seen: datetime
+    sightings: int
+    event: str | None  # "new", "escalated", "reminder" or None
+
+
+@dataclass
+class Resolved:
+    """A finding that was open and was not seen in a complete pass."""
+
+    key: str
+    check: str
+    target: str
+    kind: str
+    subject: str
+    severity: Severity
+    message: str
+    notified: bool

@@ -55,13 +55,13 @@ import apprise
 import structlog
 
 from watchdogd.config import NotifyConfig
-from watchdogd.model import ActionStatus, Severity
+from watchdogd.model import ActionStatus, Resolved, Severity
 from watchdogd.sources.bounded import bound_requests, limits
-from watchdogd.store import Resolved, Store
+from watchdogd.store import Store
 from watchdogd.text import safe_text
 
 if TYPE_CHECKING:
-    from watchdogd.engine import CheckResult
+    from watchdogd.report import CheckResult
 
 __all__ = ["MAX_ATTEMPTS", "MAX_BACKOFF", "Destination", "Notifier", "NotifyConfigError",
            "Outcome", "finding_tag"]
@@ -391,8 +391,3 @@ class Notifier:
                             finding=safe_text(notice.finding_key, 300), notice=notice.event,
                             attempts=attempts, error=error, retry_at=retry.isoformat())
         return delivered, failed
-
-
-def retry_interval(config: NotifyConfig) -> timedelta:
-    """How often the daemon retries the outbox between passes."""
-    return config.retry_after

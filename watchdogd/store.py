@@ -26,7 +26,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from watchdogd.model import Action, Finding, Severity
+from watchdogd.model import Action, Finding, Resolved, Severity, Tracked
 from watchdogd.text import safe_text, store_key, unstore_key, without_secrets
 from watchdogd.urls import sqlalchemy_url
 
@@ -178,30 +178,6 @@ def _migrate_to_3(conn: Connection) -> None:
 #: Step ``n`` brings a schema from version ``n - 1`` to ``n``.
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     1: _migrate_to_1, 2: _migrate_to_2, 3: _migrate_to_3}
-
-
-@dataclass
-class Tracked:
-    """A finding after tracking: its history and whether people should hear about it."""
-
-    finding: Finding
-    first_seen: datetime
-    sightings: int
-    event: str | None  # "new", "escalated", "reminder" or None
-
-
-@dataclass
-class Resolved:
-    """A finding that was open and was not seen in a complete pass."""
-
-    key: str
-    check: str
-    target: str
-    kind: str
-    subject: str
-    severity: Severity
-    message: str
-    notified: bool
 
 
 @dataclass

@@ -22,8 +22,9 @@ from tests.peers.jupyterhub import RealHub, hub_available
 from tests.peers.postgres import RealPostgres
 from tests.peers.receivers import JsonReceiver, SmtpReceiver
 from watchdogd.config import Config, load_config
-from watchdogd.engine import Engine, PassReport
+from watchdogd.engine import Engine
 from watchdogd.notify import Notifier
+from watchdogd.report import PassReport
 from watchdogd.sim.kube import KubeSim
 from watchdogd.sources import Sources
 from watchdogd.store import Store

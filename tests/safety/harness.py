@@ -41,8 +41,9 @@ from typing import Any
 from tests.safety.stats import STATS
 from watchdogd.checks import CheckSpec
 from watchdogd.config import Config, RemediationConfig
-from watchdogd.engine import Engine, PassReport
+from watchdogd.engine import Engine
 from watchdogd.model import CheckTarget, Need
+from watchdogd.report import PassReport
 from watchdogd.sources import Sources
 from watchdogd.store import ActionRecord, Store
 

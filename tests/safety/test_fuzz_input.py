@@ -522,7 +522,7 @@ def test_cinder_parsers(cinder: tuple[Any, CinderTap, Any], which: str, status: 
                     else {"volumes": other, "attachments": value})
     from watchdogd.model import Snapshot
 
-    snapshot = Snapshot("volumes", "sim", T0, observations=observations,
+    snapshot = Snapshot("volumes", "sim", observations=observations,
                         settings=volumes_check.TargetSettings(
                             "sim", (), volumes_check.Settings(correlate_events=False,
                                                               check_credentials=False)))

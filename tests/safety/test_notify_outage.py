@@ -22,8 +22,8 @@ from tests.safety.profile import SAFETY, examples
 from tests.safety.receiver import MODES, Receiver
 from tests.safety.sessions_world import PROBLEMS, SafeWorld, SessionsModel
 from tests.safety.stats import STATS
-from watchdogd.engine import PassReport
 from watchdogd.model import ActionStatus
+from watchdogd.report import PassReport
 from watchdogd.sim.world import SimClock
 
 T0 = datetime(2026, 11, 22, 3, 0, tzinfo=UTC)

@@ -19,7 +19,7 @@ import pytest
 from tests.safety.procs import actions_table, launch, passes_table, wait_for
 from watchdogd.config import Config
 from watchdogd.daemon import Daemon, Reload, ReloadRefused
-from watchdogd.engine import PassReport
+from watchdogd.report import PassReport
 from watchdogd.sim.world import World
 
 

@@ -52,7 +52,7 @@ def record(days: float | None = 90, **extra: Any) -> dict[str, Any]:
 def run(*records: dict[str, Any] | list[dict[str, Any]], target: str = "files",
         **check: Any) -> list[Any]:
     keys = tuple(f"k{i}" for i in range(len(records)))
-    snapshot = Snapshot("certs", target, NOW, dict(zip(keys, records, strict=True)),
+    snapshot = Snapshot("certs", target, dict(zip(keys, records, strict=True)),
                         settings=certs.TargetSettings(certs.Settings(**check), keys))
     return certs.detect(snapshot, NOW).findings
 

@@ -47,7 +47,7 @@ def snapshot(*, nodes_: list[dict[str, Any]] | None = None,
         observations["failed_pods"] = failed or []
     if settings.check.dedicated_core:
         observations["core_pods"] = core_pods or []
-    return Snapshot("nodes", "js2", NOW, observations, settings=settings, marks=marks or {})
+    return Snapshot("nodes", "js2", observations, settings=settings, marks=marks or {})
 
 
 def detect(**kwargs: Any) -> list[Any]:

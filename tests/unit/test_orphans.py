@@ -58,7 +58,7 @@ def snapshot(vols: list[Obj], pvs: dict[str, list[Obj]] | None = None, *,
                                            "running": []}}
     for cluster in CLUSTERS:
         obs[f"pvs:{cluster}"] = (pvs or {}).get(cluster, [])
-    return Snapshot("orphans", "js2", NOW, obs, {}, settings, marks or {})
+    return Snapshot("orphans", "js2", obs, {}, settings, marks or {})
 
 
 def kinds(detection: Detection, kind: str) -> dict[str, Any]:

@@ -21,8 +21,8 @@ import pytest
 
 from watchdogd.config import Config
 from watchdogd.daemon import Daemon, supervise
-from watchdogd.engine import PassReport
 from watchdogd.metrics import Health
+from watchdogd.report import PassReport
 from watchdogd.sdnotify import SystemdNotifier, Watchdog, watchdog_period
 
 

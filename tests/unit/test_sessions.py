@@ -89,7 +89,7 @@ def snapshot(*, users: list[str], db_running: list[Obj], api: list[Obj], pods: l
     route_table: dict[str, Obj] = {"/": {"hub": True, "target": "http://hub:8081"}}
     route_table.update(dict(routes or []))
     return Snapshot(
-        check="sessions", target="main", taken_at=NOW,
+        check="sessions", target="main",
         observations={
             "hub_db": {"schema": "f460b0348206", "schema_known": True, "users": users,
                        "running": db_running},

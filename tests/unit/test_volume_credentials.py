@@ -33,7 +33,7 @@ def snapshot(credentials: dict[str, Any], marks: dict[str, datetime] | None = No
     settings = volumes.TargetSettings("js2", (), volumes.Settings(correlate_events=False))
     obs = {"volumes": {"items": [stuck_volume()], "pages": 1, "cloud_now": NOW.isoformat()},
            "attachments": {"items": [], "pages": 1}, "credentials": credentials}
-    return Snapshot("volumes", "js2", NOW, obs, {}, settings, marks or {})
+    return Snapshot("volumes", "js2", obs, {}, settings, marks or {})
 
 
 def kinds(detection: Detection) -> set[str]:

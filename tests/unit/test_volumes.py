@@ -48,7 +48,7 @@ def snapshot(vols: list[Obj], atts: list[Obj] | None = None, *,
         "pvs:c1": pvs or [], "pvcs:c1": pvcs or [],
         "events:c1:FailedAttachVolume": events or [], "events:c1:FailedMount": [],
     }
-    return Snapshot("volumes", "js2", NOW, obs, {}, settings, marks or {})
+    return Snapshot("volumes", "js2", obs, {}, settings, marks or {})
 
 
 def seen(d: Detection, kind: str | None = None) -> list[Any]:
