@@ -469,7 +469,7 @@ def child(config_path: str, repeat: int, profile: bool) -> int:
     """Measure passes and floors on one configuration; print one ``@@result`` JSON line."""
     import sqlalchemy as sa
 
-    from watchdogd.config import load_config
+    from watchdogd.app import load_config
     from watchdogd.engine import Engine
     from watchdogd.logs import configure
     from watchdogd.sources import Sources

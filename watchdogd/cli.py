@@ -17,14 +17,18 @@ import json
 import sys
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from watchdogd.config import Config, ConfigError, load_config
+from watchdogd.app import App, BuildError, build, load_config, open_store, reload
+from watchdogd.config import Config, ConfigError
 from watchdogd.report import render_report
 from watchdogd.text import safe_text
 from watchdogd.times import iso
+
+if TYPE_CHECKING:
+    from watchdogd.store import Store
 
 EXIT_FINDINGS = 1
 EXIT_INCOMPLETE = 2
@@ -53,24 +57,12 @@ def _load(path: str | None, *, check_files: bool = False) -> Config:
         raise Fatal(f"configuration has {len(exc.problems)} problem(s)", EXIT_CONFIG) from None
 
 
-def _engine(config: Config, dry_run: bool | None, *, sources: Any = None,
-            acting: Any = None) -> Any:
-    from watchdogd.engine import Engine  # noqa: PLC0415
-    from watchdogd.notify import Notifier, NotifyConfigError  # noqa: PLC0415
-    from watchdogd.sources import Sources  # noqa: PLC0415
-    from watchdogd.store import Store, StoreError  # noqa: PLC0415
-
+def _build(config: Config, dry_run: bool | None, *, service: bool = False) -> App:
+    """The application, or exit 78 naming the setting that cannot be built."""
     try:
-        store = Store(config.state.resolved_url())
-    except StoreError as exc:
-        raise Fatal(f"state: {exc}", EXIT_CONFIG) from None
-    try:
-        notifier = Notifier.from_config(config.notify)
-    except NotifyConfigError as exc:
+        return build(config, dry_run=dry_run, service=service)
+    except BuildError as exc:
         raise Fatal(str(exc), EXIT_CONFIG) from None
-    extra = {} if acting is None else {"acting": acting}
-    return Engine(config, store, Sources(config) if sources is None else sources,
-                  notifier=notifier, dry_run=dry_run, **extra)
 
 
 config_option = click.option(
@@ -109,7 +101,7 @@ def check(config_path: str | None, only: Sequence[str], target: str | None,
     if unknown:
         raise Fatal(f"--only: unknown check {unknown[0]!r} (known: "
                     f"{', '.join(sorted(REGISTRY))})", EXIT_USAGE)
-    engine = _engine(config, dry_run)
+    engine = _build(config, dry_run).engine
     if not engine.plan(only or None, target):
         raise Fatal("nothing to check: no configured target matches"
                     + (f" --target {target}" if target else ""), EXIT_USAGE)
@@ -145,84 +137,18 @@ def run(config_path: str | None, dry_run: bool | None) -> None:
     import signal  # noqa: PLC0415
 
     from watchdogd import logs  # noqa: PLC0415
-    from watchdogd.daemon import Daemon, supervise  # noqa: PLC0415
-    from watchdogd.metrics import Health, InstrumentedSources, Metrics, MetricsServer  # noqa: PLC0415
+    from watchdogd.daemon import supervise  # noqa: PLC0415
     from watchdogd.sdnotify import SystemdNotifier, watchdog_period  # noqa: PLC0415
 
     # SIGHUP's default action kills: until the daemon's handler is in place (after the
     # store and the metrics endpoint are up), a reload request is ignored instead.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     logs.configure()
-    config = _load(config_path)
-    elector = _elector(config) if config.daemon.leader_election else None
-    health = Health(stuck_after=2 * config.daemon.pass_timeout.total_seconds())
-    metrics = Metrics(health, leader=elector.is_leader if elector else lambda: True)
-    server = None
-    if config.daemon.metrics_listen:
-        try:
-            server = MetricsServer(metrics, config.daemon.metrics_listen)
-        except ValueError as exc:
-            raise Fatal(str(exc), EXIT_CONFIG) from None
-    engine = _engine(config, dry_run, sources=InstrumentedSources(config, metrics),
-                     acting=elector.is_leader if elector else None)
-
-    def reloader() -> Any:
-        return _reload(config_path, dry_run,
-                       lambda new: InstrumentedSources(new, metrics))
-
-    daemon = Daemon(config, engine, reloader=reloader)
+    app = _build(_load(config_path), dry_run, service=True)
+    daemon = app.daemon(reloader=lambda: reload(app, config_path, dry_run))
     sys.exit(supervise(daemon, systemd=SystemdNotifier.from_env(),
-                       watchdog_period=watchdog_period(), health=health, metrics=metrics,
-                       server=server, elector=elector))
-
-
-def _reload(config_path: str | None, dry_run: bool | None,
-            sources: Any) -> Any:
-    """The configuration read again for ``run``'s SIGHUP, validated as ``config check`` does.
-
-    Raises ReloadRefused with one line naming every problem; nothing is applied here.
-    """
-    from watchdogd.daemon import Reload, ReloadRefused  # noqa: PLC0415
-    from watchdogd.notify import Notifier, NotifyConfigError  # noqa: PLC0415
-
-    try:
-        config = load_config(config_path, check_files=True)
-    except ConfigError as exc:
-        raise ReloadRefused("; ".join(f"config: {p}" for p in exc.problems)) from None
-    try:
-        notifier = Notifier.from_config(config.notify)
-    except NotifyConfigError as exc:
-        raise ReloadRefused(str(exc)) from None
-    return Reload(config, sources(config), notifier,
-                  config.remediation.dry_run if dry_run is None else dry_run)
-
-
-def _elector(config: Config) -> Any:
-    """The Lease elector of ``[daemon]``, on the lease cluster's credentials."""
-    from watchdogd.leader import KubeLeaseApi, LeaderElector, default_identity  # noqa: PLC0415
-    from watchdogd.model import SourceError  # noqa: PLC0415
-    from watchdogd.sources.kube import api_client  # noqa: PLC0415
-
-    daemon = config.daemon
-    cluster = daemon.lease_cluster
-    if cluster is None:
-        # The first cluster of the file, as documented: every replica reads the same
-        # file, so they all meet on the same Lease.
-        if not config.clusters:
-            raise Fatal("daemon.leader_election: no [clusters.X] to hold the Lease",
-                        EXIT_CONFIG)
-        cluster = next(iter(config.clusters))
-    duration = daemon.lease_duration.total_seconds()
-    if duration < 3:
-        raise Fatal("daemon.lease_duration: at least 3s (renewals run every third of it)",
-                    EXIT_CONFIG)
-    try:
-        client = api_client(cluster, config.clusters[cluster])
-    except SourceError as exc:
-        raise Fatal(f"daemon.lease_cluster: {exc}", EXIT_CONFIG) from None
-    timeout = min(duration / 3, config.clusters[cluster].timeout.total_seconds())
-    api = KubeLeaseApi(client, daemon.lease_namespace, daemon.lease_name, timeout=timeout)
-    return LeaderElector(api, default_identity(), duration)
+                       watchdog_period=watchdog_period(), health=app.health,
+                       metrics=app.metrics, server=app.server, elector=app.elector))
 
 
 @cli.group("config")
@@ -247,14 +173,11 @@ def config_check(config_path: str | None) -> None:
                   + ", ".join(config.remediation.enabled)))
 
 
-def _store(config_path: str | None) -> Any:
-    from watchdogd.store import Store, StoreError  # noqa: PLC0415
-
-    config = _load(config_path)
+def _store(config_path: str | None) -> Store:
     try:
-        return Store(config.state.resolved_url())
-    except StoreError as exc:
-        raise Fatal(f"state: {exc}", EXIT_CONFIG) from None
+        return open_store(_load(config_path))
+    except BuildError as exc:
+        raise Fatal(str(exc), EXIT_CONFIG) from None
 
 
 @cli.command()

@@ -20,10 +20,11 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, Self
 
 from pydantic import (
     BaseModel,
@@ -51,10 +52,12 @@ from watchdogd.urls import redact_url, split_userinfo
 DEFAULT_MAX_BYTES = 32 * 1024 * 1024
 
 __all__ = [
+    "CheckConfig",
     "ClusterConfig",
     "Config",
     "ConfigError",
     "HubConfig",
+    "Inventory",
     "file_problem",
     "load_config",
     "parse_duration",
@@ -62,6 +65,8 @@ __all__ = [
 ]
 
 ENV_PREFIX = "WATCHDOGD_"
+#: what judges the ``[checks.NAME]`` tables: problem lines, empty when all is well
+SectionCheck = Callable[[Mapping[str, Any]], list[str]]
 DEFAULT_CONFIG_PATH = Path("/etc/watchdogd/watchdogd.toml")
 
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
@@ -249,11 +254,29 @@ class CloudConfig(Section):
 
 
 class CheckConfig(Section):
-    """Settings every check shares; checks add their own keys in their module."""
+    """Settings every check shares; each check's ``Settings`` adds its own keys.
 
-    model_config = ConfigDict(extra="allow", frozen=True)
+    ``[checks.NAME]`` sections stay raw tables in :class:`Config`: the check registry
+    validates each against its check's model, so that a check's own defaults apply
+    (certs every 6 hours, sessions every 30 seconds) and an unknown key is an error.
+    """
+
     enabled: bool = True
     interval: Duration = timedelta(minutes=5)
+
+    @classmethod
+    def section(cls, sections: Mapping[str, Any], name: str) -> Self:
+        """``[checks.<name>]`` of ``sections`` validated by this model; defaults when absent."""
+        return cls.model_validate(sections.get(name) or {})
+
+
+@dataclass(frozen=True)
+class Inventory:
+    """What the configuration declares to watch: the checks' view of it besides their settings."""
+
+    clusters: Mapping[str, ClusterConfig]
+    hubs: Mapping[str, HubConfig]
+    clouds: Mapping[str, CloudConfig]
 
 
 class Config(BaseSettings):
@@ -273,7 +296,8 @@ class Config(BaseSettings):
     clusters: dict[str, ClusterConfig] = Field(default_factory=dict)
     hubs: dict[str, HubConfig] = Field(default_factory=dict)
     clouds: dict[str, CloudConfig] = Field(default_factory=dict)
-    checks: dict[str, CheckConfig] = Field(default_factory=dict)
+    #: the raw ``[checks.NAME]`` tables, validated by the check registry
+    checks: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     _toml_path: ClassVar[Path | None] = None
 
@@ -291,9 +315,10 @@ class Config(BaseSettings):
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=cls._toml_path))
         return tuple(sources)
 
-    def check(self, name: str) -> CheckConfig:
-        """The settings of one check, defaults when the file has no section for it."""
-        return self.checks.get(name, CheckConfig())
+    @property
+    def inventory(self) -> Inventory:
+        """The hubs, clusters and clouds to watch, as the checks see them."""
+        return Inventory(self.clusters, self.hubs, self.clouds)
 
 
 # Secrets: (section path pattern, field). A value for these may come from the
@@ -431,7 +456,8 @@ def config_path(explicit: str | Path | None) -> Path | None:
     return DEFAULT_CONFIG_PATH if DEFAULT_CONFIG_PATH.exists() else None
 
 
-def load_config(path: str | Path | None = None, *, check_files: bool = False) -> Config:
+def load_config(path: str | Path | None = None, *, check_files: bool = False,
+                check_sections: SectionCheck | None = None) -> Config:
     """Load, validate and resolve secrets; raise :class:`ConfigError` with every problem.
 
     Relative paths (``kubeconfig``, ``clouds_yaml``, every ``*_file``, a SQLite state
@@ -440,6 +466,10 @@ def load_config(path: str | Path | None = None, *, check_files: bool = False) ->
     kubeconfig and clouds.yaml files and the state database's folder to exist; a daemon
     started without it reports a missing kubeconfig as a failing check instead, since
     such a file may be provisioned after the start.
+
+    ``check_sections`` judges the ``[checks.NAME]`` tables: the check registry's
+    :func:`~watchdogd.checks.section_problems`, which :func:`watchdogd.app.load_config`
+    passes. This module knows no checks, so without it they are not validated here.
     """
     resolved = config_path(path)
     problems: list[str] = []
@@ -469,12 +499,14 @@ def load_config(path: str | Path | None = None, *, check_files: bool = False) ->
         # Report what else is wrong too, judged on the file alone, so that one
         # run of `config check` shows every problem.
         problems += _format_validation(exc)
-        problems += _raw_problems(raw if resolved is not None else {}, base, problems)
+        problems += _raw_problems(raw if resolved is not None else {}, base, problems,
+                                  check_sections)
         raise ConfigError(problems) from None
     problems += _references(config.model_dump())
     config, secret_problems = _resolve_secret_files(config, base)
     problems += secret_problems
-    problems += _check_checks(config.checks)
+    if check_sections is not None:
+        problems += check_sections(config.checks)
     config, path_problems = _resolve_paths(config, base, check_files=check_files)
     problems += path_problems
     if problems:
@@ -509,7 +541,8 @@ def _references(data: dict[str, Any]) -> list[str]:
     return problems
 
 
-def _raw_problems(raw: dict[str, Any], base: Path, known: list[str]) -> list[str]:
+def _raw_problems(raw: dict[str, Any], base: Path, known: list[str],
+                  check_sections: SectionCheck | None) -> list[str]:
     """References, secret files and check sections of a file that failed validation."""
     problems = _references(raw)
     for pattern, fields in _SECRET_FIELDS.items():
@@ -522,32 +555,9 @@ def _raw_problems(raw: dict[str, Any], base: Path, known: list[str]) -> list[str
                     except ValueError as exc:
                         problems.append(f"{path}.{name}_file: {exc}")
     checks = raw.get("checks")
-    if isinstance(checks, dict):
-        sections = {k: v for k, v in checks.items() if isinstance(v, dict)}
-        problems += _check_checks(sections)
+    if isinstance(checks, dict) and check_sections is not None:
+        problems += check_sections({k: v for k, v in checks.items() if isinstance(v, dict)})
     return [p for p in problems if p not in known]
-
-
-def _check_checks(sections: dict[str, Any]) -> list[str]:
-    """Validate each ``[checks.NAME]`` against the settings model of that check."""
-    from watchdogd import checks  # noqa: PLC0415 - checks import this module
-
-    problems = []
-    for name, section in sections.items():
-        if name not in checks.REGISTRY:
-            known = ", ".join(sorted(checks.REGISTRY))
-            problems.append(f"checks.{name}: unknown check (known: {known})")
-            continue
-        data = section.model_dump() if isinstance(section, BaseModel) else dict(section)
-        try:
-            checks.REGISTRY[name].validate_settings(data)
-        except ValidationError as exc:
-            for error in exc.errors():
-                loc = ".".join(str(part) for part in error["loc"])
-                msg = "unknown key" if error["type"] == "extra_forbidden" else error["msg"]
-                msg = msg.removeprefix("Value error, ")
-                problems.append(f"checks.{name}.{loc}: {msg}")
-    return problems
 
 
 # -- paths and the state URL -------------------------------------------------------------
@@ -636,20 +646,18 @@ def _absolute_files(entry: Section, base: Path, **update: Any) -> Any:
 _CHECK_PATH_KEYS = re.compile(r"^(files|kubeconfigs)$|_(path|paths|dir|dirs)$")
 
 
-def _absolute_check_paths(check: CheckConfig, base: Path) -> CheckConfig:
+def _absolute_check_paths(check: dict[str, Any], base: Path) -> dict[str, Any]:
     """A check section whose path keys (``[checks.certs] files``, ``kubeconfigs``...) are
     absolute against the config file's folder, like every other path of the config."""
     update: dict[str, Any] = {}
-    for key, value in (check.model_extra or {}).items():
+    for key, value in check.items():
         if not _CHECK_PATH_KEYS.search(key):
             continue
         if isinstance(value, str):
             update[key] = str(_absolute(value, base))
         elif isinstance(value, list) and all(isinstance(v, str) for v in value):
             update[key] = [str(_absolute(v, base)) for v in value]
-    if not update:
-        return check
-    return type(check).model_validate({**check.model_dump(), **update})
+    return {**check, **update}
 
 
 def _resolve_paths(config: Config, base: Path, *,

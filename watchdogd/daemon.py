@@ -100,7 +100,7 @@ class Daemon:
         """The checks the engine's configuration schedules (enabled, with a target)."""
         wanted = {}
         for name in self.engine.registry:
-            check = self.config.check(name)
+            check = self.engine.settings[name]
             if check.enabled and self.engine.plan([name]):
                 wanted[name] = check.interval.total_seconds()
         return wanted

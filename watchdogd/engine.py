@@ -19,7 +19,7 @@ from typing import Any
 import structlog
 
 from watchdogd.checks import REGISTRY, CheckSpec
-from watchdogd.config import Config
+from watchdogd.config import CheckConfig, Config
 from watchdogd.model import (
     Action,
     ActionStatus,
@@ -75,12 +75,25 @@ class Engine:
         self.dry_run = config.remediation.dry_run if dry_run is None else dry_run
         self.clock = clock
         self.registry = REGISTRY if registry is None else registry
+        self._settings: tuple[tuple[int, int], dict[str, CheckConfig]] = ((0, 0), {})
         # Followers of a leader election detect (for metrics) but never act or notify.
         self.acting = acting
         self.listeners: list[Callable[[PassReport], None]] = []
         # Actions of this process whose result the store could not take: action id ->
         # finding key. They are settled as interrupted before the next pass does anything.
         self._unfinished: dict[int, str] = {}
+
+    @property
+    def settings(self) -> dict[str, CheckConfig]:
+        """Each check's own validated settings: all a check ever sees of the configuration.
+
+        Validated again only when the configuration or the registry is replaced (a reload).
+        """
+        key = (id(self.config), id(self.registry))
+        if self._settings[0] != key:
+            self._settings = (key, {name: spec.settings(self.config.checks)
+                                    for name, spec in self.registry.items()})
+        return self._settings[1]
 
     # -- what to run -------------------------------------------------------------
 
@@ -92,9 +105,9 @@ class Engine:
         for name, spec in self.registry.items():
             if wanted is not None and name not in wanted:
                 continue
-            if not self.config.check(name).enabled and wanted is None:
+            if not self.settings[name].enabled and wanted is None:
                 continue
-            for check_target in spec.targets(self.config):
+            for check_target in spec.targets(self.settings[name], self.config.inventory):
                 if target is None or check_target.name == target:
                     result.append((spec, check_target))
         return result

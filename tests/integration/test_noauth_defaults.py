@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.peers.openstack_real import RealCinder, cinder_venv, venv_ready
+from watchdogd.checks import REGISTRY
 from watchdogd.config import Config
 from watchdogd.engine import Engine
 from watchdogd.sim.world import SimClock
@@ -49,7 +50,7 @@ def test_a_noauth_cloud_gets_volume_verdicts_with_the_defaults(cinder: RealCinde
         "state": {"url": f"sqlite:///{tmp_path / 'state.db'}"},
         "clouds": {"real": {"cloud": "real", "clouds_yaml": str(clouds), "timeout": "30s"}},
     })
-    assert config.check("volumes").model_dump().get("check_credentials", True) is True
+    assert REGISTRY["volumes"].settings(config.checks).check_credentials is True
     clock = SimClock()
     store = Store(config.state.resolved_url())
     sources = Sources(config)

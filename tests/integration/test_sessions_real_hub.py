@@ -21,7 +21,8 @@ from tests.integration.conftest import require_or_skip
 from tests.peers.jupyterhub import RealHub, hub_available
 from tests.peers.postgres import RealPostgres
 from tests.peers.receivers import JsonReceiver, SmtpReceiver
-from watchdogd.config import Config, load_config
+from watchdogd.app import load_config
+from watchdogd.config import Config
 from watchdogd.engine import Engine
 from watchdogd.notify import Notifier
 from watchdogd.report import PassReport

@@ -33,8 +33,9 @@ from tests.safety.harness import hasten
 from tests.safety.profile import SAFETY, examples
 from tests.safety.sessions_world import SafeWorld, SessionsModel
 from tests.safety.stats import STATS
+from watchdogd.app import load_config
 from watchdogd.checks import certs
-from watchdogd.config import ClusterConfig, Config, ConfigError, HubConfig, load_config
+from watchdogd.config import ClusterConfig, Config, ConfigError, HubConfig
 from watchdogd.model import SourceError
 from watchdogd.sim.cluster import CertAuthority
 from watchdogd.sim.world import SimClock

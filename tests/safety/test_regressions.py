@@ -20,8 +20,9 @@ from tests.safety.fuzz import PayloadServer, call_with_deadline
 from tests.safety.harness import hasten
 from tests.safety.test_fuzz_input import _hub, _kube
 from tests.unit.test_engine import Adapter, Clock, FakeWorld, make_config
+from watchdogd.app import load_config
 from watchdogd.checks import REGISTRY
-from watchdogd.config import Config, ConfigError, load_config
+from watchdogd.config import Config, ConfigError
 from watchdogd.engine import Engine
 from watchdogd.model import SourceError
 from watchdogd.sources import Sources

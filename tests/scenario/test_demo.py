@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from watchdogd.checks import REGISTRY
 from watchdogd.cli import main
 from watchdogd.sim import demo as demo_module
 from watchdogd.sim.demo import LEFT_TO_PEOPLE, Demo, DemoWorld, build_world
@@ -236,7 +237,7 @@ def test_parts_plug_in(make_world: Callable[..., World]) -> None:
     assert world.parts["extra"] is part
     assert world.checks_in_play == ["sessions", "nodes"]
     assert "[checks.nodes]" in world.config_path.read_text()
-    assert world.load_config().check("nodes").interval.total_seconds() == 120
+    assert REGISTRY["nodes"].settings(world.load_config().checks).interval.total_seconds() == 120
     world.stop()
     assert part.stopped
 

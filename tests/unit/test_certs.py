@@ -70,7 +70,7 @@ def test_registered_with_its_kinds() -> None:
 
 
 def test_defaults_watch_nothing() -> None:
-    assert certs.targets(config()) == []
+    assert REGISTRY["certs"].targets_for(config()) == []
     s = certs.Settings()
     assert (s.warn_days, s.critical_days, s.interval) == (30, 7, timedelta(hours=6))
 
@@ -91,7 +91,7 @@ def test_targets_group_files_endpoints_and_clusters() -> None:
                  endpoints=["https://hub.example.org", "https://10.0.0.7:6443",
                             {"url": "https://10.0.0.8", "server_name": "jupyter.example.org"}],
                  secrets_clusters=["js2", "js2"], api_servers=["js2", "mvu"], timeout="3s")
-    targets = {t.name: t for t in certs.targets(cfg)}
+    targets = {t.name: t for t in REGISTRY["certs"].targets_for(cfg)}
     assert sorted(targets) == ["10.0.0.7:6443", "files", "hub.example.org",
                                "js2", "jupyter.example.org", "mvu"]
     assert [n.call for n in targets["files"].needs] == ["files", "kubeconfig"]

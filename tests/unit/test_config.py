@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from watchdogd.app import load_config
+from watchdogd.checks import REGISTRY
 from watchdogd.cli import EXIT_CONFIG, EXIT_USAGE, main
-from watchdogd.config import ConfigError, load_config
+from watchdogd.config import ConfigError
 
 GOOD = """
 [remediation]
@@ -62,7 +64,7 @@ def test_good_file_loads_with_secrets_and_durations(cfg: Path) -> None:
     assert hub.api_token is not None and hub.api_token.get_secret_value() == "tok-from-file"
     assert hub.api_url == "http://hub:8081/hub/api"
     assert config.remediation.min_age.total_seconds() == 120
-    assert config.check("sessions").interval.total_seconds() == 30
+    assert REGISTRY["sessions"].settings(config.checks).interval.total_seconds() == 30
     assert "tok-from-file" not in repr(config)
 
 

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from watchdogd.app import load_config
 from watchdogd.cli import EXIT_CONFIG
-from watchdogd.config import ConfigError, load_config, redact_url
+from watchdogd.config import ConfigError, redact_url
 from watchdogd.model import SourceError
 from watchdogd.sources.kube import api_client
 
@@ -246,6 +247,6 @@ def test_paths_in_a_checks_section_resolve_against_the_config_folder(tmp_path: P
         '[checks.certs]\nfiles = ["pki/ca.crt", "/etc/kubernetes/pki"]\n'
         'kubeconfigs = ["admin.conf"]\n')
     config = load_config(tmp_path / "watchdogd.toml")
-    certs = config.check("certs").model_dump()
+    certs = config.checks["certs"]
     assert certs["files"] == [str(tmp_path / "pki/ca.crt"), "/etc/kubernetes/pki"]
     assert certs["kubeconfigs"] == [str(tmp_path / "admin.conf")]

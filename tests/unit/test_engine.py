@@ -441,8 +441,8 @@ def _spec(name: str, needs: tuple[Any, ...], detect: Any) -> Any:
     from watchdogd.config import CheckConfig
     from watchdogd.model import CheckTarget
 
-    return CheckSpec(name, ("thing",), lambda _c: CheckConfig(),
-                     lambda _c: [CheckTarget("main", needs)], detect, CheckConfig)
+    return CheckSpec(name, ("thing",), CheckConfig,
+                     lambda _s, _i: [CheckTarget("main", needs)], detect)
 
 
 def test_a_partial_detection_resolves_nothing(tmp_path: Path, world: FakeWorld) -> None:

@@ -21,7 +21,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from watchdogd.checks import CheckSpec
-from watchdogd.config import CheckConfig, Config
+from watchdogd.config import CheckConfig, Config, Inventory
 from watchdogd.engine import Engine
 from watchdogd.metrics import Health, InstrumentedSources, Metrics, MetricsServer, parse_listen
 from watchdogd.model import (
@@ -62,7 +62,7 @@ class Adapter:
         return f"fixed {item}"
 
 
-def _targets(config: Config) -> list[CheckTarget]:
+def _targets(_settings: CheckConfig, _inventory: Inventory) -> list[CheckTarget]:
     return [CheckTarget(t, (Need.of("items", "fake", t, "items"),)) for t in ("t1", "t2")]
 
 
@@ -76,8 +76,7 @@ def _detect(snapshot: Snapshot, now: datetime) -> Detection:
     return Detection(findings, len(snapshot["items"]))
 
 
-PROBE = CheckSpec("probe", ("bad-item",), lambda c: CheckConfig(), _targets, _detect,
-                  CheckConfig)
+PROBE = CheckSpec("probe", ("bad-item",), CheckConfig, _targets, _detect)
 
 
 class Clock:

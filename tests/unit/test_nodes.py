@@ -117,7 +117,7 @@ def test_next_image_size_forms() -> None:
 def test_targets_cover_every_cluster_with_narrow_lists() -> None:
     config = Config.model_validate({"clusters": {"a": {"in_cluster": True},
                                                  "b": {"in_cluster": True}}})
-    targets = nodes.targets(config)
+    targets = REGISTRY["nodes"].targets_for(config)
     assert [t.name for t in targets] == ["a", "b"]
     assert targets[0].needs == (
         Need.of("nodes", "kube", "a", "list_objects", kind="Node"),
@@ -129,7 +129,7 @@ def test_targets_cover_every_cluster_with_narrow_lists() -> None:
         "clusters": {"a": {"in_cluster": True}, "b": {"in_cluster": True}},
         "checks": {"nodes": {"clusters": ["b"], "dedicated_core": True,
                              "failed_pod_namespaces": ["jhub", "staging"]}}})
-    [target] = nodes.targets(config)
+    [target] = REGISTRY["nodes"].targets_for(config)
     assert target.name == "b"
     keys = [n.key for n in target.needs]
     assert keys == ["nodes", "namespaces", "failed_pods:jhub", "failed_pods:staging",

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from watchdogd.checks import orphans
+from watchdogd.checks import REGISTRY, orphans
 from watchdogd.config import Config
 from watchdogd.model import Detection, ImplausibleData, Snapshot
 
@@ -72,7 +72,7 @@ def test_targets_one_per_cloud_and_per_loose_cluster() -> None:
         "clouds": {"js2": {"cloud": "js2", "clusters": ["c1", "c2"]},
                    "empty": {"cloud": "other"}},
     })
-    by_name = {t.name: t for t in orphans.targets(config)}
+    by_name = {t.name: t for t in REGISTRY["orphans"].targets_for(config)}
     assert set(by_name) == {"js2", "lone"}  # a cloud without clusters gets no verdict
     keys = {n.key for n in by_name["js2"].needs}
     assert keys == {"volumes", "pvs:c1", "pvs:c2", "pvcs:c1", "hub_db:main"}

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from watchdogd.config import Config
+from watchdogd.config import CheckConfig, Config
 from watchdogd.daemon import Daemon, supervise
 from watchdogd.metrics import Health
 from watchdogd.report import PassReport
@@ -139,6 +139,7 @@ class FakeEngine:
 
     def __init__(self) -> None:
         self.registry: dict[str, Any] = {"probe": object()}
+        self.settings = {"probe": CheckConfig(interval=0.2)}
         self.notifier = None
         self.dry_run = True
         self.listeners: list[Any] = []

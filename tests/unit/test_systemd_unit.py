@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from watchdogd.config import Config, load_config, parse_duration
+from watchdogd.app import load_config
+from watchdogd.config import Config, parse_duration
 
 REPO = Path(__file__).resolve().parents[2]
 UNITS = REPO / "systemd"

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from watchdogd.checks import volumes
+from watchdogd.checks import REGISTRY, volumes
 from watchdogd.config import Config
 from watchdogd.model import Detection, Snapshot
 
@@ -66,7 +66,7 @@ def test_targets_share_kube_needs_with_orphans() -> None:
         "clusters": {"c1": {}, "c2": {}},
         "clouds": {"js2": {"cloud": "js2", "clusters": ["c1", "c2"]}},
     })
-    (target,) = volumes.targets(config)
+    (target,) = REGISTRY["volumes"].targets_for(config)
     keys = {n.key for n in target.needs}
     assert keys == {"volumes", "attachments", "credentials", "pvs:c1", "pvs:c2",
                     "events:c1:FailedAttachVolume", "events:c1:FailedMount",
@@ -75,7 +75,7 @@ def test_targets_share_kube_needs_with_orphans() -> None:
     assert dict(events.params) == {"kind": "Event", "field_selector": "reason=FailedMount"}
     with_claims = Config.model_validate({**config.model_dump(),
                                          "checks": {"volumes": {"read_claims": True}}})
-    (target,) = volumes.targets(with_claims)
+    (target,) = REGISTRY["volumes"].targets_for(with_claims)
     assert {"pvcs:c1", "pvcs:c2"} <= {n.key for n in target.needs}
 
 

@@ -39,7 +39,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from watchdogd.config import CheckConfig, Config, Duration
+from watchdogd.config import CheckConfig, Duration, Inventory
 from watchdogd.model import CheckTarget, Detection, Finding, Need, Severity, Snapshot
 from watchdogd.times import parse_time
 
@@ -160,14 +160,9 @@ def split_endpoint(url: str) -> tuple[str, int]:
     return parts.hostname, port
 
 
-def settings(config: Config) -> Settings:
-    """The validated ``[checks.certs]`` section."""
-    return Settings.model_validate(config.check(NAME).model_dump())
 
-
-def targets(config: Config) -> list[CheckTarget]:
+def targets(check: Settings, inventory: Inventory) -> list[CheckTarget]:
     """``files`` for this host's files, one target per endpoint and per watched cluster."""
-    check = settings(config)
     timeout = check.timeout.total_seconds()
     needs: dict[str, list[Need]] = {}
     for path in check.files:

@@ -39,7 +39,7 @@ from typing import Any
 
 from pydantic import ConfigDict, Field, field_validator
 
-from watchdogd.config import CheckConfig, Config, Duration
+from watchdogd.config import CheckConfig, Duration, Inventory
 from watchdogd.model import (
     Action,
     CheckTarget,
@@ -212,15 +212,10 @@ class TargetSettings:
     check: Settings
 
 
-def settings(config: Config) -> Settings:
-    """The validated ``[checks.nodes]`` section."""
-    return Settings.model_validate(config.check(NAME).model_dump())
 
-
-def targets(config: Config) -> list[CheckTarget]:
+def targets(check: Settings, inventory: Inventory) -> list[CheckTarget]:
     """One target per watched cluster: nodes, failed pods, Terminating namespaces, core pods."""
-    check = settings(config)
-    names = check.clusters or list(config.clusters)
+    names = check.clusters or list(inventory.clusters)
     result = []
     for cluster in names:
         needs = [

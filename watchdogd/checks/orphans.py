@@ -60,7 +60,7 @@ from watchdogd.checks.volumes import (
     volume_summary,
     volumes_need,
 )
-from watchdogd.config import CheckConfig, Config, Duration
+from watchdogd.config import CheckConfig, Duration, Inventory
 from watchdogd.model import (
     Action,
     CheckTarget,
@@ -122,37 +122,32 @@ class TargetSettings:
     check: Settings
 
 
-def settings(config: Config) -> Settings:
-    """The validated ``[checks.orphans]`` section."""
-    return Settings.model_validate(config.check(NAME).model_dump())
-
 
 def hub_need(hub: str) -> Need:
     """The hub database's users (the sessions() read of the hubdb source)."""
     return Need.of(f"hub_db:{hub}", "hubdb", hub, "sessions")
 
 
-def targets(config: Config) -> list[CheckTarget]:
+def targets(check: Settings, inventory: Inventory) -> list[CheckTarget]:
     """One target per cloud (over all its clusters), one per cluster that is in no cloud.
 
     A cloud without clusters gets no target: with no PV list, every volume would look
     orphaned.
     """
-    check = settings(config)
     result = []
     in_clouds: set[str] = set()
     groups: list[tuple[str, str | None, tuple[str, ...]]] = []
-    for name, cloud in config.clouds.items():
+    for name, cloud in inventory.clouds.items():
         if cloud.clusters:
             groups.append((name, name, tuple(cloud.clusters)))
             in_clouds.update(cloud.clusters)
-    for cluster in config.clusters:
+    for cluster in inventory.clusters:
         if cluster not in in_clouds:
-            name = cluster if cluster not in config.clouds else f"cluster-{cluster}"
+            name = cluster if cluster not in inventory.clouds else f"cluster-{cluster}"
             groups.append((name, None, (cluster,)))
     for name, cloud_name, clusters in groups:
         hubs = tuple(HubRef(h, hub.cluster, hub.namespace, hub.layout)
-                     for h, hub in config.hubs.items() if hub.cluster in clusters)
+                     for h, hub in inventory.hubs.items() if hub.cluster in clusters)
         needs: list[Need] = [volumes_need(cloud_name)] if cloud_name else []
         for cluster in clusters:
             needs.append(pvs_need(cluster))

@@ -34,7 +34,7 @@ from typing import Any, Literal
 from pydantic import ConfigDict, Field
 
 from watchdogd.checks.common import pod_before_image
-from watchdogd.config import CheckConfig, Config, Duration, HubConfig
+from watchdogd.config import CheckConfig, Duration, HubConfig, Inventory
 from watchdogd.model import (
     Action,
     CheckTarget,
@@ -95,16 +95,11 @@ class TargetSettings:
     proxy: bool = False
 
 
-def settings(config: Config) -> Settings:
-    """The validated ``[checks.sessions]`` section."""
-    return Settings.model_validate(config.check(NAME).model_dump())
 
-
-def targets(config: Config) -> list[CheckTarget]:
+def targets(check: Settings, inventory: Inventory) -> list[CheckTarget]:
     """One target per hub: its DB, API, proxy routes and pods."""
-    check = settings(config)
     result = []
-    for name, hub in config.hubs.items():
+    for name, hub in inventory.hubs.items():
         result.append(CheckTarget(name, _needs(name, hub), TargetSettings(
             hub=name, cluster=hub.cluster, namespace=hub.namespace, layout=hub.layout,
             nublado_prefix=hub.nublado_namespace_prefix,

@@ -57,7 +57,7 @@ from typing import Any
 
 from pydantic import ConfigDict, Field
 
-from watchdogd.config import CheckConfig, Config, Duration
+from watchdogd.config import CheckConfig, Duration, Inventory
 from watchdogd.model import (
     Action,
     CheckTarget,
@@ -113,10 +113,6 @@ class TargetSettings:
     check: Settings
 
 
-def settings(config: Config) -> Settings:
-    """The validated ``[checks.volumes]`` section."""
-    return Settings.model_validate(config.check(NAME).model_dump())
-
 
 # -- needs shared with the orphans check (equal needs are fetched once per pass) ---------------
 
@@ -143,11 +139,10 @@ def events_need(cluster: str, reason: str) -> Need:
                    field_selector=f"reason={reason}")
 
 
-def targets(config: Config) -> list[CheckTarget]:
+def targets(check: Settings, inventory: Inventory) -> list[CheckTarget]:
     """One target per cloud: its volumes, attachments, credentials and clusters' PVs/events."""
-    check = settings(config)
     result = []
-    for name, cloud in config.clouds.items():
+    for name, cloud in inventory.clouds.items():
         needs = [volumes_need(name), Need.of("attachments", "openstack", name, "attachments")]
         if check.check_credentials:
             needs.append(Need.of("credentials", "openstack", name, "application_credentials"))

@@ -442,13 +442,13 @@ class Demo:
 
         confirm = config.remediation.confirm_after
         result = []
-        stuck_after = sessions.settings(config).stuck_stop_after
+        stuck_after = sessions.Settings.section(config.checks, sessions.NAME).stuck_stop_after
         if stuck_after:
             minutes = int(stuck_after.total_seconds() // 60)
             result.append(f"A stop only counts as stuck once it has been pending for "
                           f"checks.sessions.stuck_stop_after = {minutes} minutes: watch for "
                           f"stuck-stop from pass {_pass_reaching(minutes)} on.")
-        vol = volumes.settings(config)
+        vol = volumes.Settings.section(config.checks, volumes.NAME)
         stuck = int(vol.stuck_after.total_seconds() // 60)
         stale = int(vol.attachment_stale_after.total_seconds() // 60)
         first = _pass_reaching(max(stuck, stale))
@@ -459,12 +459,13 @@ class Demo:
             f"{stale}; the demo's values, 5 and 30 by default): watch for volume-stuck and "
             f"attachment-stale from pass {first}, and for delete-attachment, which frees the "
             f"volume too, in pass {first + confirm - 1}.")
-        days = orphans.settings(config).quarantine_days
+        days = orphans.Settings.section(config.checks, orphans.NAME).quarantine_days
         result.append(
             "An orphaned volume is only quarantined (today's date in its metadata, from pass "
             f"{confirm}): deleting it waits checks.orphans.quarantine_days = {days} days and "
             "needs delete-orphan-volume, off here.")
-        min_age = int(nodes.settings(config).failed_pod_min_age.total_seconds() // 60)
+        node_settings = nodes.Settings.section(config.checks, nodes.NAME)
+        min_age = int(node_settings.failed_pod_min_age.total_seconds() // 60)
         ready = _pass_reaching(min_age, FAILED_POD_MINUTES)
         result.append(
             f"A failed pod is deleted only once it has been failed for "
@@ -535,7 +536,7 @@ class Demo:
         """What became of each planted problem, from the last (dry-run) pass."""
         from watchdogd.checks import orphans  # noqa: PLC0415
 
-        days = orphans.settings(config).quarantine_days
+        days = orphans.Settings.section(config.checks, orphans.NAME).quarantine_days
         confirm = config.remediation.confirm_after
         still = {(c["check"], f["kind"], f["subject"]): f
                  for c in final["checks"] for f in c["findings"]}

@@ -1,0 +1,203 @@
+"""Wiring: the one place that builds watchdogd's parts from a :class:`~watchdogd.config.Config`.
+
+``watchdogd check``, ``watchdogd run``, the simulated worlds (``watchdogd demo``, the tests)
+and the benchmarks all start here, so each runs the same store, notifier, sources and
+engine that an operator's daemon runs. A problem that makes a part impossible to build
+(a state URL nothing can open, an apprise file that does not parse, a Lease on a cluster
+without credentials) is a :class:`BuildError` naming the setting, the CLI's exit 78.
+
+Imports are deferred to the function that needs them: a ``check --only sessions`` never
+pays for the scheduler, the metrics, the leader election or the SDKs of unused sources.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from watchdogd import config as _config
+from watchdogd.checks import section_problems
+from watchdogd.config import Config
+
+if TYPE_CHECKING:
+    from watchdogd.daemon import Daemon, Reload
+    from watchdogd.engine import Engine
+    from watchdogd.leader import LeaderElector
+    from watchdogd.metrics import Health, Metrics, MetricsServer
+    from watchdogd.notify import Notifier
+    from watchdogd.sources import Sources
+    from watchdogd.store import Store
+
+__all__ = ["App", "BuildError", "build", "load_config", "open_store", "reload"]
+
+
+class BuildError(Exception):
+    """A part cannot be built from the configuration; the message names the setting."""
+
+
+def load_config(path: str | Path | None = None, *, check_files: bool = False) -> Config:
+    """The configuration with every ``[checks.NAME]`` judged by its check's own model.
+
+    Raises :class:`~watchdogd.config.ConfigError` listing every problem at once.
+    """
+    return _config.load_config(path, check_files=check_files, check_sections=section_problems)
+
+
+@dataclass
+class App:
+    """The parts of one process, built together and closed together."""
+
+    config: Config
+    store: Store
+    sources: Sources
+    notifier: Notifier | None
+    engine: Engine
+    #: the daemon's parts (``build(service=True)``): the Lease elector, if elected
+    elector: LeaderElector | None = None
+    health: Health | None = None
+    metrics: Metrics | None = None
+    server: MetricsServer | None = None
+    _closers: list[Callable[[], None]] = field(default_factory=list, repr=False)
+
+    def daemon(self, reloader: Callable[[], Reload] | None = None) -> Daemon:
+        """The scheduler around this app's engine."""
+        from watchdogd.daemon import Daemon  # noqa: PLC0415
+
+        return Daemon(self.config, self.engine, reloader=reloader)
+
+    def close(self) -> None:
+        """Close what was opened: adapters' connection pools, the store, the metrics port."""
+        for close in reversed(self._closers):
+            close()
+        self._closers.clear()
+
+
+def build(config: Config, *, dry_run: bool | None = None,
+          clock: Callable[[], datetime] | None = None, service: bool = False,
+          notify: bool = True) -> App:
+    """Build the store, notifier, sources and engine; with ``service`` the daemon's parts too.
+
+    ``service`` adds the health rule, the metrics (and their endpoint when
+    ``daemon.metrics_listen`` is set; a bad address fails here, before anything runs),
+    the instrumented sources, and the Lease elector when ``daemon.leader_election`` is on.
+    ``notify=False`` builds no notifier (a world without receivers). Raises
+    :class:`BuildError`.
+    """
+    from watchdogd.engine import Engine  # noqa: PLC0415
+
+    store = open_store(config)
+    closers: list[Callable[[], None]] = [store.close]
+    try:
+        notifier = _notifier(config) if notify else None
+        elector = health = metrics = server = None
+        if service:
+            from watchdogd.metrics import (  # noqa: PLC0415
+                Health,
+                InstrumentedSources,
+                Metrics,
+                MetricsServer,
+            )
+
+            elector = _elector(config) if config.daemon.leader_election else None
+            health = Health(stuck_after=2 * config.daemon.pass_timeout.total_seconds())
+            metrics = Metrics(health, leader=elector.is_leader if elector else lambda: True)
+            if config.daemon.metrics_listen:
+                try:
+                    server = MetricsServer(metrics, config.daemon.metrics_listen)
+                except ValueError as exc:
+                    raise BuildError(str(exc)) from None
+                closers.append(server.stop)
+            sources: Sources = InstrumentedSources(config, metrics)
+        else:
+            sources = _sources(config)
+        closers.append(sources.close)
+        extra: dict[str, Any] = {} if clock is None else {"clock": clock}
+        if elector is not None:
+            extra["acting"] = elector.is_leader
+        engine = Engine(config, store, sources, notifier=notifier, dry_run=dry_run, **extra)
+    except BaseException:
+        for close in reversed(closers):
+            close()
+        raise
+    return App(config, store, sources, notifier, engine, elector, health, metrics, server,
+               closers)
+
+
+def reload(app: App, path: str | Path | None, dry_run: bool | None) -> Reload:
+    """The configuration at ``path`` read again for SIGHUP, validated as ``config check`` does.
+
+    Builds the new sources (instrumented into the running metrics) and notifier; applies
+    nothing. Raises ReloadRefused with one line naming every problem.
+    """
+    from watchdogd.daemon import Reload, ReloadRefused  # noqa: PLC0415
+
+    try:
+        config = load_config(path, check_files=True)
+    except _config.ConfigError as exc:
+        raise ReloadRefused("; ".join(f"config: {p}" for p in exc.problems)) from None
+    try:
+        notifier = _notifier(config)
+    except BuildError as exc:
+        raise ReloadRefused(str(exc)) from None
+    if app.metrics is not None:
+        from watchdogd.metrics import InstrumentedSources  # noqa: PLC0415
+
+        sources: Sources = InstrumentedSources(config, app.metrics)
+    else:
+        sources = _sources(config)
+    return Reload(config, sources, notifier,
+                  config.remediation.dry_run if dry_run is None else dry_run)
+
+
+def open_store(config: Config) -> Store:
+    """The state store of ``[state]`` (created or upgraded on first use)."""
+    from watchdogd.store import Store, StoreError  # noqa: PLC0415
+
+    try:
+        return Store(config.state.resolved_url())
+    except StoreError as exc:
+        raise BuildError(f"state: {exc}") from None
+
+
+def _sources(config: Config) -> Sources:
+    from watchdogd.sources import Sources  # noqa: PLC0415
+
+    return Sources(config)
+
+
+def _notifier(config: Config) -> Notifier:
+    from watchdogd.notify import Notifier, NotifyConfigError  # noqa: PLC0415
+
+    try:
+        return Notifier.from_config(config.notify)
+    except NotifyConfigError as exc:
+        raise BuildError(str(exc)) from None
+
+
+def _elector(config: Config) -> LeaderElector:
+    """The Lease elector of ``[daemon]``, on the lease cluster's credentials."""
+    from watchdogd.leader import KubeLeaseApi, LeaderElector, default_identity  # noqa: PLC0415
+    from watchdogd.model import SourceError  # noqa: PLC0415
+    from watchdogd.sources.kube import api_client  # noqa: PLC0415
+
+    daemon = config.daemon
+    cluster = daemon.lease_cluster
+    if cluster is None:
+        # The first cluster of the file, as documented: every replica reads the same
+        # file, so they all meet on the same Lease.
+        if not config.clusters:
+            raise BuildError("daemon.leader_election: no [clusters.X] to hold the Lease")
+        cluster = next(iter(config.clusters))
+    duration = daemon.lease_duration.total_seconds()
+    if duration < 3:
+        raise BuildError("daemon.lease_duration: at least 3s (renewals run every third of it)")
+    try:
+        client = api_client(cluster, config.clusters[cluster])
+    except SourceError as exc:
+        raise BuildError(f"daemon.lease_cluster: {exc}") from None
+    timeout = min(duration / 3, config.clusters[cluster].timeout.total_seconds())
+    api = KubeLeaseApi(client, daemon.lease_namespace, daemon.lease_name, timeout=timeout)
+    return LeaderElector(api, default_identity(), duration)
