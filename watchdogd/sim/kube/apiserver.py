@@ -37,7 +37,7 @@ from urllib.parse import unquote
 
 from watchdogd.sim._http import Fault, HttpBase, Request, Response
 from watchdogd.sim.kube.errors import ApiError, details, not_found
-from watchdogd.sim.kube.resources import BY_KIND, BY_PATH, RESOURCES, Obj, ResourceType
+from watchdogd.sim.kube.resources import BY_PATH, RESOURCES, Obj, ResourceType, resource
 from watchdogd.sim.kube.selectors import (
     FieldRequirement,
     Query,
@@ -194,10 +194,7 @@ class KubeSim(HttpBase):
 
     def resource(self, kind: str) -> ResourceType:
         """Resolve a kind (``Pod``), plural (``pods``) or short name (``po``)."""
-        rt = BY_KIND.get(kind) or BY_KIND.get(kind.lower())
-        if rt is None:
-            raise KeyError(f"unknown kind {kind!r}")
-        return rt
+        return resource(kind)
 
     def _prepare_put(self, obj: Obj, deep: bool) -> tuple[ResourceType, str, Obj]:
         kind = obj.get("kind")

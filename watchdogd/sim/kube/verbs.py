@@ -38,10 +38,6 @@ def json_response(code: int, obj: Any) -> Response:
     return Response(code, dumps(obj).encode())
 
 
-def _object(code: int, entry: Entry) -> Response:
-    return Response(code, entry.full_json.encode())
-
-
 class Verbs:
     """The writes and their rules; ``strict_namespaces`` makes a create in a missing namespace
     a 404 as on a real cluster."""
