@@ -5,8 +5,8 @@ Kubernetes source must be exercised through the *official* ``kubernetes`` client
 exactly as in production: pagination with ``limit``/``continue`` (and the 410 on an expired token
 that a careless pager turns into a silently truncated pod list), label and field selectors,
 delete and deletecollection, Leases with optimistic concurrency, watches, and the discovery
-documents kubectl reads before it does anything.  This module answers those over real HTTP/1.1
-with only the standard library, so tests, benchmarks and ``watchdogd demo`` can all use it.
+documents kubectl reads before it does anything.  This package answers those over real HTTP/1.1
+on the shared simulator HTTP base, so tests, benchmarks and ``watchdogd demo`` can all use it.
 
 Shapes follow the real API server (checked against the kubernetes 37 client's models and
 kubectl 1.32): list items carry no ``kind``/``apiVersion``, errors are ``Status`` objects with the
