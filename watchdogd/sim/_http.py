@@ -1,21 +1,30 @@
-"""Plumbing shared by the stdlib HTTP simulators of the hub side (CHP, the Hub REST API).
+"""The one HTTP base of the simulators: server thread, faults, lifecycle, request log.
 
-Each simulator is a :class:`HttpSim` subclass that implements :meth:`HttpSim.handle`, a pure
+Each simulator subclasses :class:`HttpBase` (or :class:`HttpSim`, which adds the hub-style
+``fail(status=, times=, hang=)``) and implements :meth:`HttpBase.handle`, a pure
 request -> response function over its own state. This base owns what every simulator needs
 and what tests lean on: a server thread on a free port of 127.0.0.1, ``down()``/``up()`` on
-the same port (open keep-alive connections are cut, as when a real process dies), faults
-(``fail(status=, times=, hang=)``) and a log of the requests received.
+the same port (open keep-alive connections are cut, as when a real process dies), faults,
+a log of the requests received, optional TLS on the same port (told apart by the first byte)
+and streamed (chunked) answers such as Kubernetes watches.
+
+Hand-written on purpose: the simulators must cut keep-alive connections, hang, close without
+an answer and stream until the peer hangs up, which a WSGI server hides from its application;
+``http.server`` keeps the socket in reach.
 """
 
 from __future__ import annotations
 
 import contextlib
 import email.utils
+import functools
 import json
 import re
+import select
 import socket
+import ssl
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -23,7 +32,8 @@ from types import TracebackType
 from typing import Any, Self
 from urllib.parse import parse_qs, urlsplit
 
-__all__ = ["Fault", "HttpSim", "Request", "Response", "utcnow"]
+__all__ = ["Fault", "HttpBase", "HttpSim", "Request", "Response", "peer_closed", "rfc3339",
+           "utcnow"]
 
 
 def utcnow() -> datetime:
@@ -53,15 +63,26 @@ class Request:
             return None
         return json.loads(self.body)
 
+    @functools.cached_property
+    def params(self) -> dict[str, str]:
+        """The first value of each query argument (how Go's ``url.Values.Get`` reads them)."""
+        return {k: v[0] for k, v in self.query.items()}
+
 
 @dataclass
 class Response:
-    """What a simulator answers."""
+    """What a simulator answers.
+
+    With ``stream`` the answer is chunked: each bytes item of the iterable is one chunk, an
+    empty item means "nothing yet" (the base then checks whether the peer hung up), and the
+    stream's ``close()``, if it has one, is called however the answer ends (as WSGI does).
+    """
 
     status: int
     body: bytes = b""
     content_type: str | None = "application/json"
     headers: dict[str, str] = field(default_factory=dict)
+    stream: Iterable[bytes] | None = None
 
     @classmethod
     def json(cls, status: int, data: Any) -> Response:
@@ -76,7 +97,7 @@ class Response:
 
 @dataclass
 class Fault:
-    """A fault set with :meth:`HttpSim.fail`."""
+    """A fault set with :meth:`HttpSim.fail` (or a subclass's own ``fail``)."""
 
     status: int
     times: int | None
@@ -84,6 +105,11 @@ class Fault:
     path: re.Pattern[str]
     method: str | None
     fired: int = 0
+    #: the first ``after`` matching requests pass untouched
+    after: int = 0
+    seen: int = 0
+    #: answer for real after ``hang`` (a slow server) instead of with ``status``
+    late: bool = False
 
     def applies(self, method: str, path: str) -> bool:
         """Whether this fault takes the request (and counts it)."""
@@ -91,24 +117,60 @@ class Fault:
             return False
         if not self.path.search(path):
             return False
-        if self.times is not None and self.fired >= self.times:
+        self.seen += 1
+        if self.seen <= self.after or (self.times is not None and self.fired >= self.times):
             return False
         self.fired += 1
         return True
 
 
 class _Server(ThreadingHTTPServer):
-    """Knows its open connections so that ``down()`` can cut them like a dying process."""
+    """Knows its open connections so that ``down()`` can cut them like a dying process.
+
+    With a TLS context each connection speaks plain HTTP or TLS, told apart by its first byte
+    (0x16 opens a TLS handshake), so ``http://`` and ``https://`` share one port and one
+    down()/up().
+    """
 
     daemon_threads = True
     allow_reuse_address = True
     block_on_close = False
 
-    def __init__(self, address: tuple[str, int], sim: HttpSim) -> None:
+    def __init__(self, address: tuple[str, int], sim: HttpBase,
+                 tls: ssl.SSLContext | None = None) -> None:
         self.sim = sim
+        self.tls = tls
         self.connections: set[socket.socket] = set()
         self.conn_lock = threading.Lock()
         super().__init__(address, _Handler)
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        if self.tls is None:
+            super().finish_request(request, client_address)
+            return
+        conn = request
+        try:
+            first = request.recv(1, socket.MSG_PEEK)
+        except OSError:
+            return
+        if not first:
+            return
+        if first == b"\x16":
+            try:
+                conn = self.tls.wrap_socket(request, server_side=True)
+            except (OSError, ValueError):  # failed handshakes are the client's problem
+                return
+            with self.conn_lock:
+                self.connections.discard(request)
+                self.connections.add(conn)
+        try:
+            _Handler(conn, client_address, self)
+        finally:
+            if conn is not request:  # wrap_socket detached `request`; close the TLS socket
+                with self.conn_lock:
+                    self.connections.discard(conn)
+                with contextlib.suppress(OSError):
+                    conn.close()
 
     def get_request(self) -> tuple[socket.socket, Any]:
         conn, addr = super().get_request()
@@ -157,7 +219,7 @@ class _Handler(BaseHTTPRequestHandler):
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _dispatch
 
 
-class HttpSim:
+class HttpBase:
     """Base of a simulator: lifecycle, faults, request log. Subclasses implement ``handle``."""
 
     #: used in thread names and error messages
@@ -182,7 +244,7 @@ class HttpSim:
         with self._life_lock:
             if self._server is not None:
                 return self
-            server = _Server(("127.0.0.1", self._port), self)
+            server = _Server(("127.0.0.1", self._port), self, self.server_tls())
             self._port = server.server_address[1]
             self._closing.clear()
             self._server = server
@@ -207,8 +269,16 @@ class HttpSim:
         server.shutdown()
         server.server_close()
         server.cut_connections()
+        self.on_down()
         if thread is not None:
             thread.join(timeout=5)
+
+    def on_down(self) -> None:
+        """Called by :meth:`down` once connections are cut (e.g. to end open streams)."""
+
+    def server_tls(self) -> ssl.SSLContext | None:
+        """The TLS context for https on the same port, or None (plain HTTP only)."""
+        return None
 
     def up(self) -> None:
         """Listen again on the same port after :meth:`down`."""
@@ -240,17 +310,10 @@ class HttpSim:
 
     # -- faults -----------------------------------------------------------------------------
 
-    def fail(self, status: int = 500, *, times: int | None = None, hang: float | None = None,
-             path: str = "", method: str | None = None) -> None:
-        """Make matching requests fail.
-
-        The next ``times`` requests (None: all) whose path matches ``path`` (``re.search``,
-        empty: every path) and whose method is ``method`` (None: any) get ``status``; with
-        ``hang`` the answer comes only after that many seconds, so a client timeout fires
-        first. ``status=0`` closes the connection without an answer.
-        """
+    def add_fault(self, fault: Fault) -> None:
+        """Install a fault (what each simulator's ``fail`` builds)."""
         with self._meta_lock:
-            self._faults.append(Fault(status, times, hang, re.compile(path), method))
+            self._faults.append(fault)
 
     def clear_faults(self) -> None:
         """Remove every fault set with :meth:`fail`."""
@@ -268,6 +331,11 @@ class HttpSim:
 
     # -- serving ------------------------------------------------------------------------------
 
+    def default_headers(self) -> list[tuple[str, str]]:
+        """Headers every answer starts with: here what ``http.server`` sends (Server, Date)."""
+        return [("Server", f"{_Handler.server_version} {_Handler.sys_version}"),
+                ("Date", email.utils.format_datetime(self.clock().astimezone(UTC), usegmt=True))]
+
     def handle(self, req: Request) -> Response:
         """Answer one request (implemented by each simulator)."""
         raise NotImplementedError
@@ -283,11 +351,12 @@ class HttpSim:
         if fault is not None:
             if fault.hang:
                 self._closing.wait(fault.hang)
-            if fault.status == 0 or self._closing.is_set():
+            if (fault.status == 0 and not fault.late) or self._closing.is_set():
                 h.close_connection = True
                 return
-            self._write(h, self.fault_response(fault))
-            return
+            if not fault.late:
+                self._write(h, self.fault_response(fault))
+                return
         host = h.headers.get("Host") or f"127.0.0.1:{self._port}"
         req = Request(h.command, path, parse_qs(split.query, keep_blank_values=True),
                       h.headers, body, f"http://{host}{h.path}")
@@ -298,20 +367,83 @@ class HttpSim:
                                        "message": f"simulator bug: {type(exc).__name__}: {exc}"})
         self._write(h, resp)
 
-    @staticmethod
-    def _write(h: _Handler, resp: Response) -> None:
+    def _write(self, h: _Handler, resp: Response) -> None:
+        """Status line, headers and body in one send: separate small writes meet delayed ACKs."""
+        head = [*self.default_headers()]
+        if resp.content_type and (resp.body or resp.stream is not None):
+            head.append(("Content-Type", resp.content_type))
+        head += resp.headers.items()
+        if resp.stream is not None:
+            head.append(("Transfer-Encoding", "chunked"))
+        else:
+            head.append(("Content-Length", str(len(resp.body))))
+        if h.close_connection:
+            head.append(("Connection", "close"))
+        phrase = h.responses[resp.status][0] if resp.status in h.responses else ""
+        payload = (f"HTTP/1.1 {resp.status} {phrase}\r\n"
+                   + "".join(f"{k}: {v}\r\n" for k, v in head) + "\r\n").encode("latin-1")
         try:
-            h.send_response(resp.status)
-            if resp.content_type and resp.body:
-                h.send_header("Content-Type", resp.content_type)
-            for key, value in resp.headers.items():
-                h.send_header(key, value)
-            h.send_header("Content-Length", str(len(resp.body)))
-            h.end_headers()
-            if h.command != "HEAD" and resp.body:
-                h.wfile.write(resp.body)
+            if resp.stream is not None:
+                h.wfile.write(payload)
+                self._stream(h, resp.stream)
+            else:
+                h.wfile.write(payload if h.command == "HEAD" else payload + resp.body)
         except OSError:
             h.close_connection = True
+        finally:
+            close = getattr(resp.stream, "close", None)
+            if close is not None:
+                close()
+
+    def _stream(self, h: _Handler, chunks: Iterable[bytes]) -> None:
+        """Write chunks until the stream ends, the peer hangs up or the simulator goes down;
+        the last two cut the connection without the terminating chunk, as a dying server."""
+        for chunk in chunks:
+            if chunk:
+                h.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            elif peer_closed(h.connection):
+                h.close_connection = True
+                return
+            if self._closing.is_set():
+                h.close_connection = True
+                return
+        if self._closing.is_set():
+            h.close_connection = True
+            return
+        h.wfile.write(b"0\r\n\r\n")
+
+
+class HttpSim(HttpBase):
+    """A simulator with the hub-style fault API, :meth:`fail`."""
+
+    def fail(self, status: int = 500, *, times: int | None = None, hang: float | None = None,
+             path: str = "", method: str | None = None) -> None:
+        """Make matching requests fail.
+
+        The next ``times`` requests (None: all) whose path matches ``path`` (``re.search``,
+        empty: every path) and whose method is ``method`` (None: any) get ``status``; with
+        ``hang`` the answer comes only after that many seconds, so a client timeout fires
+        first. ``status=0`` closes the connection without an answer.
+        """
+        self.add_fault(Fault(status, times, hang, re.compile(path), method))
+
+
+def peer_closed(sock: socket.socket) -> bool:
+    """Whether the client hung up on an idle stream (otherwise we learn only on the next write)."""
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+        if not readable:
+            return False
+        if isinstance(sock, ssl.SSLSocket):  # no MSG_PEEK through TLS; a watcher sends nothing
+            return True
+        return sock.recv(1, socket.MSG_PEEK) == b""
+    except (OSError, ValueError):
+        return True
+
+
+def rfc3339(value: datetime) -> str:
+    """``2026-11-22T03:00:00Z``: second-precision UTC, as Kubernetes writes its timestamps."""
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def isoformat_ms(value: datetime) -> str:
