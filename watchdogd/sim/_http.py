@@ -23,7 +23,7 @@ from types import TracebackType
 from typing import Any, Self
 from urllib.parse import parse_qs, urlsplit
 
-__all__ = ["Fault", "HttpSim", "Request", "Response", "utcnow"]
+__all__ = ["Fault", "HttpSim", "Request", "Response", "free_port", "iso_utc", "utcnow"]
 
 
 def utcnow() -> datetime:
@@ -84,12 +84,18 @@ class Fault:
     path: re.Pattern[str]
     method: str | None
     fired: int = 0
+    #: matching requests let through before the fault starts firing (``fail(after=)``)
+    after: int = 0
+    seen: int = 0
 
     def applies(self, method: str, path: str) -> bool:
         """Whether this fault takes the request (and counts it)."""
         if self.method is not None and self.method != method:
             return False
         if not self.path.search(path):
+            return False
+        self.seen += 1
+        if self.seen <= self.after:
             return False
         if self.times is not None and self.fired >= self.times:
             return False
@@ -154,6 +160,15 @@ class _Handler(BaseHTTPRequestHandler):
         return email.utils.format_datetime(self.server.sim.clock().astimezone(UTC),
                                            usegmt=True)
 
+    def send_response(self, code: int, message: str | None = None) -> None:
+        if self.server.sim.send_date:
+            super().send_response(code, message)
+            return
+        # A server behind a proxy that strips Date: the same answer without it.
+        self.log_request(code)
+        self.send_response_only(code, message)
+        self.send_header("Server", self.version_string())
+
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _dispatch
 
 
@@ -162,6 +177,8 @@ class HttpSim:
 
     #: used in thread names and error messages
     kind = "sim"
+    #: whether answers carry a ``Date`` header (a proxy in front may strip it)
+    send_date = True
 
     def __init__(self, *, clock: Callable[[], datetime] = utcnow) -> None:
         self.clock = clock
@@ -241,16 +258,18 @@ class HttpSim:
     # -- faults -----------------------------------------------------------------------------
 
     def fail(self, status: int = 500, *, times: int | None = None, hang: float | None = None,
-             path: str = "", method: str | None = None) -> None:
+             path: str = "", method: str | None = None, after: int = 0) -> None:
         """Make matching requests fail.
 
         The next ``times`` requests (None: all) whose path matches ``path`` (``re.search``,
         empty: every path) and whose method is ``method`` (None: any) get ``status``; with
         ``hang`` the answer comes only after that many seconds, so a client timeout fires
-        first. ``status=0`` closes the connection without an answer.
+        first. ``status=0`` closes the connection without an answer. ``after`` lets that many
+        matching requests through first.
         """
         with self._meta_lock:
-            self._faults.append(Fault(status, times, hang, re.compile(path), method))
+            self._faults.append(Fault(status, times, hang, re.compile(path), method,
+                                      after=after))
 
     def clear_faults(self) -> None:
         """Remove every fault set with :meth:`fail`."""
@@ -327,3 +346,19 @@ def parse_iso(text: str) -> datetime | None:
     except ValueError:
         return None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def iso_utc(value: datetime, *, digits: int = 0, suffix: str = "Z") -> str:
+    """``value`` in UTC (naive means UTC) as ``2026-11-22T03:00:00``, then ``digits`` digits of
+    its fraction of a second and ``suffix``: each simulated service writes its own variant."""
+    value = (value if value.tzinfo else value.replace(tzinfo=UTC)).astimezone(UTC)
+    fraction = f".{value.microsecond:06d}"[:digits + 1] if digits else ""
+    return value.strftime("%Y-%m-%dT%H:%M:%S") + fraction + suffix
+
+
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 nothing listens on right now (for servers that are no HttpSim)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
