@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -457,43 +457,44 @@ class Cinder(Service):
             raise OpenStackError(400, "limit param must be positive")
         return min(limit, self.cloud.page_max)
 
-    @routes.add("GET", r"/volumes")
-    def _list_volumes(self, req: Request, caller: Token) -> Response:
-        return self._volume_page(req, caller, detail=False)
+    def _page(self, req: Request, ids: list[str], keep: Callable[[str], bool],
+              missing: str) -> tuple[list[str], int]:
+        """The ids of one page of a list in Cinder's order, after the ``marker`` (``missing``
+        names it in the 404 if it is unknown), up to the limit, of those ``keep`` accepts;
+        and the limit, which says whether the page is full."""
+        marker = req.arg("marker")
+        start = 0
+        if marker:
+            if marker not in ids:
+                raise OpenStackError(404, f"{missing} {marker} could not be found.")
+            start = ids.index(marker) + 1
+        limit = self._limit(req)
+        page: list[str] = []
+        for item in ids[start:]:
+            if len(page) >= limit:
+                break
+            if keep(item):
+                page.append(item)
+        return page, limit
 
-    @routes.add("GET", r"/volumes/detail")
-    def _list_volumes_detail(self, req: Request, caller: Token) -> Response:
-        return self._volume_page(req, caller, detail=True)
-
-    def _volume_page(self, req: Request, caller: Token, *, detail: bool) -> Response:
+    @routes.add("GET", r"/volumes(?P<detail>/detail)?")
+    def _list_volumes(self, req: Request, caller: Token, detail: str | None) -> Response:
         admin = "admin" in caller.roles
         all_projects = admin and (req.arg("all_tenants") or "0").lower() in (
             "1", "true", "yes", "on", "t", "y")
         status = req.arg("status")
         name = req.arg("name")
         project_filter = req.arg("project_id") if all_projects else None
-        ids = self._ordered()
-        marker = req.arg("marker")
-        start = 0
-        if marker:
-            if marker not in self.volumes:
-                raise OpenStackError(404, f"Volume {marker} could not be found.")
-            start = ids.index(marker) + 1
-        limit = self._limit(req)
-        page: list[Volume] = []
-        for vid in ids[start:]:
-            if len(page) >= limit:
-                break
+
+        def keep(vid: str) -> bool:
             volume = self.volumes[vid]
-            if not all_projects and volume.project_id != caller.project_id:
-                continue
-            if project_filter and volume.project_id != project_filter:
-                continue
-            if status and volume.status != status:
-                continue
-            if name and volume.name != name:
-                continue
-            page.append(volume)
+            return ((all_projects or volume.project_id == caller.project_id)
+                    and not (project_filter and volume.project_id != project_filter)
+                    and not (status and volume.status != status)
+                    and not (name and volume.name != name))
+
+        ids, limit = self._page(req, self._ordered(), keep, "Volume")
+        page = [self.volumes[vid] for vid in ids]
         if detail:
             items = [self.volume_view(v, admin) for v in page]
         else:
@@ -628,15 +629,8 @@ class Cinder(Service):
 
     # -- attachments ---------------------------------------------------------------------------
 
-    @routes.add("GET", r"/attachments")
-    def _list_attachments(self, req: Request, caller: Token) -> Response:
-        return self._attachment_page(req, caller, detail=False)
-
-    @routes.add("GET", r"/attachments/detail")
-    def _list_attachments_detail(self, req: Request, caller: Token) -> Response:
-        return self._attachment_page(req, caller, detail=True)
-
-    def _attachment_page(self, req: Request, caller: Token, *, detail: bool) -> Response:
+    @routes.add("GET", r"/attachments(?P<detail>/detail)?")
+    def _list_attachments(self, req: Request, caller: Token, detail: str | None) -> Response:
         admin = "admin" in caller.roles
         all_projects = admin and "all_tenants" in req.query
         volume_id = req.arg("volume_id")
@@ -644,28 +638,17 @@ class Cinder(Service):
         instance = req.arg("instance_id")
         ordered = sorted(self.attachments.values(),
                          key=lambda a: (as_utc(a.created_at), a.id), reverse=True)
-        marker = req.arg("marker")
-        start = 0
-        if marker:
-            ids = [a.id for a in ordered]
-            if marker not in ids:
-                raise OpenStackError(404, f"VolumeAttachment {marker} could not be found.")
-            start = ids.index(marker) + 1
-        limit = self._limit(req)
-        page: list[Obj] = []
-        for attachment in ordered[start:]:
-            if len(page) >= limit:
-                break
-            if not all_projects and attachment.project_id != caller.project_id:
-                continue
-            if volume_id and attachment.volume_id != volume_id:
-                continue
-            if status and attachment.status != status:
-                continue
-            if instance and attachment.instance != instance:
-                continue
-            page.append(self.attachment_view(attachment, detail))
-        return reply(200, {"attachments": page})
+
+        def keep(aid: str) -> bool:
+            attachment = self.attachments[aid]
+            return ((all_projects or attachment.project_id == caller.project_id)
+                    and not (volume_id and attachment.volume_id != volume_id)
+                    and not (status and attachment.status != status)
+                    and not (instance and attachment.instance != instance))
+
+        ids = self._page(req, [a.id for a in ordered], keep, "VolumeAttachment")[0]
+        views = [self.attachment_view(self.attachments[aid], bool(detail)) for aid in ids]
+        return reply(200, {"attachments": views})
 
     @staticmethod
     def attachment_view(attachment: Attachment, detail: bool) -> Obj:

@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from watchdogd.sim._http import Request, Response
 from watchdogd.sim.openstack_base import (
@@ -78,6 +78,16 @@ class Token:
     revoked: bool = False
 
 
+_Named = TypeVar("_Named", User, Project)
+
+
+def _named(records: Iterable[_Named], name: str) -> _Named:
+    for record in records:
+        if record.name == name:
+            return record
+    raise KeyError(name)
+
+
 routes = Routes()
 
 
@@ -109,10 +119,7 @@ class Keystone(Service):
 
     def project_by_name(self, name: str) -> Project:
         """The project called ``name`` (KeyError if none)."""
-        for project in self.projects.values():
-            if project.name == name:
-                return project
-        raise KeyError(name)
+        return _named(self.projects.values(), name)
 
     def add_user(self, name: str, password: str, *, project: str = "admin",
                  roles: Iterable[str] = ("member", "reader")) -> str:
@@ -127,10 +134,7 @@ class Keystone(Service):
 
     def user_by_name(self, name: str) -> User:
         """The user called ``name`` (KeyError if none)."""
-        for user in self.users.values():
-            if user.name == name:
-                return user
-        raise KeyError(name)
+        return _named(self.users.values(), name)
 
     def add_application_credential(self, user: str, name: str, *, secret: str | None = None,
                                    expires_at: datetime | None = None,
