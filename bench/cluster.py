@@ -28,8 +28,8 @@ if str(ROOT) not in sys.path:
 
 def serve(args: argparse.Namespace) -> None:
     """Child: build the world, say where it is, serve until stdin closes."""
-    from watchdogd.sim.cluster import populate_scale
     from watchdogd.sim.kube import KubeSim
+    from watchdogd.sim.seed import populate_scale
 
     sim = KubeSim().start()
     started = time.perf_counter()

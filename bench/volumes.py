@@ -43,12 +43,12 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from watchdogd.sim.kube import KubeSim  # noqa: E402
-from watchdogd.sim.openstack import (  # noqa: E402
-    OpenStackSim,
+from watchdogd.sim.objects import (  # noqa: E402
     failed_attach_event,
     pv_for_volume,
     pvc_for_user,
 )
+from watchdogd.sim.openstack import OpenStackSim  # noqa: E402
 
 BIN = Path(sys.executable).parent
 STUCK_STATUSES = ("reserved", "attaching", "detaching", "deleting", "error_deleting")

@@ -23,8 +23,9 @@ import pytest
 from watchdogd.config import Config
 from watchdogd.engine import Engine
 from watchdogd.model import SourceError
-from watchdogd.sim.cluster import CertAuthority, TlsServer, free_port
+from watchdogd.sim._http import free_port
 from watchdogd.sim.kube import KubeSim
+from watchdogd.sim.tls import CertAuthority, TlsServer
 from watchdogd.sources import Sources
 from watchdogd.sources.tls import TlsSource
 from watchdogd.store import Store

@@ -1,7 +1,7 @@
 """An OpenStack cloud and its clusters to break at random, and the oracle that judges actions.
 
 :class:`CloudModel` plants volumes into an :class:`~watchdogd.sim.openstack.OpenStackSim`
-(through a :class:`~watchdogd.sim.openstack.CloudPart` of a world) with their PVs and claims
+(through a :class:`~watchdogd.sim.parts.CloudPart` of a world) with their PVs and claims
 in one of two Kubernetes clusters: healthy attached homes, volumes stuck in transitional
 states, dangling reservations beside attached attachments or alone, young reservations that
 are simply in progress, orphaned ``pvc-*`` volumes, and volumes whose only PV lives in the
@@ -36,7 +36,9 @@ from tests.safety.harness import Driver, Truth
 from tests.safety.stats import STATS
 from watchdogd.checks.volumes import pv_volume_id
 from watchdogd.sim.kube import KubeSim
-from watchdogd.sim.openstack import CloudPart, OpenStackSim, pv_for_volume, pvc_for_user
+from watchdogd.sim.objects import pv_for_volume, pvc_for_user
+from watchdogd.sim.openstack import OpenStackSim
+from watchdogd.sim.parts import CloudPart
 from watchdogd.sim.world import SimClock, World
 from watchdogd.store import ActionRecord
 
@@ -58,12 +60,12 @@ class CloudTruth(Truth):
         sim = model.sim
         self.now = now
         self.model = model
-        with sim._lock:
+        with sim.lock:
             # Copies: the records change when the pass acts, the truth is the pass's start.
             self.volumes = {v.id: copy.deepcopy(v)
-                            for v in sim._volumes.values()}
+                            for v in sim.cinder.volumes.values()}
             self.attachments = {a.id: copy.deepcopy(a)
-                                for a in sim._attachments.values()}
+                                for a in sim.cinder.attachments.values()}
         self.referenced: set[str] = set()
         self.referenced_names: set[str] = set()
         # Every cluster that uses the cloud, configured or not: the truth is the whole world.
@@ -169,7 +171,7 @@ class CloudModel:
         self.orphan_since: dict[str, datetime] = {}
         self.stuck: list[str] = []
         self.harm_seen: list[str] = []
-        wrap_method(self.sim, "_cinder_route", self._watch)
+        wrap_method(self.sim.cinder, "route", self._watch)
 
     # -- harm, judged at the moment a request arrives ------------------------------------------
 
@@ -190,13 +192,13 @@ class CloudModel:
         def route(req: Any) -> Any:
             parts = [p for p in req.path.split("/") if p]
             harm = None
-            with sim._lock:
+            with sim.lock:
                 if req.method == "DELETE" and "attachments" in parts:
-                    att = sim._attachments.get(parts[-1])
+                    att = sim.cinder.attachments.get(parts[-1])
                     if att is not None and (att.status != "reserved" or att.connection_info):
                         harm = f"attachment {att.id} deleted while {att.status}"
                 elif req.method == "DELETE" and "volumes" in parts and parts[-1] != "volumes":
-                    volume = sim._volumes.get(parts[-1])
+                    volume = sim.cinder.volumes.get(parts[-1])
                     if volume is not None and self._referenced(volume.id, volume.name):
                         harm = f"volume {volume.id} deleted while a PV references it"
                 elif req.method == "POST" and parts[-1:] == ["action"]:
@@ -205,9 +207,9 @@ class CloudModel:
                     except Exception:
                         body = {}
                     reset = body.get("os-reset_status") if isinstance(body, dict) else None
-                    volume = sim._volumes.get(parts[-2])
+                    volume = sim.cinder.volumes.get(parts[-2])
                     if isinstance(reset, dict) and volume is not None:
-                        states = sorted(a.status for a in sim._attachments.values()
+                        states = sorted(a.status for a in sim.cinder.attachments.values()
                                         if a.volume_id == volume.id
                                         and a.status not in ("detached", "deleted"))
                         target = reset.get("status")
@@ -216,7 +218,7 @@ class CloudModel:
                             harm = (f"volume {volume.id} reset to {target} with attachments "
                                     f"{states}")
             answer = real(req)
-            if harm and answer.code < 300:
+            if harm and answer.status < 300:
                 self.harm_seen.append(harm)
             return answer
 

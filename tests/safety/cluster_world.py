@@ -1,6 +1,6 @@
 """A cluster to break at random for the ``nodes`` and ``certs`` checks, and its oracle.
 
-:class:`ClusterModel` uses a :class:`~watchdogd.sim.cluster.ClusterPart`: failed and evicted
+:class:`ClusterModel` uses a :class:`~watchdogd.sim.parts.ClusterPart`: failed and evicted
 pods of various ages (some younger than ``failed_pod_min_age``), pods replaced under the same
 name while a pass runs, node pressure and NotReady nodes, full image caches, misplaced core
 pods, stuck namespaces, TLS secrets expiring, expired or unreadable.
@@ -28,7 +28,8 @@ from tests.safety.faults import (
     wrap_method,
 )
 from tests.safety.harness import Driver, Truth
-from watchdogd.sim.cluster import ClusterPart, failed_pod, pod
+from watchdogd.sim.objects import failed_pod, pod
+from watchdogd.sim.parts import ClusterPart
 from watchdogd.sim.world import SimClock, World
 from watchdogd.store import ActionRecord
 

@@ -37,7 +37,7 @@ from watchdogd.app import load_config
 from watchdogd.checks import certs
 from watchdogd.config import ClusterConfig, Config, ConfigError, HubConfig
 from watchdogd.model import SourceError
-from watchdogd.sim.cluster import CertAuthority
+from watchdogd.sim.tls import CertAuthority
 from watchdogd.sim.world import SimClock
 from watchdogd.sources.hubapi import HubApiSource
 from watchdogd.sources.hubdb import HubDbSource
@@ -428,20 +428,20 @@ class CinderTap:
     """An OpenStackSim whose Cinder answers GETs on one path with a payload of our choosing."""
 
     def __init__(self, sim: Any) -> None:
-        from watchdogd.sim.openstack import _Response
+        from watchdogd.sim._http import Response
 
         self.path: str | None = None
         self.payload: tuple[int, bytes] = (200, b"{}")
-        real = sim._cinder_route
+        real = sim.cinder.route
 
         def route(req: Any) -> Any:
             answer = real(req)
             if self.path and req.method == "GET" and self.path in req.path:
                 status, body = self.payload
-                return _Response(status, body, dict(answer.headers))
+                return Response(status, body, None, dict(answer.headers))
             return answer
 
-        sim._cinder_route = route
+        sim.cinder.route = route
 
 
 @pytest.fixture(scope="module")

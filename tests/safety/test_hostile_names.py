@@ -18,7 +18,7 @@ from tests.safety.procs import check, launch
 from tests.safety.receiver import Receiver
 from tests.safety.sessions_world import SafeWorld
 from tests.safety.stats import STATS
-from watchdogd.sim.openstack import CloudPart
+from watchdogd.sim.parts import CloudPart
 
 #: what must never reach an operator's terminal, a log or a notification raw
 CONTROLS = ("\x1b", "\x00", "\x07", "\u202e", "\r")

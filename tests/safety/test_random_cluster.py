@@ -21,7 +21,7 @@ from tests.safety.harness import converge
 from tests.safety.profile import SAFETY, examples
 from tests.safety.sessions_world import SafeWorld
 from tests.safety.stats import STATS
-from watchdogd.sim.cluster import ClusterPart
+from watchdogd.sim.parts import ClusterPart
 from watchdogd.sim.world import SimClock
 
 T0 = datetime(2026, 11, 22, 3, 0, tzinfo=UTC)

@@ -34,7 +34,7 @@ from watchdogd import logs
 from watchdogd.engine import Engine
 from watchdogd.notify import Notifier
 from watchdogd.sim.hub import SERVICE_SCOPES
-from watchdogd.sim.openstack import CloudPart
+from watchdogd.sim.parts import CloudPart
 from watchdogd.sim.world import SimClock
 from watchdogd.store import StoreError
 
@@ -115,17 +115,17 @@ def echo_kube(kube: Any) -> None:
 
 
 def echo_keystone(sim: Any) -> None:
-    from watchdogd.sim.openstack import _Response
+    from watchdogd.sim._http import Response
 
-    real = sim._keystone_route
+    real = sim.keystone.route
 
     def route(req: Any) -> Any:
         if getattr(sim, "echo", False) and req.method == "POST":
-            return _Response(500, b'{"error": {"message": "cannot parse ' + req.body[:400]
-                             + b'", "code": 500}}', {"Content-Type": "application/json"})
+            return Response(500, b'{"error": {"message": "cannot parse ' + req.body[:400]
+                            + b'", "code": 500}}', None, {"Content-Type": "application/json"})
         return real(req)
 
-    sim._keystone_route = route
+    sim.keystone.route = route
 
 
 def marked_world(tmp_path: Path, rx: Receiver, state_url: str) -> SafeWorld:

@@ -1,6 +1,6 @@
 """The real engine, sources and Kubernetes simulator: the certs and nodes checks end to end.
 
-Every finding kind is planted with :class:`~watchdogd.sim.cluster.ClusterPart` and found;
+Every finding kind is planted with :class:`~watchdogd.sim.parts.ClusterPart` and found;
 ``delete-pod`` of failed pods honours confirmation, dry-run, the failed-pod minimum age,
 the budget, the breaker and the uid precondition; a list that fails (an error status, a
 hang, a continue token that expires half way) makes the target ``error`` and acts on nothing.
@@ -20,8 +20,10 @@ import pytest
 from watchdogd.config import Config
 from watchdogd.engine import Engine
 from watchdogd.model import PreconditionFailed
-from watchdogd.sim.cluster import ClusterPart, failed_pod, seed_demo
 from watchdogd.sim.kube import KubeSim
+from watchdogd.sim.objects import failed_pod
+from watchdogd.sim.parts import ClusterPart
+from watchdogd.sim.seed import seed_cluster
 from watchdogd.sim.world import SimClock, World
 from watchdogd.sources import FACTORIES, Sources
 from watchdogd.sources.kube import KubeSource
@@ -126,7 +128,7 @@ def test_every_planted_problem_is_found(world: World) -> None:
 
 def test_seed_demo_shows_every_kind(tmp_path: Path) -> None:
     with KubeSim() as kube:
-        seed = seed_demo(kube, cluster="demo", workdir=tmp_path)
+        seed = seed_cluster(kube, cluster="demo", workdir=tmp_path)
         try:
             config = Config.model_validate({
                 "state": {"url": f"sqlite:///{tmp_path}/state.db"},

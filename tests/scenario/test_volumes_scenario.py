@@ -18,13 +18,9 @@ import pytest
 from watchdogd.config import Config
 from watchdogd.engine import Engine
 from watchdogd.sim.kube import KubeSim
-from watchdogd.sim.openstack import (
-    CloudPart,
-    OpenStackSim,
-    failed_attach_event,
-    pv_for_volume,
-    pvc_for_user,
-)
+from watchdogd.sim.objects import failed_attach_event, pv_for_volume, pvc_for_user
+from watchdogd.sim.openstack import OpenStackSim
+from watchdogd.sim.parts import CloudPart
 from watchdogd.sim.world import SimClock, World
 from watchdogd.sources import Sources
 from watchdogd.store import Store

@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from watchdogd.checks import REGISTRY, certs
 from watchdogd.config import Config
 from watchdogd.model import Need, Severity, Snapshot, SourceError
-from watchdogd.sim.cluster import GARBAGE_PEM, CertAuthority, Issued
+from watchdogd.sim.tls import GARBAGE_PEM, CertAuthority, Issued
 from watchdogd.sources.tls import TlsSource, parse_certificates
 
 NOW = datetime(2026, 11, 22, 3, 0, tzinfo=UTC)

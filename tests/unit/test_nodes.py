@@ -1,4 +1,4 @@
-"""detect() of the nodes check on hand-built snapshots (objects from watchdogd.sim.cluster)."""
+"""detect() of the nodes check on hand-built snapshots (objects from watchdogd.sim.objects)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from watchdogd.checks import REGISTRY, nodes
 from watchdogd.config import Config
 from watchdogd.model import ImplausibleData, Need, Severity, Snapshot
-from watchdogd.sim.cluster import (
+from watchdogd.sim.objects import (
     CORE_LABEL,
     GiB,
     failed_pod,

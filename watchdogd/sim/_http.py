@@ -32,8 +32,8 @@ from types import TracebackType
 from typing import Any, Self
 from urllib.parse import parse_qs, urlsplit
 
-__all__ = ["Fault", "HttpBase", "HttpSim", "Request", "Response", "peer_closed", "rfc3339",
-           "utcnow"]
+__all__ = ["Fault", "HttpBase", "HttpSim", "Request", "Response", "free_port", "iso_utc",
+           "peer_closed", "rfc3339", "utcnow"]
 
 
 def utcnow() -> datetime:
@@ -224,6 +224,8 @@ class HttpBase:
 
     #: used in thread names and error messages
     kind = "sim"
+    #: whether answers carry a ``Date`` header (a proxy in front may strip it)
+    send_date = True
 
     def __init__(self, *, clock: Callable[[], datetime] = utcnow) -> None:
         self.clock = clock
@@ -332,9 +334,15 @@ class HttpBase:
     # -- serving ------------------------------------------------------------------------------
 
     def default_headers(self) -> list[tuple[str, str]]:
-        """Headers every answer starts with: here what ``http.server`` sends (Server, Date)."""
-        return [("Server", f"{_Handler.server_version} {_Handler.sys_version}"),
-                ("Date", email.utils.format_datetime(self.clock().astimezone(UTC), usegmt=True))]
+        """Headers every answer starts with: here what ``http.server`` sends (Server, Date).
+
+        Without :attr:`send_date`, no ``Date``: a server behind a proxy that strips it.
+        """
+        head = [("Server", f"{_Handler.server_version} {_Handler.sys_version}")]
+        if self.send_date:
+            head.append(("Date", email.utils.format_datetime(self.clock().astimezone(UTC),
+                                                             usegmt=True)))
+        return head
 
     def handle(self, req: Request) -> Response:
         """Answer one request (implemented by each simulator)."""
@@ -417,15 +425,16 @@ class HttpSim(HttpBase):
     """A simulator with the hub-style fault API, :meth:`fail`."""
 
     def fail(self, status: int = 500, *, times: int | None = None, hang: float | None = None,
-             path: str = "", method: str | None = None) -> None:
+             path: str = "", method: str | None = None, after: int = 0) -> None:
         """Make matching requests fail.
 
         The next ``times`` requests (None: all) whose path matches ``path`` (``re.search``,
         empty: every path) and whose method is ``method`` (None: any) get ``status``; with
         ``hang`` the answer comes only after that many seconds, so a client timeout fires
-        first. ``status=0`` closes the connection without an answer.
+        first. ``status=0`` closes the connection without an answer. ``after`` lets that many
+        matching requests through first.
         """
-        self.add_fault(Fault(status, times, hang, re.compile(path), method))
+        self.add_fault(Fault(status, times, hang, re.compile(path), method, after=after))
 
 
 def peer_closed(sock: socket.socket) -> bool:
@@ -459,3 +468,19 @@ def parse_iso(text: str) -> datetime | None:
     except ValueError:
         return None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def iso_utc(value: datetime, *, digits: int = 0, suffix: str = "Z") -> str:
+    """``value`` in UTC (naive means UTC) as ``2026-11-22T03:00:00``, then ``digits`` digits of
+    its fraction of a second and ``suffix``: each simulated service writes its own variant."""
+    value = (value if value.tzinfo else value.replace(tzinfo=UTC)).astimezone(UTC)
+    fraction = f".{value.microsecond:06d}"[:digits + 1] if digits else ""
+    return value.strftime("%Y-%m-%dT%H:%M:%S") + fraction + suffix
+
+
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 nothing listens on right now (for servers that are no HttpSim)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port

@@ -10,8 +10,8 @@ planted problem, fixed (gone, or for an orphaned volume quarantined), left to pe
 kinds watchdogd only reports, each with the reason), or not settled yet.
 
 The world is a :class:`~watchdogd.sim.world.World` (Kubernetes, the proxy and JupyterHub)
-with two parts: :class:`~watchdogd.sim.openstack.CloudPart` (Keystone and Cinder: the
-``volumes`` and ``orphans`` checks) and :class:`~watchdogd.sim.cluster.ClusterPart` (nodes,
+with two parts: :class:`~watchdogd.sim.parts.CloudPart` (Keystone and Cinder: the
+``volumes`` and ``orphans`` checks) and :class:`~watchdogd.sim.parts.ClusterPart` (nodes,
 failed pods, namespaces, TLS secrets and an HTTPS endpoint: the ``nodes`` and ``certs``
 checks). Simulated time moves five minutes per pass (a
 :class:`~watchdogd.sim.world.SimClock` shared by the simulators and the engine), so "a stop
@@ -38,8 +38,8 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import structlog
 
-from watchdogd.sim.cluster import ClusterPart
-from watchdogd.sim.openstack import DEMO_USERS, CloudPart
+from watchdogd.sim.parts import CloudPart, ClusterPart
+from watchdogd.sim.seed import DEMO_USERS
 from watchdogd.sim.world import SimClock, World
 
 if TYPE_CHECKING:
@@ -230,7 +230,7 @@ def _plant_sessions(world: DemoWorld) -> None:
 
 
 def _plant_cloud(world: DemoWorld) -> None:
-    """CloudPart's seed_demo already planted the stuck volume, the dangling attachment and
+    """CloudPart's seed_cloud already planted the stuck volume, the dangling attachment and
     the orphans when the part started; record them, and add what it does not plant."""
     cloud = world.cloud
     injected = cloud.injected

@@ -43,10 +43,7 @@ again, so a part's own injectors stay on the part (``world.parts["openstack"].st
 
 from __future__ import annotations
 
-import json
-import re
 import shutil
-import socket
 import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -55,7 +52,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from watchdogd.sim._http import utcnow
+import tomli_w
+
+from watchdogd.sim._http import free_port, utcnow
 from watchdogd.sim.chp import ChpSim
 from watchdogd.sim.hub import HubSim, Layout, route_key
 from watchdogd.sim.kube import KubeSim
@@ -200,13 +199,6 @@ class Planted:
     action: str | None  # what the sessions check plans for it (None: notify only)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     result = dict(base)
     for key, value in extra.items():
@@ -217,45 +209,21 @@ def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
-
-
-def _toml_key(key: str) -> str:
-    return key if _BARE_KEY.match(key) else json.dumps(key)
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)  # JSON string escapes are valid TOML basic-string escapes
+def _toml_ready(value: Any) -> Any:
+    # What watchdogd's configuration reads that TOML has no type for: a duration is a string
+    # ("300s"), and None means "leave the key out".
+    if isinstance(value, dict):
+        return {k: _toml_ready(v) for k, v in value.items() if v is not None}
     if isinstance(value, timedelta):
-        return json.dumps(f"{value.total_seconds():g}s")
+        return f"{value.total_seconds():g}s"
     if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise TypeError(f"cannot write {type(value).__name__} as TOML")
+        return [_toml_ready(v) for v in value]
+    return value
 
 
 def dumps_toml(data: dict[str, Any]) -> str:
-    """Write nested dicts of scalars and lists as TOML (enough for a watchdogd config)."""
-    lines: list[str] = []
-
-    def table(prefix: list[str], section: dict[str, Any]) -> None:
-        scalars = {k: v for k, v in section.items() if not isinstance(v, dict)}
-        tables = {k: v for k, v in section.items() if isinstance(v, dict)}
-        if prefix and (scalars or not tables):
-            lines.append(f"\n[{'.'.join(_toml_key(p) for p in prefix)}]")
-        for key, value in scalars.items():
-            if value is None:
-                continue
-            lines.append(f"{_toml_key(key)} = {_toml_value(value)}")
-        for key, value in tables.items():
-            table([*prefix, key], value)
-
-    table([], data)
-    return "\n".join(lines).lstrip("\n") + "\n"
+    """Write a watchdogd configuration (nested dicts, durations as timedelta) as TOML."""
+    return tomli_w.dumps(_toml_ready(data))
 
 
 class World:
@@ -343,7 +311,7 @@ class World:
             self._hub = HubSim(self.workdir / "hub", self.kube, self.chp, self.namespace,
                                layout=self.layout, kubespawner_version=self.kubespawner_version,
                                clock=self.clock).start()
-            self._metrics_port = _free_port()
+            self._metrics_port = free_port()
             for part in self.parts.values():
                 part.start(self)
                 self._started.append(part)

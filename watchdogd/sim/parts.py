@@ -1,0 +1,321 @@
+"""The parts a :class:`~watchdogd.sim.world.World` can be built with beyond its hub side:
+an OpenStack cloud (:class:`CloudPart`) and cluster health (:class:`ClusterPart`).
+
+Each part starts its simulators on the world's clock, plants what it is asked to (recording
+what it planted), and adds its sections to the world's configuration.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from watchdogd.sim.objects import (
+    CORE_LABEL,
+    PRESSURE,
+    USER_LABEL,
+    GiB,
+    failed_attach_event,
+    failed_pod,
+    images,
+    namespace,
+    node,
+    pod,
+    pv_for_volume,
+    pvc_for_user,
+    rfc3339,
+    stuck_namespace,
+    tls_secret,
+)
+from watchdogd.sim.openstack import OpenStackSim
+from watchdogd.sim.seed import DEMO_USERS, seed_cloud
+from watchdogd.sim.tls import GARBAGE_PEM, CertAuthority, TlsServer
+
+if TYPE_CHECKING:
+    from watchdogd.sim.world import World
+
+__all__ = ["CloudPart", "ClusterPart"]
+
+Obj = dict[str, Any]
+
+
+class CloudPart:
+    """An OpenStack cloud as a part of a :class:`~watchdogd.sim.world.World`.
+
+    ``World(parts=[CloudPart()])`` starts an :class:`OpenStackSim` on the world's clock, seeds
+    it with :func:`seed_cloud` against the world's cluster (unless ``seed=False``), and adds to
+    the configuration a ``[clouds.NAME]`` section, the ``volumes`` and ``orphans`` checks with
+    limits short enough for a pass every five simulated minutes, and the actions
+    ``delete-attachment``, ``reset-volume-status`` and ``quarantine`` (never
+    ``delete-orphan-volume``: deleting data stays an operator's decision in a demo too).
+    """
+
+    name = "openstack"
+    checks = ("volumes", "orphans")
+
+    def __init__(self, *, cloud: str = "sim-cloud", seed: bool = True, page_max: int = 1000,
+                 volumes: Mapping[str, Any] | None = None,
+                 orphans: Mapping[str, Any] | None = None) -> None:
+        self.cloud = cloud
+        self.seed = seed
+        self.page_max = page_max
+        self.volume_settings = dict(volumes or {})
+        self.orphan_settings = dict(orphans or {})
+        self.sim: OpenStackSim | None = None
+        self.clouds_yaml = ""
+        #: what :func:`seed_cloud` and the injectors below injected
+        self.injected: Obj = {}
+        self._world: World | None = None
+
+    def start(self, world: World) -> None:
+        """Start the simulator on the world's clock, write clouds.yaml, seed the world."""
+        self._world = world
+        self.sim = OpenStackSim(page_max=self.page_max, clock=world.clock).start()
+        self.clouds_yaml = self.sim.write_clouds_yaml(world.workdir / "clouds.yaml", self.cloud)
+        Path(self.clouds_yaml).chmod(0o600)
+        if self.seed:
+            self.injected = seed_cloud(self.sim, {world.cluster_name: world.kube},
+                                      namespace=world.namespace, users=DEMO_USERS)
+
+    def config(self, world: World) -> Obj:
+        """``[clouds.NAME]``, ``[checks.volumes]``, ``[checks.orphans]``, enabled actions."""
+        enabled = list(world.remediation.get("enabled") or [])
+        enabled += [a for a in ("delete-attachment", "reset-volume-status", "quarantine")
+                    if a not in enabled]
+        return {
+            "clouds": {self.cloud: {"cloud": self.cloud, "clouds_yaml": self.clouds_yaml,
+                                    "clusters": [world.cluster_name],
+                                    "timeout": world.timeout}},
+            "remediation": {"enabled": enabled},
+            "checks": {
+                "volumes": {"interval": "3m", "stuck_after": "5m",
+                            "attachment_stale_after": "5m", **self.volume_settings},
+                "orphans": {"interval": "5m", **self.orphan_settings},
+            },
+        }
+
+    def stop(self) -> None:
+        """Stop the simulator (idempotent)."""
+        if self.sim is not None:
+            self.sim.stop()
+
+    # -- injectors (beyond what seed_cloud plants) ----------------------------------------------
+
+    def _started(self) -> tuple[World, OpenStackSim]:
+        if self._world is None or self.sim is None:
+            raise RuntimeError("the part is not started")
+        return self._world, self.sim
+
+    def expiring_credential(self, name: str = "ci-deploy", *, days: float = 5) -> str:
+        """An application credential of the cloud user that expires in ``days`` (the one
+        watchdogd authenticates with is a password, so this is someone else's credential
+        of the same user: a CI job's, say). Returns its name, the finding's subject."""
+        world, sim = self._started()
+        sim.add_application_credential("admin", name,
+                                       expires_at=world.clock() + timedelta(days=days))
+        self.injected.setdefault("credentials", []).append(name)
+        return name
+
+    def attach_failed(self, user: str, *, node: str = "node-gone", events: int = 5) -> str:
+        """``user``'s home volume is still ``in-use``, attached on ``node`` (a node that died
+        without detaching it), so every attach to the user's new pod fails: a bound PV and
+        claim, and a ``FailedAttachVolume`` event seen ``events`` times. Returns the volume
+        id, the subject of the ``volume-attach-failed`` finding."""
+        world, sim = self._started()
+        volume = sim.add_volume(f"pvc-{uuid.uuid4()}", age=timedelta(days=10))
+        sim.add_attachment(volume["id"], status="attached", age=timedelta(days=2), host=node)
+        volume = sim.volume(volume["id"]) or volume
+        message = (f'Multi-Attach error for volume "{volume["name"]}" Volume is already '
+                   f"exclusively attached to one node ({node}) and can't be attached to "
+                   "another")
+        world.kube.put_many([
+            pv_for_volume(volume, claim_namespace=world.namespace, claim_name=f"claim-{user}"),
+            pvc_for_user(user, volume["name"], namespace=world.namespace),
+            failed_attach_event(world.namespace, f"jupyter-{user}", volume["name"],
+                                when=world.clock(), count=events, message=message),
+        ])
+        self.injected.setdefault("attach_failed", []).append(volume["id"])
+        return str(volume["id"])
+
+
+class ClusterPart:
+    """Nodes, failed pods, namespaces and TLS secrets as a part of a
+    :class:`~watchdogd.sim.world.World`: ``World(parts=[ClusterPart()])``.
+
+    On start it gives the world the nodes its pods already name (``core-1``, labelled
+    core, and ``node-1`` to ``node-3``), healthy, so that the world is plausible; each
+    injector then breaks one thing the way production breaks and records
+    ``(kind, subject)`` in :attr:`planted`. Times come from the world's clock.
+    """
+
+    name = "cluster"
+    #: the checks this part is built for (the demo runs exactly the checks in play)
+    checks = ("certs", "nodes")
+
+    def __init__(self, *, nodes: Sequence[str] = ("node-1", "node-2", "node-3"),
+                 namespace_name: str = "staging", dedicated_core: bool = True,
+                 checks: dict[str, dict[str, Any]] | None = None) -> None:
+        self.user_nodes = tuple(nodes)
+        self.namespace = namespace_name
+        self.dedicated_core = dedicated_core
+        self.extra = checks or {}
+        self.planted: list[tuple[str, str]] = []
+        self._world: World | None = None
+        self._ca: CertAuthority | None = None
+        #: HTTPS endpoints started by :meth:`hostname_mismatch` (closed by :meth:`stop`)
+        self.servers: list[TlsServer] = []
+        self._endpoints: list[str] = []
+
+    @property
+    def world(self) -> World:
+        """The world this part joined."""
+        if self._world is None:
+            raise RuntimeError("the part is not started")
+        return self._world
+
+    @property
+    def ca(self) -> CertAuthority:
+        """The authority that signs this part's certificates (anchored at start)."""
+        if self._ca is None:
+            self._ca = CertAuthority(now=self.world.clock())
+        return self._ca
+
+    def start(self, world: World) -> None:
+        """Healthy nodes for the pods the hub simulator places, and the part's namespace."""
+        self._world = world
+        now = world.clock()
+        world.kube.put_many([
+            namespace(self.namespace),
+            node("core-1", now=now, labels=dict([CORE_LABEL]),
+                 images=images("core", [600_000_000] * 5)),
+            *(node(n, now=now, labels=dict([USER_LABEL]),
+                   images=images("lab", [3 * GiB] * 4)) for n in self.user_nodes),
+        ])
+
+    def config(self, world: World) -> dict[str, Any]:
+        """``[checks.certs]`` reads this cluster's secrets; ``[checks.nodes]`` watches it."""
+        checks: dict[str, dict[str, Any]] = {
+            "certs": {"secrets_clusters": [world.cluster_name]},
+            "nodes": {"clusters": [world.cluster_name], "dedicated_core": self.dedicated_core},
+        }
+        if self._endpoints:
+            checks["certs"]["endpoints"] = list(self._endpoints)
+        for name, section in self.extra.items():
+            checks[name] = {**checks.get(name, {}), **section}
+        return {"checks": checks}
+
+    def stop(self) -> None:
+        """Stop the HTTPS endpoints (idempotent); nothing else runs on its own."""
+        for server in self.servers:
+            server.close()
+        self.servers.clear()
+
+    def _plant(self, kind: str, subject: str) -> str:
+        self.planted.append((kind, subject))
+        return subject
+
+    def _node(self, name: str) -> Obj:
+        found = self.world.kube.get("Node", name)
+        if found is None:
+            raise KeyError(f"no node {name!r}")
+        return found
+
+    # -- injectors -------------------------------------------------------------------------
+
+    def node_pressure(self, name: str = "node-1", kind: str = "DiskPressure") -> str:
+        """The kubelet of ``name`` reports ``kind`` (DiskPressure, MemoryPressure, PIDPressure)."""
+        obj = self._node(name)
+        for condition in obj["status"]["conditions"]:
+            if condition["type"] == kind:
+                reason, message = PRESSURE[kind][1]
+                condition.update(status="True", reason=reason, message=message,
+                                 lastTransitionTime=rfc3339(self.world.clock()))
+        self.world.kube.put(obj)
+        return self._plant("node-pressure", f"{name}/{kind}")
+
+    def node_not_ready(self, name: str = "node-2", *, unknown: bool = False) -> str:
+        """``name`` goes NotReady (or Unknown: its kubelet stopped posting status)."""
+        obj = self._node(name)
+        now = self.world.clock()
+        fresh = node(name, now=now, ready=None if unknown else False,
+                     labels=obj["metadata"].get("labels"), not_ready_since=now)
+        obj["status"]["conditions"] = fresh["status"]["conditions"]
+        self.world.kube.put(obj)
+        return self._plant("node-not-ready", name)
+
+    def image_cache_pressure(self, name: str = "node-3", *, critical: bool = False) -> str:
+        """Fill ``name``'s image cache: past the eviction threshold (``critical``) or close
+        enough that pulling the next image (the largest one again) would cross it."""
+        obj = self._node(name)
+        count = 11 if critical else 10  # 88 or 80 GiB of 100: 15% must stay free
+        obj["status"]["capacity"]["ephemeral-storage"] = "100Gi"
+        obj["status"]["images"] = node(name, images=images("big", [8 * GiB] * count))[
+            "status"]["images"]
+        self.world.kube.put(obj)
+        return self._plant("image-cache-pressure", name)
+
+    def failed_pods(self, count: int = 1, *, evicted: bool = True,
+                    failed_for: timedelta = timedelta(hours=3), prefix: str = "failed",
+                    node_name: str = "node-1") -> list[str]:
+        """``count`` pods that Failed ``failed_for`` ago (evicted for disk by default)."""
+        now = self.world.clock()
+        subjects: list[str] = []
+        existing = {p["metadata"]["name"] for p in self.world.kube.list("Pod", self.namespace)}
+        i = 0
+        while len(subjects) < count:
+            name = f"{prefix}-{i}"
+            i += 1
+            if name in existing:
+                continue
+            self.world.kube.put(failed_pod(self.namespace, name, now=now, evicted=evicted,
+                                           failed_for=failed_for, node_name=node_name))
+            subjects.append(self._plant("failed-pods", f"{self.namespace}/{name}"))
+        return subjects
+
+    def core_pod_misplaced(self, component: str = "proxy", node_name: str = "node-1") -> str:
+        """A core pod (z2jh's proxy by default) scheduled on a user node."""
+        name = f"{component}-6d9f7b7c5-9kq2m"
+        self.world.kube.put(pod(self.namespace, name, now=self.world.clock(),
+                                node_name=node_name,
+                                labels={"app": "jupyterhub", "component": component}))
+        return self._plant("core-pod-misplaced", f"{self.namespace}/{name}")
+
+    def stuck_namespace(self, name: str = "nublado-carol",
+                        terminating_for: timedelta = timedelta(hours=2)) -> str:
+        """A namespace whose delete has hung for ``terminating_for`` (a protected PVC)."""
+        self.world.kube.put(stuck_namespace(name, now=self.world.clock(),
+                                            terminating_for=terminating_for))
+        return self._plant("namespace-stuck-terminating", name)
+
+    def tls_secret(self, name: str, days: float, *, host: str | None = None,
+                   annotations: dict[str, str] | None = None) -> str:
+        """A TLS secret whose certificate expires ``days`` from now (negative: expired)."""
+        issued = self.ca.issue(host or f"{name}.example.org", days=days)
+        self.world.kube.put(tls_secret(self.namespace, name, issued.cert_pem, issued.key_pem,
+                                       annotations=annotations))
+        subject = f"{self.namespace}/{name}"
+        if days <= 30:
+            self._plant("cert-expiring", subject)
+        return subject
+
+    def broken_secret(self, name: str = "broken-tls", *, missing: bool = False) -> str:
+        """A TLS secret whose ``tls.crt`` is garbage (or, ``missing``, absent)."""
+        self.world.kube.put(tls_secret(self.namespace, name, None if missing else GARBAGE_PEM,
+                                       b"key"))
+        return self._plant("cert-unreadable", f"{self.namespace}/{name}")
+
+    def hostname_mismatch(self, serves: str = "hub.example.org", *, days: float = 200) -> str:
+        """An HTTPS endpoint on a free local port whose certificate covers ``serves`` only
+        (valid ``days``), watched by its address (``https://127.0.0.1:PORT``, as a health
+        check or a load balancer reaches it): a certificate without that address among its
+        subjectAltNames, which clients refuse. ``[checks.certs] endpoints`` gets the URL (the
+        configuration is rewritten); the server runs until :meth:`stop`. Returns the
+        finding's subject."""
+        server = TlsServer(self.ca.issue(serves, days=days))
+        self.servers.append(server)
+        self._endpoints.append(server.url)
+        self.world.write_config()
+        return self._plant("cert-hostname-mismatch", f"127.0.0.1:{server.port}")
