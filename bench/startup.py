@@ -104,6 +104,9 @@ def env() -> dict[str, str]:
     out = dict(os.environ)
     out["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [out.get("PYTHONPATH")])])
     out.pop("PYTHONPROFILEIMPORTTIME", None)
+    # An installed watchdogd has its bytecode compiled; let the warm-up run write this
+    # worktree's (a run that compiles 20 modules from source measures the compiler).
+    out.pop("PYTHONDONTWRITEBYTECODE", None)
     return out
 
 
