@@ -27,9 +27,9 @@ warm pass and one warm floor, alternating which goes first. Printed: median wall
 their ratio, the median CPU time of the measuring process (``time.process_time``, all its
 threads; the simulators run in the driver, so their CPU is not in it) for the pass and
 the floor and that ratio, HTTP requests per pass per source (counted by the simulators
-themselves; SQL statements by the hub DB engine), and peak RSS. Targets: wall ratio <= 3 and CPU ratio <= 3,
-requests <= ceil(n/500) + 10 per source, peak RSS <= 300 MB. Exit 0 when every target is met, 1 when
-one is missed, 2 when the benchmark could not run.
+themselves; SQL statements by the hub DB engine), and peak RSS. Targets: wall ratio <= 3
+and CPU ratio <= 3, requests <= ceil(n/500) + 10 per source, peak RSS <= 300 MB. Exit 0
+when every target is met, 1 when one is missed, 2 when the benchmark could not run.
 
     .venv/bin/python bench/sessions.py [--users 10000 --running 3000 --repeat 5]
                                         [--backend sqlite --backend postgresql] [--no-tls]
