@@ -19,6 +19,8 @@ import subprocess
 from collections.abc import Sequence
 from typing import Any
 
+from watchdogd.text import table
+
 __all__ = [
     "own_peak_rss_mb",
     "peak_rss_mb",
@@ -67,10 +69,5 @@ def verdict(ok: bool) -> str:
 
 
 def render_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """A plain left-aligned text table (numbers are formatted by the caller)."""
-    cells = [[str(h) for h in headers], *[[str(c) for c in row] for row in rows]]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-             for row in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    """The benchmarks' tables: watchdogd's own, with a rule under the headers."""
+    return table(headers, rows, rule=True)

@@ -24,7 +24,7 @@ import click
 from watchdogd.app import App, BuildError, build, load_config, open_store, reload
 from watchdogd.config import Config, ConfigError
 from watchdogd.report import render_report
-from watchdogd.text import safe_text
+from watchdogd.text import table
 from watchdogd.times import iso
 
 if TYPE_CHECKING:
@@ -193,7 +193,7 @@ def findings(config_path: str | None, show_all: bool, as_json: bool) -> None:
     if not rows:
         click.echo("no open findings")
         return
-    click.echo(_table(
+    click.echo(table(
         ["SEVERITY", "KIND", "SUBJECT", "TARGET", "SEEN", "FIRST SEEN", "STATUS"],
         [[r["severity"], r["kind"], r["subject"], f"{r['check']}/{r['target']}",
           str(r["sightings"]), _iso(r["first_seen"]), r["status"]] for r in rows]))
@@ -212,7 +212,7 @@ def actions(config_path: str | None, limit: int, as_json: bool) -> None:
     if not records:
         click.echo("no actions recorded")
         return
-    click.echo(_table(
+    click.echo(table(
         ["ID", "STARTED", "ACTION", "TARGET", "FINDING", "STATUS", "DETAIL"],
         [[str(r.id), _iso(r.started_at), r.name, r.target, r.finding_key, r.status,
           (r.detail or "")[:60]] for r in records]))
@@ -228,13 +228,6 @@ def demo(passes: int, as_json: bool, keep: bool) -> None:
 
     sys.exit(run_demo(passes=passes, as_json=as_json, keep=keep))
 
-
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    rows = [[safe_text(cell) for cell in row] for row in rows]
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
-    out = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
-    out += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-    return "\n".join(out)
 
 
 def _iso(value: Any) -> str:

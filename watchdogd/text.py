@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Sequence
 
-__all__ = ["names_a_secret", "safe_text", "store_key", "unstore_key", "without_secrets"]
+__all__ = ["names_a_secret", "safe_text", "store_key", "table", "unstore_key",
+           "without_secrets"]
 
 #: C0 controls, DEL, C1 controls, and the bidirectional overrides and isolates that make
 #: a terminal show text in another order than it is.
@@ -101,3 +103,16 @@ def without_secrets(value: object) -> object:
     if isinstance(value, list | tuple):
         return [without_secrets(item) for item in value]
     return value
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]], *,
+          rule: bool = False) -> str:
+    """A left-aligned text table, every cell through :func:`safe_text`; ``rule`` underlines
+    the headers. Numbers are formatted by the caller."""
+    cells = [[safe_text(str(c)) for c in row] for row in [headers, *rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+             for row in cells]
+    if rule:
+        lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)

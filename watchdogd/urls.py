@@ -1,4 +1,4 @@
-"""Database URLs with passwords in them: parsed right, never shown.
+"""URLs parsed right: database URLs with passwords in them (never shown), HTTPS endpoints.
 
 Operators paste ``postgresql://user:p@ss@host/db`` with an unescaped ``@`` in the
 password. SQLAlchemy's parser splits at the first ``@`` and takes ``ss@host`` for the host,
@@ -10,12 +10,12 @@ shown never holds the password. (Cheap to import: the configuration uses it.)
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
-from urllib.parse import quote, unquote
+from urllib.parse import quote, unquote, urlsplit
 
 if TYPE_CHECKING:
     import sqlalchemy as sa
 
-__all__ = ["redact_url", "split_userinfo", "sqlalchemy_url"]
+__all__ = ["redact_url", "split_endpoint", "split_userinfo", "sqlalchemy_url"]
 
 
 def split_userinfo(url: str) -> tuple[str, str | None, str | None, str]:
@@ -61,3 +61,19 @@ def sqlalchemy_url(url: str) -> sa.URL:
     except sa.exc.ArgumentError:
         raise ValueError(f"not a valid database URL: {redact_url(url)!r}") from None
     return parsed.set(password=unquote(password) if password is not None else None)
+
+
+def split_endpoint(url: str) -> tuple[str, int]:
+    """``https://host[:port]/path``, ``host:port`` or ``host`` -> (host, port); 443 by default."""
+    text = url if "://" in url else f"https://{url}"
+    parts = urlsplit(text)
+    if parts.scheme != "https":
+        raise ValueError(f"not an https endpoint: {url!r}")
+    host = parts.hostname
+    if not host:
+        raise ValueError(f"no host in endpoint {url!r}")
+    try:
+        port = parts.port or 443
+    except ValueError:
+        raise ValueError(f"bad port in endpoint {url!r}") from None
+    return host, port

@@ -35,13 +35,13 @@ import posixpath
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
-from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from watchdogd.config import CheckConfig, Duration, Inventory
 from watchdogd.model import CheckTarget, Detection, Finding, Need, Severity, Snapshot
 from watchdogd.times import parse_time
+from watchdogd.urls import split_endpoint
 
 NAME = "certs"
 KINDS = ("cert-expiring", "cert-hostname-mismatch", "cert-unreadable")
@@ -143,21 +143,6 @@ class TargetSettings:
 
     check: Settings
     keys: tuple[str, ...]
-
-
-def split_endpoint(url: str) -> tuple[str, int]:
-    """``https://host[:port]/...``, ``host:port`` or ``host`` -> (host, port)."""
-    text = url if "://" in url else f"https://{url}"
-    parts = urlsplit(text)
-    if parts.scheme != "https":
-        raise ValueError(f"not an https endpoint: {url!r}")
-    if not parts.hostname:
-        raise ValueError(f"no host in endpoint {url!r}")
-    try:
-        port = parts.port or 443
-    except ValueError:
-        raise ValueError(f"bad port in endpoint {url!r}") from None
-    return parts.hostname, port
 
 
 

@@ -22,8 +22,8 @@ from watchdogd.config import DEFAULT_MAX_BYTES
 from watchdogd.model import SourceError
 from watchdogd.sources.bounded import bound_session, limits
 
-__all__ = ["HttpClient", "count_request", "counting", "describe_status", "http_date",
-           "note_server_date", "scrub", "secret_values", "server_dates"]
+__all__ = ["HttpClient", "attempts", "count_request", "counting", "describe_status",
+           "http_date", "note_server_date", "scrub", "secret_values", "server_dates"]
 
 _requests: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar(
     "watchdogd_requests", default=None
@@ -151,6 +151,18 @@ def _error_detail(body: str) -> str:
 _CREDENTIAL_HEADERS = frozenset({"authorization", "x-auth-token", "cookie", "x-api-key"})
 
 
+def attempts(count: int, sleep: Callable[[float], None]) -> Iterator[int]:
+    """``count`` tries of one read, waiting 0.4 s, 0.8 s... (at most 2 s) before each retry.
+
+    Only reads are retried (a refused connection, a 5xx); the adapters share this so that
+    every peer sees the same back-off.
+    """
+    for attempt in range(count):
+        if attempt:
+            sleep(min(0.2 * 2**attempt, 2.0))
+        yield attempt
+
+
 class HttpClient:
     """A ``requests`` session bound to one base URL, one credential and one timeout.
 
@@ -207,11 +219,8 @@ class HttpClient:
     ) -> requests.Response:
         """Send one request; return the response when its status is in ``ok``."""
         url = path if path.startswith("http") else f"{self.base_url}{path}"
-        attempts = 1 + (self.retries if method == "GET" else 0)
         last: str = ""
-        for attempt in range(attempts):
-            if attempt:
-                self._sleep(min(0.2 * 2**attempt, 2.0))
+        for _ in attempts(1 + (self.retries if method == "GET" else 0), self._sleep):
             count_request()
             # The timeout is the whole call: connect, headers and body, however they trickle.
             with limits(self.timeout, self.max_bytes) as bound:

@@ -41,6 +41,7 @@ from keystoneauth1 import exceptions as ks_exc
 from watchdogd.config import CloudConfig
 from watchdogd.model import PreconditionFailed, SourceError
 from watchdogd.sources.base import (
+    attempts,
     count_request,
     describe_status,
     http_date,
@@ -224,11 +225,8 @@ class OpenStackSource:
     def _request_once(self, service: str, method: str, path: str, *, what: str,
                       json: Any = None, ok: tuple[int, ...] = (200,), retry: bool = False,
                       microversion: str | None = ATTACHMENTS_MICROVERSION) -> Any:
-        attempts = 1 + (self.retries if retry else 0)
         last = ""
-        for attempt in range(attempts):
-            if attempt:
-                self._sleep(min(0.2 * 2 ** attempt, 2.0))
+        for _ in attempts(1 + (self.retries if retry else 0), self._sleep):
             try:
                 with self._sdk(what), limits(self.timeout, self.max_bytes) as bound:
                     proxy = getattr(self.conn, service)

@@ -33,7 +33,6 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
@@ -41,13 +40,13 @@ from cryptography.hazmat.primitives import hashes
 from watchdogd.config import ClusterConfig, Config
 from watchdogd.model import SourceError
 from watchdogd.sources.base import count_request
+from watchdogd.urls import split_endpoint
 
 __all__ = [
     "CertificateParseError",
     "TlsSource",
     "certificate_record",
     "parse_certificates",
-    "split_endpoint",
 ]
 
 #: File names a directory scan picks up. ``.crt`` files must hold a certificate;
@@ -153,22 +152,6 @@ def _records(data: bytes, location: str, base: dict[str, Any]) -> list[dict[str,
             facts = {"error": f"a field of the certificate does not decode ({_short(exc)})"}
         records.append({**base, "location": location, "index": index, **facts})
     return records
-
-
-def split_endpoint(url: str) -> tuple[str, int]:
-    """``https://host[:port]/path``, ``host:port`` or ``host`` -> (host, port); 443 by default."""
-    text = url if "://" in url else f"https://{url}"
-    parts = urlsplit(text)
-    if parts.scheme != "https":
-        raise ValueError(f"not an https endpoint: {url!r}")
-    host = parts.hostname
-    if not host:
-        raise ValueError(f"no host in endpoint {url!r}")
-    try:
-        port = parts.port or 443
-    except ValueError:
-        raise ValueError(f"bad port in endpoint {url!r}") from None
-    return host, port
 
 
 def _handshake(tls: ssl.SSLSocket, deadline: float) -> None:
