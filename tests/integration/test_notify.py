@@ -10,19 +10,20 @@ import pytest
 
 from tests.peers.postgres import RealPostgres
 from tests.peers.receivers import JsonReceiver, SmtpReceiver
-from tests.unit.test_engine import Adapter, Clock, FakeWorld, make_config
+from tests.unit.test_engine import Adapter, FakeWorld, make_config
 from tests.unit.test_notify_delivery import T0, rows, upgrade_outbox_from_version_2
 from watchdogd.checks import REGISTRY
 from watchdogd.config import NotifyConfig
 from watchdogd.engine import Engine
 from watchdogd.notify import Notifier, load_destinations
+from watchdogd.sim.world import SimClock
 from watchdogd.sources import Sources
 from watchdogd.store import Store
 
 pytestmark = pytest.mark.integration
 
 
-def engine_with(tmp_path: Path, world: FakeWorld, urls: str, clock: Clock,
+def engine_with(tmp_path: Path, world: FakeWorld, urls: str, clock: SimClock,
                 **remediation: Any) -> Engine:
     config = make_config(tmp_path, **remediation)
     urls_file = tmp_path / "apprise.txt"
@@ -37,7 +38,7 @@ def engine_with(tmp_path: Path, world: FakeWorld, urls: str, clock: Clock,
 def test_new_action_and_resolved_notices_reach_http_and_smtp(tmp_path: Path) -> None:
     world = FakeWorld()
     world.add("alice", pod=False)
-    clock = Clock()
+    clock = SimClock(T0)
     with JsonReceiver() as http, SmtpReceiver() as smtp:
         engine = engine_with(tmp_path, world, f"{http.url}\n{smtp.url}\n", clock)
         engine.run_pass()  # sighting 1: nothing announced yet
@@ -57,7 +58,7 @@ def test_new_action_and_resolved_notices_reach_http_and_smtp(tmp_path: Path) -> 
 def test_outage_then_delivery_exactly_once_in_order(tmp_path: Path) -> None:
     world = FakeWorld()
     world.add("alice", pod=False)
-    clock = Clock()
+    clock = SimClock(T0)
     with JsonReceiver() as http:
         http.failing = True
         engine = engine_with(tmp_path, world, http.url, clock)
@@ -89,7 +90,7 @@ def test_severity_tags_choose_destinations(tmp_path: Path) -> None:
     world.pods.append({"metadata": {"name": "jupyter-bob", "namespace": "jhub", "uid": "b",
                                     "annotations": {"hub.jupyter.org/username": "bob"}},
                        "status": {"phase": "Running"}})
-    clock = Clock()
+    clock = SimClock(T0)
     with JsonReceiver() as pager, JsonReceiver() as chat:
         urls = f"critical={pager.url}\n{chat.url}\n"
         engine = engine_with(tmp_path, world, urls, clock, confirm_after=1)

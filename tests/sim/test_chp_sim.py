@@ -13,26 +13,21 @@ import requests
 from watchdogd.config import HubConfig
 from watchdogd.model import SourceError
 from watchdogd.sim.chp import ChpSim, clean_path
+from watchdogd.sim.world import SimClock
 from watchdogd.sources.proxy import ProxySource
 
 T0 = datetime(2026, 11, 22, 3, 0, tzinfo=UTC)
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> SimClock:
+    return SimClock(T0)
 
 
 @pytest.fixture
-def chp(clock: Clock) -> Iterator[ChpSim]:
+def chp(clock: SimClock) -> Iterator[ChpSim]:
     with ChpSim(token="secret-proxy-token", clock=clock) as sim:
         yield sim
 
@@ -98,7 +93,7 @@ def test_unknown_paths_and_methods(chp: ChpSim) -> None:
     assert (resp.status_code, resp.text) == (405, "Method not supported")
 
 
-def test_inactive_since(chp: ChpSim, clock: Clock) -> None:
+def test_inactive_since(chp: ChpSim, clock: SimClock) -> None:
     chp.add_route("/user/old", "http://10.0.0.1:8888", user="old")
     clock.now = T0 + timedelta(hours=2)
     chp.add_route("/user/new", "http://10.0.0.2:8888", user="new")
@@ -112,7 +107,7 @@ def test_inactive_since(chp: ChpSim, clock: Clock) -> None:
     assert "must be ISO8601" in resp.text
 
 
-def test_python_api_and_default_target(clock: Clock) -> None:
+def test_python_api_and_default_target(clock: SimClock) -> None:
     with ChpSim(default_target="http://hub:8081", clock=clock) as chp:
         assert chp.routes == {"/": {"target": "http://hub:8081",
                                     "last_activity": "2026-11-22T03:00:00.000Z"}}

@@ -22,11 +22,10 @@ from watchdogd.sim.hub import (
     ALEMBIC_5X,
     ALEMBIC_6X,
     HubSim,
-    escape_slug,
     expand_scopes,
-    safe_slug,
 )
 from watchdogd.sim.kube import KubeSim
+from watchdogd.slugs import escape_slug, safe_slug
 from watchdogd.sources.hubapi import HubApiSource
 from watchdogd.sources.hubdb import HubDbSource
 

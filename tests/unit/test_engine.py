@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -12,21 +12,13 @@ from watchdogd.checks import REGISTRY
 from watchdogd.config import Config
 from watchdogd.engine import Engine
 from watchdogd.model import PreconditionFailed, SourceError
+from watchdogd.sim.world import SimClock
 from watchdogd.sources import Sources
 from watchdogd.store import Store
 
 T0 = datetime(2026, 11, 22, 3, 0, tzinfo=UTC)
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, **kwargs: float) -> None:
-        self.now += timedelta(**kwargs)
 
 
 class FakeWorld:
@@ -179,14 +171,14 @@ def world() -> FakeWorld:
     return FakeWorld()
 
 
-def make_engine(tmp_path: Path, world: FakeWorld, clock: Clock | None = None,
+def make_engine(tmp_path: Path, world: FakeWorld, clock: SimClock | None = None,
                 sessions: dict[str, Any] | None = None, **remediation: Any) -> Engine:
     config = make_config(tmp_path, sessions, **remediation)
     factories = {name: (lambda _c, _n: Adapter(world)) for name in
                  ("hubdb", "hubapi", "proxy", "kube")}
     store = Store(config.state.resolved_url())
     # This fake world only has what the sessions check reads.
-    return Engine(config, store, Sources(config, factories), clock=clock or Clock(),
+    return Engine(config, store, Sources(config, factories), clock=clock or SimClock(T0),
                   registry={"sessions": REGISTRY["sessions"]})
 
 
@@ -230,7 +222,7 @@ def test_action_only_after_confirmation_then_resolved(tmp_path: Path, world: Fak
 
 def test_min_age_holds_actions_back(tmp_path: Path, world: FakeWorld) -> None:
     world.add("alice", pod=False)
-    clock = Clock()
+    clock = SimClock(T0)
     engine = make_engine(tmp_path, world, clock, confirm_after=1, min_age="5m")
     report = engine.run_pass()
     [entry] = report.checks[0].findings
@@ -297,7 +289,7 @@ def test_budgets_per_pass_and_per_hour(tmp_path: Path, world: FakeWorld) -> None
     for i in range(5):
         world.add(f"user{i}", pod=False)
     world.add("healthy")
-    clock = Clock()
+    clock = SimClock(T0)
     engine = make_engine(tmp_path, world, clock, confirm_after=1, max_per_pass=2,
                          max_per_hour=3, sessions=MANY_MISSING)
     first = statuses(engine.run_pass())
@@ -514,7 +506,7 @@ def test_a_stop_is_verified_by_name_and_skipped_when_the_pod_exists(
 
 def test_a_subject_acted_on_twice_is_held_with_one_critical_notice(
         tmp_path: Path, world: FakeWorld) -> None:
-    clock = Clock()
+    clock = SimClock(T0)
     engine = make_engine(tmp_path, world, clock, confirm_after=1)
     held = []
     for _ in range(4):
@@ -532,7 +524,7 @@ def test_a_subject_acted_on_twice_is_held_with_one_critical_notice(
 
 
 def test_sightings_restart_after_an_action(tmp_path: Path, world: FakeWorld) -> None:
-    clock = Clock()
+    clock = SimClock(T0)
     engine = make_engine(tmp_path, world, clock, confirm_after=2)
     world.add("alice", pod=False)
     world.add("bob")

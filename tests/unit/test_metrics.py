@@ -34,6 +34,7 @@ from watchdogd.model import (
     Snapshot,
     SourceError,
 )
+from watchdogd.sim.world import SimClock
 from watchdogd.store import Store
 
 
@@ -79,12 +80,6 @@ def _detect(snapshot: Snapshot, now: datetime) -> Detection:
 PROBE = CheckSpec("probe", ("bad-item",), CheckConfig, _targets, _detect)
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = datetime(2026, 11, 22, 3, 0, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 @pytest.fixture
@@ -101,7 +96,8 @@ def setup(tmp_path: Path) -> Iterator[tuple[World, Engine, Metrics, str]]:
     config = config.model_copy(update={"remediation": config.remediation.model_copy(
         update={"enabled": ["fix"]})})
     engine = Engine(config, Store(f"sqlite:///{tmp_path}/state.db"), sources,
-                    registry={"probe": PROBE}, clock=Clock())
+                    registry={"probe": PROBE},
+                    clock=SimClock(datetime(2026, 11, 22, 3, 0, tzinfo=UTC)))
     engine.listeners.append(metrics.observe)
     server = MetricsServer(metrics, "127.0.0.1:0")
     host, port = server.start()

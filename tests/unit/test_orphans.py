@@ -177,19 +177,6 @@ def test_released_and_failed_pvs() -> None:
     assert found["c2/pvc-v1"].action is None
 
 
-@pytest.mark.parametrize(("name", "slug"), [
-    ("jupyter-alex", "jupyter-alex"),
-    ("jupyter-Alex", "jupyter-alex---3a1c285c"),
-    ("user@email.com", "user-email-com---0925f997"),
-    ("-start", "start---f587e2dc"),
-    ("9z9", "x-9z9---224de202"),
-    ("has.dot", "has-dot---03e27fdf"),
-    ("username--servername", "username-servername---d957f1de"),
-])
-def test_safe_slug_matches_kubespawner(name: str, slug: str) -> None:
-    assert orphans.safe_slug(name) == slug
-
-
 def test_extra_pvcs_of_departed_users() -> None:
     claims = [
         pvc("postgres-alice"),                       # alice exists

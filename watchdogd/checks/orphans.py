@@ -42,7 +42,6 @@ user).
 
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -50,7 +49,6 @@ from typing import Any
 
 from pydantic import ConfigDict, Field
 
-from watchdogd.checks.sessions import escape_slug
 from watchdogd.checks.volumes import (
     auth_error,
     cloud_now,
@@ -71,6 +69,7 @@ from watchdogd.model import (
     Severity,
     Snapshot,
 )
+from watchdogd.slugs import escape_slug, safe_slug
 from watchdogd.times import parse_time
 
 NAME = "orphans"
@@ -161,20 +160,7 @@ def targets(check: Settings, inventory: Inventory) -> list[CheckTarget]:
 
 # -- slugs (how KubeSpawner puts a username into a claim name) ---------------------------------
 
-_NON_ALNUM = re.compile(r"[^a-z0-9]+")
-_OBJECT_NAME = re.compile(r"^[a-z][a-z0-9-]{0,61}[a-z0-9]$|^[a-z]$")
 
-
-def safe_slug(name: str) -> str:
-    """KubeSpawner 7's ``safe`` slug: the name if it is a valid object name (and has no
-    ``--``), else a stripped, lowercased prefix, ``---`` and 8 hex of its sha256."""
-    if "--" not in name and _OBJECT_NAME.match(name):
-        return name
-    digest = hashlib.sha256(name.encode("utf-8")).hexdigest()[:8]
-    stripped = _NON_ALNUM.sub("-", name.lower()).lstrip("-")[:21].rstrip("-")
-    if stripped and not stripped[0].isalpha():
-        stripped = "x-" + stripped[:19]
-    return f"{stripped or 'x'}---{digest}"
 
 
 def _user_keys(users: list[str]) -> set[str]:

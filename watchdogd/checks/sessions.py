@@ -45,6 +45,7 @@ from watchdogd.model import (
     Severity,
     Snapshot,
 )
+from watchdogd.slugs import escape_slug
 from watchdogd.times import parse_time
 
 NAME = "sessions"
@@ -61,7 +62,6 @@ NUBLADO_USER_LABEL = "nublado.lsst.io/user"
 MIN_IMPLAUSIBLE_MISSING = 3
 LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-_SAFE_ESCAPE = frozenset("abcdefghijklmnopqrstuvwxyz0123456789")
 
 
 class Settings(CheckConfig):
@@ -147,16 +147,6 @@ def pod_phase(pod: dict[str, Any]) -> str:
         return "alive"
     return "unknown"
 
-
-def escape_slug(name: str) -> str:
-    """KubeSpawner < 7's label value for a username (escapism, ``-`` escape, lowercase)."""
-    out = []
-    for char in name:
-        if char in _SAFE_ESCAPE:
-            out.append(char)
-        else:
-            out.extend(f"-{byte:02x}" for byte in char.encode("utf-8"))
-    return "".join(out).lower()
 
 
 def is_valid_label(value: str) -> bool:

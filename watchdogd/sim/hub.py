@@ -47,7 +47,6 @@ frozen KubeSpawner watch cache of REFERENCE.md), which is how stale sessions ari
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import secrets
 import sqlite3
@@ -62,6 +61,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit, urlunsplit
 
 from watchdogd.sim._http import Fault, HttpSim, Request, Response, utcnow
+from watchdogd.slugs import escape_slug, safe_slug
 
 if TYPE_CHECKING:
     from watchdogd.sim.chp import ChpSim
@@ -74,10 +74,8 @@ __all__ = [
     "SERVICE_SCOPES",
     "HubSim",
     "ServerInfo",
-    "escape_slug",
     "expand_scopes",
     "route_key",
-    "safe_slug",
 ]
 
 JUPYTERHUB_VERSION = "6.1.1"
@@ -183,8 +181,6 @@ Pending = Literal["spawn", "stop"] | None
 Layout = Literal["kubespawner", "nublado"]
 Key = tuple[str, str]  # (user, server name; "" for the default server)
 
-_ESCAPE_SAFE = frozenset(string.ascii_lowercase + string.digits)
-_SAFE_VALID = frozenset(string.ascii_lowercase + string.digits + "-.")
 
 
 def expand_scopes(scopes: Iterable[str]) -> frozenset[str]:
@@ -200,28 +196,6 @@ def expand_scopes(scopes: Iterable[str]) -> frozenset[str]:
     return frozenset(result)
 
 
-def escape_slug(name: str) -> str:
-    """KubeSpawner < 7's username label: escapism with ``-`` as escape char, lowercased."""
-    out = []
-    for char in name:
-        if char in _ESCAPE_SAFE:
-            out.append(char)
-        else:
-            out.extend(f"-{byte:02x}" for byte in char.encode("utf-8"))
-    return "".join(out).lower()
-
-
-def safe_slug(name: str, max_length: int = 32) -> str:
-    """KubeSpawner 7's ``safe`` slug: the name as-is when valid, else ``stripped---hash8``."""
-    valid = (bool(name) and len(name) <= 63 and set(name) <= _SAFE_VALID
-             and name[0] in _ESCAPE_SAFE and name[-1] in _ESCAPE_SAFE and "--" not in name)
-    if valid:
-        return name
-    digest = hashlib.sha256(name.encode("utf-8")).hexdigest()[:8]
-    stripped = "".join(c if c in _ESCAPE_SAFE else "-" for c in name.lower())
-    stripped = "-".join(part for part in stripped.split("-") if part)
-    stripped = stripped[: max_length - 11].strip("-") or "x"
-    return f"{stripped}---{digest}"
 
 
 def url_escape_path(value: str) -> str:
