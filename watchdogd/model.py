@@ -12,7 +12,10 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from watchdogd.ports import Call
 
 __all__ = [
     "Action",
@@ -129,8 +132,17 @@ class Need:
 
     @staticmethod
     def of(key: str, source: str, target: str, call: str, **params: Any) -> Need:
-        """Build a need with keyword parameters (sorted, so equal needs compare equal)."""
+        """Build a need by names (sorted parameters, so equal needs compare equal).
+
+        Checks use :meth:`bind` with a typed :func:`watchdogd.ports.call` instead; this
+        form is for engines' own tests with made-up sources.
+        """
         return Need(key, source, target, call, tuple(sorted(params.items())))
+
+    @staticmethod
+    def bind(key: str, bound: Call) -> Need:
+        """The observation ``key``: what ``bound`` (a :func:`watchdogd.ports.call`) returns."""
+        return Need(key, bound.source, bound.target, bound.method, bound.params)
 
 
 @dataclass(frozen=True)
@@ -200,6 +212,13 @@ class Action:
     destructive: bool = True
     before: Mapping[str, Any] = field(default_factory=dict)
     verify: tuple[Need, ...] = ()
+
+    @staticmethod
+    def bind(name: str, bound: Call, *, destructive: bool = True,
+             before: Mapping[str, Any] | None = None, verify: tuple[Need, ...] = ()) -> Action:
+        """The remediation ``name``, run as ``bound`` (a :func:`watchdogd.ports.call`)."""
+        return Action(name, bound.source, bound.target, bound.method, dict(bound.params),
+                      destructive, before or {}, verify)
 
 
 @dataclass

@@ -12,7 +12,6 @@ therefore fails this test until the ClusterRole says what it needs.
 
 from __future__ import annotations
 
-import ast
 import contextlib
 import inspect
 import os
@@ -29,6 +28,7 @@ import kubernetes.client
 import pytest
 import yaml
 
+from tests.bindings import planned_calls
 from watchdogd import checks
 from watchdogd.app import load_config
 from watchdogd.config import Config
@@ -307,33 +307,12 @@ def classify(method: str, raw: str) -> Call | None:
 
 
 def action_calls() -> dict[str, set[tuple[str, str]]]:
-    """remediation name -> {(source, call)} for every Action(...) in the registered checks.
-
-    Read from the source, so that actions planned only on rare data are included too.
-    The name, source and call of an Action must therefore be literals.
-    """
+    """remediation name -> {(source, call)} for every action the registered checks can plan."""
     found: dict[str, set[tuple[str, str]]] = {}
-    modules = {inspect.getmodule(spec.detect) for spec in checks.REGISTRY.values()}
-    for module in modules:
-        assert module is not None
-        tree = ast.parse(inspect.getsource(module))
-        for node in ast.walk(tree):
-            if not isinstance(node, ast.Call):
-                continue
-            func = node.func
-            if not ((isinstance(func, ast.Name) and func.id == "Action")
-                    or (isinstance(func, ast.Attribute) and func.attr == "Action")):
-                continue
-            fields = dict(zip(("name", "source", "target", "call"), node.args, strict=False))
-            fields.update({k.arg: k.value for k in node.keywords if k.arg})
-            values = []
-            for field in ("name", "source", "call"):
-                value = fields.get(field)
-                assert isinstance(value, ast.Constant) and isinstance(value.value, str), (
-                    f"{module.__name__} line {node.lineno}: Action {field} must be a literal "
-                    "so that its API calls can be derived for the RBAC rules")
-                values.append(value.value)
-            found.setdefault(values[0], set()).add((values[1], values[2]))
+    for planned in planned_calls():
+        if planned.action is not None:
+            found.setdefault(planned.action, set()).add((planned.source, planned.method))
+    assert found
     return found
 
 

@@ -40,6 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from watchdogd.config import CheckConfig, Duration, Inventory
 from watchdogd.model import CheckTarget, Detection, Finding, Need, Severity, Snapshot
+from watchdogd.ports import Tls, call
 from watchdogd.times import parse_time
 from watchdogd.urls import split_endpoint
 
@@ -152,20 +153,20 @@ def targets(check: Settings, inventory: Inventory) -> list[CheckTarget]:
     needs: dict[str, list[Need]] = {}
     for path in check.files:
         needs.setdefault(FILES_TARGET, []).append(
-            Need.of(f"file:{path}", "tls", "local", "files", path=path))
+            Need.bind(f"file:{path}", call(Tls.files, "local", path=path)))
     for path in check.kubeconfigs:
         needs.setdefault(FILES_TARGET, []).append(
-            Need.of(f"kubeconfig:{path}", "tls", "local", "kubeconfig", path=path))
+            Need.bind(f"kubeconfig:{path}", call(Tls.kubeconfig, "local", path=path)))
     for endpoint in check.endpoint_list():
         needs.setdefault(endpoint.target_name, []).append(
-            Need.of(f"endpoint:{endpoint.server_name or ''}@{endpoint.url}", "tls", "local",
-                    "endpoint", url=endpoint.url, server_name=endpoint.server_name,
-                    timeout=timeout))
+            Need.bind(f"endpoint:{endpoint.server_name or ''}@{endpoint.url}",
+                      call(Tls.endpoint, "local", url=endpoint.url,
+                           server_name=endpoint.server_name, timeout=timeout)))
     for cluster in dict.fromkeys(check.secrets_clusters):
-        needs.setdefault(cluster, []).append(Need.of("secrets", "tls", cluster, "secrets"))
+        needs.setdefault(cluster, []).append(Need.bind("secrets", call(Tls.secrets, cluster)))
     for cluster in dict.fromkeys(check.api_servers):
         needs.setdefault(cluster, []).append(
-            Need.of("api_server", "tls", cluster, "api_server", timeout=timeout))
+            Need.bind("api_server", call(Tls.api_server, cluster, timeout=timeout)))
     result = []
     for name, target_needs in needs.items():
         unique = tuple(dict.fromkeys(target_needs))

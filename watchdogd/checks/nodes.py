@@ -50,6 +50,7 @@ from watchdogd.model import (
     Severity,
     Snapshot,
 )
+from watchdogd.ports import Kube, call
 from watchdogd.times import parse_time
 
 NAME = "nodes"
@@ -219,20 +220,21 @@ def targets(check: Settings, inventory: Inventory) -> list[CheckTarget]:
     result = []
     for cluster in names:
         needs = [
-            Need.of("nodes", "kube", cluster, "list_objects", kind="Node"),
-            Need.of("namespaces", "kube", cluster, "list_objects", kind="Namespace",
-                    field_selector="status.phase=Terminating"),
+            Need.bind("nodes", call(Kube.list_objects, cluster, kind="Node")),
+            Need.bind("namespaces", call(Kube.list_objects, cluster, kind="Namespace",
+                                         field_selector="status.phase=Terminating")),
         ]
         if check.failed_pod_namespaces:
             for namespace in dict.fromkeys(check.failed_pod_namespaces):
-                needs.append(Need.of(f"failed_pods:{namespace}", "kube", cluster, "pods",
-                                     namespace=namespace, field_selector="status.phase=Failed"))
+                needs.append(Need.bind(f"failed_pods:{namespace}", call(
+                    Kube.pods, cluster, namespace=namespace,
+                    field_selector="status.phase=Failed")))
         else:
-            needs.append(Need.of("failed_pods", "kube", cluster, "pods",
-                                 field_selector="status.phase=Failed"))
+            needs.append(Need.bind("failed_pods", call(Kube.pods, cluster,
+                                                       field_selector="status.phase=Failed")))
         if check.dedicated_core:
-            needs.append(Need.of("core_pods", "kube", cluster, "pods",
-                                 label_selector=check.core_selector))
+            needs.append(Need.bind("core_pods", call(Kube.pods, cluster,
+                                                     label_selector=check.core_selector)))
         result.append(CheckTarget(cluster, tuple(needs), TargetSettings(cluster, check)))
     return result
 
@@ -412,9 +414,9 @@ def _judge_failed_pod(s: TargetSettings, pod: dict[str, Any], snapshot: Snapshot
                + (f" on node {node}" if node else "") + (f": {detail}" if detail else ""))
     action = None
     if age >= s.check.failed_pod_min_age and uid:
-        action = Action("delete-pod", "kube", s.cluster, "delete_pod",
-                        {"namespace": namespace, "name": name, "uid": uid},
-                        destructive=True, before={"pod": summary})
+        action = Action.bind("delete-pod", call(Kube.delete_pod, s.cluster, namespace=namespace,
+                                                name=name, uid=uid),
+                             destructive=True, before={"pod": summary})
         message += "; it only holds its record now: delete it"
     else:
         message += (f"; it is deleted once failed for {_ago(s.check.failed_pod_min_age)} "

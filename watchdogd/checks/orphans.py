@@ -69,6 +69,7 @@ from watchdogd.model import (
     Severity,
     Snapshot,
 )
+from watchdogd.ports import HubDb, Kube, OpenStack, call
 from watchdogd.slugs import escape_slug, safe_slug
 from watchdogd.times import parse_time
 
@@ -124,7 +125,7 @@ class TargetSettings:
 
 def hub_need(hub: str) -> Need:
     """The hub database's users (the sessions() read of the hubdb source)."""
-    return Need.of(f"hub_db:{hub}", "hubdb", hub, "sessions")
+    return Need.bind(f"hub_db:{hub}", call(HubDb.sessions, hub))
 
 
 def targets(check: Settings, inventory: Inventory) -> list[CheckTarget]:
@@ -273,8 +274,6 @@ def _orphan_volumes(d: _Detector, volumes: list[dict[str, Any]],
                       text + f"; it is {status} and attached to something: not quarantined "
                              "(a cluster watchdogd does not know may use it)", evidence)
             continue
-        observed = {"volume_id": vid, "observed_status": "available",
-                    "observed_updated_at": volume.get("updated_at")}
         if not quarantine:
             if cloud is None:
                 d.finding("orphan-volume", vid, Severity.WARNING,
@@ -282,11 +281,13 @@ def _orphan_volumes(d: _Detector, volumes: list[dict[str, Any]],
                                  "unknown: not quarantined", evidence)
                 continue
             d.finding("orphan-volume", vid, Severity.WARNING, text, evidence,
-                      Action("quarantine", "openstack", d.s.cloud or "", "quarantine_volume",
-                             {**observed, "key": s.quarantine_key,
-                              "value": cloud.strftime("%Y-%m-%dT%H:%M:%SZ")},
-                             destructive=False, before={"volume": summary},
-                             verify=_rereads(d, volume, full=False)))
+                      Action.bind("quarantine", call(
+                          OpenStack.quarantine_volume, d.s.cloud or "", volume_id=vid,
+                          observed_status="available",
+                          observed_updated_at=volume.get("updated_at"),
+                          key=s.quarantine_key, value=cloud.strftime("%Y-%m-%dT%H:%M:%SZ")),
+                          destructive=False, before={"volume": summary},
+                          verify=_rereads(d, volume, full=False)))
             continue
         marked = parse_time(quarantine)
         if marked is None:
@@ -326,14 +327,13 @@ def _orphan_volumes(d: _Detector, volumes: list[dict[str, Any]],
                              f"{s.delete_max_per_pass})", evidence)
             continue
         d.finding("orphan-volume", vid, Severity.WARNING, text + "; it is deleted", evidence,
-                  Action("delete-orphan-volume", "openstack", d.s.cloud or "", "delete_volume",
-                         {"volume_id": vid, "observed_status": "available",
-                          "observed_updated_at": volume.get("updated_at"),
-                          "quarantine_key": s.quarantine_key,
-                          "quarantine_value": (volume.get("metadata") or {})
-                          .get(s.quarantine_key)},
-                         destructive=True, before={"volume": volume},
-                         verify=_rereads(d, volume, full=True)))
+                  Action.bind("delete-orphan-volume", call(
+                      OpenStack.delete_volume, d.s.cloud or "", volume_id=vid,
+                      observed_status="available", observed_updated_at=volume.get("updated_at"),
+                      quarantine_key=s.quarantine_key,
+                      quarantine_value=str((volume.get("metadata") or {}).get(s.quarantine_key))),
+                      destructive=True, before={"volume": volume},
+                      verify=_rereads(d, volume, full=True)))
     return len(candidates)
 
 
@@ -344,15 +344,15 @@ def _rereads(d: _Detector, volume: dict[str, Any], *, full: bool) -> tuple[Need,
     (a static PV may reference the volume under any name), the one named after the volume
     before a quarantine (cheap, so a first run with hundreds of orphans stays cheap).
     """
-    needs = [Need.of("volume", "openstack", d.s.cloud or "", "volume",
-                     volume_id=str(volume["id"]))]
+    needs = [Need.bind("volume", call(OpenStack.volume, d.s.cloud or "",
+                                      volume_id=str(volume["id"])))]
     for cluster in d.s.clusters:
         if full:
             needs.append(pvs_need(cluster))
         else:
-            needs.append(Need.of(f"pvs:{cluster}", "kube", cluster, "list_objects",
-                                 kind="PersistentVolume",
-                                 field_selector=f"metadata.name={volume.get('name')}"))
+            needs.append(Need.bind(f"pvs:{cluster}", call(
+                Kube.list_objects, cluster, kind="PersistentVolume",
+                field_selector=f"metadata.name={volume.get('name')}")))
     return tuple(needs)
 
 

@@ -45,6 +45,7 @@ from watchdogd.model import (
     Severity,
     Snapshot,
 )
+from watchdogd.ports import HubApi, HubDb, Kube, Proxy, call
 from watchdogd.slugs import escape_slug
 from watchdogd.times import parse_time
 
@@ -111,20 +112,20 @@ def targets(check: Settings, inventory: Inventory) -> list[CheckTarget]:
 
 def _needs(name: str, hub: HubConfig) -> tuple[Need, ...]:
     needs = [
-        Need.of("hub_db", "hubdb", name, "sessions"),
-        Need.of("hub_api", "hubapi", name, "active_servers"),
+        Need.bind("hub_db", call(HubDb.sessions, name)),
+        Need.bind("hub_api", call(HubApi.active_servers, name)),
     ]
     if hub.proxy_api_url:
-        needs.append(Need.of("routes", "proxy", name, "routes"))
+        needs.append(Need.bind("routes", call(Proxy.routes, name)))
     selector = hub.user_pod_selector() or None
     if hub.layout == "nublado":
-        needs.append(Need.of("pods", "kube", hub.cluster, "pods", label_selector=selector))
+        needs.append(Need.bind("pods", call(Kube.pods, hub.cluster, label_selector=selector)))
     else:
-        needs.append(Need.of("pods", "kube", hub.cluster, "pods", namespace=hub.namespace,
-                             label_selector=selector))
+        needs.append(Need.bind("pods", call(Kube.pods, hub.cluster, namespace=hub.namespace,
+                                            label_selector=selector)))
     if hub.hub_pod_selector:
-        needs.append(Need.of("hub_pods", "kube", hub.cluster, "pods", namespace=hub.namespace,
-                             label_selector=hub.hub_pod_selector))
+        needs.append(Need.bind("hub_pods", call(Kube.pods, hub.cluster, namespace=hub.namespace,
+                                                label_selector=hub.hub_pod_selector)))
     return tuple(needs)
 
 
@@ -241,33 +242,33 @@ class _Detector:
 
     def rereads(self, key: SessionKey, pod_ref: tuple[Any, Any] | None) -> tuple[Need, ...]:
         """What to read again by name right before acting on this session."""
-        needs = [Need.of("server", "hubapi", self.s.hub, "server",
-                         user=key[0], server_name=key[1])]
+        needs = [Need.bind("server", call(HubApi.server, self.s.hub, user=key[0],
+                                          server_name=key[1]))]
         if pod_ref is not None and pod_ref[0] and pod_ref[1]:
-            needs.append(Need.of("pod", "kube", self.s.cluster, "pod",
-                                 namespace=pod_ref[0], name=pod_ref[1]))
+            needs.append(Need.bind("pod", call(Kube.pod, self.s.cluster, namespace=pod_ref[0],
+                                               name=pod_ref[1])))
         if self.s.proxy:
-            needs.append(Need.of("routes", "proxy", self.s.hub, "routes"))
+            needs.append(Need.bind("routes", call(Proxy.routes, self.s.hub)))
         return tuple(needs)
 
     def stop_server(self, key: SessionKey, before: dict[str, Any],
                     pod_ref: tuple[Any, Any] | None = None) -> Action:
-        return Action("stop-server", "hubapi", self.s.hub, "stop_server",
-                      {"user": key[0], "server_name": key[1]}, destructive=True, before=before,
-                      verify=self.rereads(key, pod_ref))
+        return Action.bind("stop-server", call(HubApi.stop_server, self.s.hub, user=key[0],
+                                               server_name=key[1]),
+                           destructive=True, before=before, verify=self.rereads(key, pod_ref))
 
     def sync_routes(self, before: dict[str, Any], key: SessionKey | None = None) -> Action:
         verify = self.rereads(key, None) if key is not None else ()
-        return Action("sync-routes", "hubapi", self.s.hub, "sync_routes", {},
-                      destructive=False, before=before, verify=verify)
+        return Action.bind("sync-routes", call(HubApi.sync_routes, self.s.hub), destructive=False,
+                           before=before, verify=verify)
 
     def delete_pod(self, pod: dict[str, Any], key: SessionKey) -> Action:
         summary = _pod_summary(pod)
-        return Action("delete-pod", "kube", self.s.cluster, "delete_pod",
-                      {"namespace": summary["namespace"], "name": summary["name"],
-                       "uid": summary["uid"]}, destructive=True,
-                      before={"pod": pod_before_image(pod)},
-                      verify=self.rereads(key, (summary["namespace"], summary["name"])))
+        return Action.bind("delete-pod", call(Kube.delete_pod, self.s.cluster,
+                                              namespace=summary["namespace"],
+                                              name=summary["name"], uid=summary["uid"]),
+                           destructive=True, before={"pod": pod_before_image(pod)},
+                           verify=self.rereads(key, (summary["namespace"], summary["name"])))
 
 
 def _hub_since(marks: dict[str, datetime], mark: str) -> tuple[str, datetime] | None:
@@ -336,8 +337,8 @@ def detect(snapshot: Snapshot, now: datetime) -> Detection:
             continue
         lookup = _lookup_key(ref)
         if lookup not in snapshot.observations:
-            lookups.append(Need.of(lookup, "kube", s.cluster, "pod",
-                                   namespace=ref[0], name=ref[1]))
+            lookups.append(Need.bind(lookup, call(Kube.pod, s.cluster, namespace=ref[0],
+                                                  name=ref[1])))
             continue
         found = snapshot.observations[lookup]
         if found is None:
@@ -425,11 +426,12 @@ def _judge_running(
             action = None
             if hub_pod is not None:
                 meta = hub_pod.get("metadata") or {}
-                action = Action("restart-hub", "kube", s.cluster, "delete_pod",
-                                {"namespace": meta.get("namespace"), "name": meta.get("name"),
-                                 "uid": meta.get("uid")}, destructive=True,
-                                before={"pod": _pod_summary(hub_pod)},
-                                verify=d.rereads(key, (meta.get("namespace"), meta.get("name"))))
+                namespace, name = str(meta.get("namespace", "")), str(meta.get("name", ""))
+                action = Action.bind("restart-hub", call(Kube.delete_pod, s.cluster,
+                                                         namespace=namespace, name=name,
+                                                         uid=meta.get("uid")),
+                                     destructive=True, before={"pod": _pod_summary(hub_pod)},
+                                     verify=d.rereads(key, (namespace, name)))
             d.finding("stuck-stop", key, Severity.CRITICAL,
                       f"the hub has been stopping {_subject(key)!r} for "
                       f"{_minutes(waited)} minutes; it refuses to start or stop it until the "

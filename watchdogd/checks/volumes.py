@@ -67,6 +67,7 @@ from watchdogd.model import (
     Severity,
     Snapshot,
 )
+from watchdogd.ports import Kube, OpenStack, call
 from watchdogd.times import parse_time
 
 NAME = "volumes"
@@ -119,33 +120,33 @@ class TargetSettings:
 
 def volumes_need(cloud: str) -> Need:
     """Every volume of the cloud, all projects."""
-    return Need.of("volumes", "openstack", cloud, "volumes")
+    return Need.bind("volumes", call(OpenStack.volumes, cloud))
 
 
 def pvs_need(cluster: str) -> Need:
     """Every PersistentVolume of a cluster."""
-    return Need.of(f"pvs:{cluster}", "kube", cluster, "list_objects", kind="PersistentVolume")
+    return Need.bind(f"pvs:{cluster}", call(Kube.list_objects, cluster, kind="PersistentVolume"))
 
 
 def pvcs_need(cluster: str) -> Need:
     """Every PersistentVolumeClaim of a cluster."""
-    return Need.of(f"pvcs:{cluster}", "kube", cluster, "list_objects",
-                   kind="PersistentVolumeClaim")
+    return Need.bind(f"pvcs:{cluster}", call(Kube.list_objects, cluster,
+                                             kind="PersistentVolumeClaim"))
 
 
 def events_need(cluster: str, reason: str) -> Need:
     """The events of one reason in a cluster (a server-side field selector)."""
-    return Need.of(f"events:{cluster}:{reason}", "kube", cluster, "list_objects", kind="Event",
-                   field_selector=f"reason={reason}")
+    return Need.bind(f"events:{cluster}:{reason}", call(Kube.list_objects, cluster, kind="Event",
+                                                        field_selector=f"reason={reason}"))
 
 
 def targets(check: Settings, inventory: Inventory) -> list[CheckTarget]:
     """One target per cloud: its volumes, attachments, credentials and clusters' PVs/events."""
     result = []
     for name, cloud in inventory.clouds.items():
-        needs = [volumes_need(name), Need.of("attachments", "openstack", name, "attachments")]
+        needs = [volumes_need(name), Need.bind("attachments", call(OpenStack.attachments, name))]
         if check.check_credentials:
-            needs.append(Need.of("credentials", "openstack", name, "application_credentials"))
+            needs.append(Need.bind("credentials", call(OpenStack.application_credentials, name)))
         if check.correlate_events:
             for cluster in cloud.clusters:
                 needs.append(pvs_need(cluster))
@@ -373,12 +374,12 @@ def _judge(d: _Detector, volume: dict[str, Any], atts: list[dict[str, Any]],
                 + who.text(),
                 {**evidence_base, "attachment": attachment,
                  "observed_since": since.isoformat()},
-                Action("delete-attachment", "openstack", d.s.cloud, "delete_attachment",
-                       {"attachment_id": str(attachment["id"]), "volume_id": vid,
-                        "observed_status": "reserved", "observed_volume_status": status,
-                        "observed_volume_updated_at": updated_at},
-                       destructive=True,
-                       before={"attachment": attachment, "volume": volume_summary(volume)}))
+                Action.bind("delete-attachment", call(
+                    OpenStack.delete_attachment, d.s.cloud, attachment_id=str(attachment["id"]),
+                    volume_id=vid, observed_status="reserved", observed_volume_status=status,
+                    observed_volume_updated_at=updated_at),
+                    destructive=True,
+                    before={"attachment": attachment, "volume": volume_summary(volume)}))
 
     if status not in s.stuck_statuses:
         return bool(dangling)
@@ -402,11 +403,10 @@ def _judge(d: _Detector, volume: dict[str, Any], atts: list[dict[str, Any]],
     else:
         target = "in-use" if attached else "available"
         message += f"; its status is reset to {target}"
-        action = Action("reset-volume-status", "openstack", d.s.cloud, "reset_volume_status",
-                        {"volume_id": vid, "status": target, "observed_status": status,
-                         "observed_updated_at": updated_at},
-                        destructive=True, before={"volume": volume_summary(volume),
-                                                  "attachments": atts})
+        action = Action.bind("reset-volume-status", call(
+            OpenStack.reset_volume_status, d.s.cloud, volume_id=vid, status=target,
+            observed_status=status, observed_updated_at=updated_at),
+            destructive=True, before={"volume": volume_summary(volume), "attachments": atts})
     d.finding("volume-stuck", vid, severity, message, evidence, action)
     return True
 

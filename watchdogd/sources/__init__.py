@@ -2,7 +2,9 @@
 
 :class:`Sources` builds each adapter on first use from the configuration and
 keeps it for the life of the process (connection pools are worth keeping).
-Adding a system is a module and one line in :data:`FACTORIES`.
+Adding a system is a module, its protocol in :mod:`watchdogd.ports` and one line in
+:data:`FACTORIES`. Each factory is typed as its protocol, so mypy proves here that every
+adapter has the methods, with the parameters, that the checks call.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from watchdogd import ports
 from watchdogd.config import Config
 from watchdogd.model import SourceError
 
@@ -19,37 +22,37 @@ __all__ = ["FACTORIES", "Sources"]
 Factory = Callable[[Config, str], Any]
 
 
-def _kube(config: Config, name: str) -> Any:
+def _kube(config: Config, name: str) -> ports.Kube:
     from watchdogd.sources.kube import KubeSource  # noqa: PLC0415
 
     return KubeSource(name, config.clusters[name])
 
 
-def _hubdb(config: Config, name: str) -> Any:
+def _hubdb(config: Config, name: str) -> ports.HubDb:
     from watchdogd.sources.hubdb import HubDbSource  # noqa: PLC0415
 
     return HubDbSource(name, config.hubs[name])
 
 
-def _hubapi(config: Config, name: str) -> Any:
+def _hubapi(config: Config, name: str) -> ports.HubApi:
     from watchdogd.sources.hubapi import HubApiSource  # noqa: PLC0415
 
     return HubApiSource(name, config.hubs[name])
 
 
-def _proxy(config: Config, name: str) -> Any:
+def _proxy(config: Config, name: str) -> ports.Proxy:
     from watchdogd.sources.proxy import ProxySource  # noqa: PLC0415
 
     return ProxySource(name, config.hubs[name])
 
 
-def _tls(config: Config, name: str) -> Any:
+def _tls(config: Config, name: str) -> ports.Tls:
     from watchdogd.sources.tls import TlsSource  # noqa: PLC0415
 
     return TlsSource(name, config)
 
 
-def _openstack(config: Config, name: str) -> Any:
+def _openstack(config: Config, name: str) -> ports.OpenStack:
     from watchdogd.sources.openstack import OpenStackSource  # noqa: PLC0415
 
     return OpenStackSource(name, config.clouds[name])

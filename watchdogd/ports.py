@@ -1,0 +1,185 @@
+"""The sources as the checks see them: one protocol per adapter, and typed calls to them.
+
+A check names what it needs read and what it plans to do by method reference::
+
+    Need.bind("pods", call(Kube.pods, "js2", namespace="jhub", label_selector=selector))
+    Action.bind("stop-server", call(HubApi.stop_server, "main", user="alice"), before=...)
+
+mypy follows each link: a method renamed in a protocol fails the check modules, a keyword
+a method does not take fails there too, and ``sources/__init__.py`` builds each adapter as
+its protocol, so an adapter that stops matching fails where it is built. At run time the
+engine still calls ``getattr(adapter, call)(**params)``: a :class:`Call` is plain data,
+hashable, so equal needs of two checks are fetched once.
+
+Checks import this module and :mod:`watchdogd.model`, never :mod:`watchdogd.sources`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Concatenate, ParamSpec, Protocol
+
+__all__ = ["SOURCES", "Call", "HubApi", "HubDb", "Kube", "OpenStack", "Proxy", "Tls", "call"]
+
+P = ParamSpec("P")
+
+Obj = dict[str, Any]
+
+
+class HubDb(Protocol):
+    """The hub database, read only (``sources/hubdb.py``)."""
+
+    def sessions(self) -> Obj:
+        """Users and running spawners."""
+        ...
+
+
+class HubApi(Protocol):
+    """The JupyterHub REST API (``sources/hubapi.py``)."""
+
+    def active_servers(self) -> list[Obj]:
+        """Every server the hub considers active (running or pending)."""
+        ...
+
+    def server(self, user: str, server_name: str = "") -> Obj | None:
+        """One user's server as the hub sees it now."""
+        ...
+
+    def stop_server(self, user: str, server_name: str = "") -> str:
+        """Ask the hub to stop one server."""
+        ...
+
+    def sync_routes(self) -> str:
+        """Make the hub reconcile the proxy's routes with its servers."""
+        ...
+
+
+class Proxy(Protocol):
+    """configurable-http-proxy's REST API (``sources/proxy.py``)."""
+
+    def routes(self) -> dict[str, Obj]:
+        """All routes, by path."""
+        ...
+
+
+class Kube(Protocol):
+    """One Kubernetes cluster (``sources/kube.py``)."""
+
+    def list_objects(self, kind: str, namespace: str | None = None,
+                     label_selector: str | None = None,
+                     field_selector: str | None = None) -> list[Obj]:
+        """Every object of ``kind`` matching the selectors, all pages."""
+        ...
+
+    def pods(self, namespace: str | None = None, label_selector: str | None = None,
+             field_selector: str | None = None) -> list[Obj]:
+        """Pods matching the selectors."""
+        ...
+
+    def pod(self, namespace: str, name: str) -> Obj | None:
+        """One pod read by name."""
+        ...
+
+    def delete_pod(self, namespace: str, name: str, uid: str | None = None) -> str:
+        """Delete one pod if it is still the one observed."""
+        ...
+
+
+class OpenStack(Protocol):
+    """One OpenStack cloud: Cinder and Keystone (``sources/openstack.py``)."""
+
+    def volumes(self) -> Obj:
+        """Every volume of every project."""
+        ...
+
+    def volume(self, volume_id: str) -> Obj | None:
+        """One volume's detail."""
+        ...
+
+    def attachments(self) -> Obj:
+        """Every attachment of every project."""
+        ...
+
+    def application_credentials(self) -> Obj:
+        """The application credentials of the authenticated user."""
+        ...
+
+    def quarantine_volume(self, volume_id: str, key: str, value: str, observed_status: str,
+                          observed_updated_at: str | None) -> str:
+        """Mark an orphaned volume in its metadata."""
+        ...
+
+    def delete_volume(self, volume_id: str, observed_status: str,
+                      observed_updated_at: str | None, quarantine_key: str,
+                      quarantine_value: str) -> str:
+        """Delete a quarantined orphan if nothing changed."""
+        ...
+
+    def delete_attachment(self, attachment_id: str, volume_id: str, observed_status: str,
+                          observed_volume_status: str,
+                          observed_volume_updated_at: str | None) -> str:
+        """Delete a dangling attachment."""
+        ...
+
+    def reset_volume_status(self, volume_id: str, status: str, observed_status: str,
+                            observed_updated_at: str | None) -> str:
+        """``os-reset_status`` when no attachment contradicts it."""
+        ...
+
+
+class Tls(Protocol):
+    """Certificates wherever they live (``sources/tls.py``)."""
+
+    def files(self, path: str) -> list[Obj]:
+        """Certificates in a file or directory."""
+        ...
+
+    def kubeconfig(self, path: str) -> list[Obj]:
+        """Client certificates and CAs of a kubeconfig."""
+        ...
+
+    def endpoint(self, url: str, server_name: str | None = None,
+                 timeout: float = 10.0) -> Obj:
+        """The certificate an HTTPS endpoint serves."""
+        ...
+
+    def secrets(self) -> list[Obj]:
+        """The certificates of every TLS secret of a cluster."""
+        ...
+
+    def api_server(self, timeout: float = 10.0) -> Obj:
+        """The certificate a cluster's API server serves."""
+        ...
+
+
+#: protocol -> the source name the engine's :class:`~watchdogd.sources.Sources` builds
+SOURCES: dict[type, str] = {
+    HubDb: "hubdb", HubApi: "hubapi", Proxy: "proxy", Kube: "kube", OpenStack: "openstack",
+    Tls: "tls",
+}
+_BY_NAME = {protocol.__name__: source for protocol, source in SOURCES.items()}
+
+
+@dataclass(frozen=True)
+class Call:
+    """One method of one adapter with its keyword arguments, as data."""
+
+    source: str
+    target: str
+    method: str
+    params: tuple[tuple[str, Any], ...] = ()
+
+
+def call(method: Callable[Concatenate[Any, P], object], target: str,
+         *args: P.args, **params: P.kwargs) -> Call:
+    """``method`` of the ``target``'s adapter, with ``params``; keyword arguments only.
+
+    ``method`` is a protocol's method (``Kube.pods``): its class names the source.
+    """
+    if args:
+        raise TypeError(f"call({method.__qualname__}): pass parameters by keyword")
+    owner, _, name = method.__qualname__.partition(".")
+    if owner not in _BY_NAME or not name:
+        raise TypeError(f"{method.__qualname__} is not a method of a source protocol")
+    return Call(_BY_NAME[owner], target, name, tuple(sorted(params.items())))
