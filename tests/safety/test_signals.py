@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from tests.safety.procs import actions_table, launch, passes_table, wait_for
-from watchdogd.config import Config
+from watchdogd.config import CheckConfig, Config
 from watchdogd.daemon import Daemon, Reload, ReloadRefused
 from watchdogd.report import PassReport
 from watchdogd.sim.world import World
@@ -170,6 +170,10 @@ class FakeEngine:
         self.registry: dict[str, Any] = {"probe": None}
         self.listeners: list[Any] = []
         self.passes: list[tuple[bool, str]] = []
+
+    @property
+    def settings(self) -> dict[str, CheckConfig]:
+        return {"probe": CheckConfig.section(self.config.checks, "probe")}
 
     def plan(self, only: Any = None, target: Any = None) -> list[Any]:
         return [("probe", name) for name in self.config.clusters]
