@@ -118,10 +118,8 @@ def run(args: argparse.Namespace, workdir: Path, kubeconfig: Path, info: dict[st
     # a cold state store.
     import watchdogd.sources.kube
     import watchdogd.sources.tls  # noqa: F401
+    from watchdogd.app import build
     from watchdogd.config import Config
-    from watchdogd.engine import Engine
-    from watchdogd.sources import Sources
-    from watchdogd.store import Store
 
     config = Config.model_validate({
         "state": {"url": f"sqlite:///{workdir}/state.db"},
@@ -133,7 +131,8 @@ def run(args: argparse.Namespace, workdir: Path, kubeconfig: Path, info: dict[st
                    "nodes": {"clusters": ["bench"], "dedicated_core": True}},
     })
     page = config.clusters["bench"].page_size
-    engine = Engine(config, Store(config.state.resolved_url()), Sources(config))
+    app = build(config, notify=False)
+    engine = app.engine
     results = []
     for n in range(args.passes):
         started = time.perf_counter()
@@ -153,7 +152,7 @@ def run(args: argparse.Namespace, workdir: Path, kubeconfig: Path, info: dict[st
               f"{requests} requests, peak RSS {peak_mb:.0f} MB")
         print(f"  targets: {findings}")
         print(f"  findings: {dict(sorted(kinds.items()))}")
-    engine.sources.close()
+    app.close()
 
     lists = [
         ("/api/v1/nodes", {}),

@@ -471,18 +471,14 @@ def child(config_path: str, repeat: int, profile: bool) -> int:
     """Measure passes and floors on one configuration; print one ``@@result`` JSON line."""
     import sqlalchemy as sa
 
-    from watchdogd.app import load_config
-    from watchdogd.engine import Engine
+    from watchdogd.app import build, load_config
     from watchdogd.logs import configure
-    from watchdogd.sources import Sources
-    from watchdogd.store import Store
 
     configure(level="WARNING")  # stderr; stdout carries the protocol
     config = load_config(config_path)
     hub_name = next(iter(config.hubs))
-    store = Store(config.state.resolved_url())
-    sources = Sources(config)
-    engine = Engine(config, store, sources, dry_run=True)
+    app = build(config, dry_run=True, notify=False)
+    engine, sources = app.engine, app.sources
     statements = [0]
 
     def count_statement(*_: Any) -> None:
@@ -550,8 +546,7 @@ def child(config_path: str, repeat: int, profile: bool) -> int:
         sys.stderr.write(out.getvalue())
     sys.stdout.write("@@result " + json.dumps(result) + "\n")
     sys.stdout.flush()
-    sources.close()
-    store.close()
+    app.close()
     return 0
 
 

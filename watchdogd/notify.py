@@ -51,7 +51,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-import apprise
 import structlog
 
 from watchdogd.config import NotifyConfig
@@ -68,11 +67,9 @@ __all__ = ["MAX_ATTEMPTS", "MAX_BACKOFF", "Destination", "Notifier", "NotifyConf
 
 log = structlog.get_logger("watchdogd.notify")
 
-_NOTIFY_TYPE = {
-    Severity.INFO: apprise.NotifyType.INFO,
-    Severity.WARNING: apprise.NotifyType.WARNING,
-    Severity.CRITICAL: apprise.NotifyType.FAILURE,
-}
+#: apprise's NotifyType member for each severity (by name: apprise is imported only by a
+#: process that has somewhere to send)
+_NOTIFY_TYPE = {Severity.INFO: "INFO", Severity.WARNING: "WARNING", Severity.CRITICAL: "FAILURE"}
 _ACTION_EVENTS = {ActionStatus.DONE, ActionStatus.FAILED, ActionStatus.SKIPPED}
 
 #: The longest wait between two tries of one notice, and the wait after a timeout.
@@ -149,7 +146,6 @@ def _own_apprise_log() -> None:
     apprise_log.setLevel(logging.DEBUG)
 
 
-_own_apprise_log()
 
 _STATUS = re.compile(r"error=(\d{3})\b")
 
@@ -220,6 +216,8 @@ class Destination:
     def send(self, title: str, body: str, severity: Severity,
              finding_key: str = "") -> tuple[Outcome, str]:
         """Deliver one message and say what became of it (the text names no URL)."""
+        import apprise  # noqa: PLC0415 - a run without destinations never needs it
+
         _own_apprise_log()
         sender = apprise.Apprise()
         sender.add(self.url_for(finding_key))
@@ -232,7 +230,8 @@ class Destination:
         bound_requests()
         with _RECORDS.capture() as lines, limits(self.timeout):
             ok = bool(sender.notify(title=title, body=body,
-                                    notify_type=_NOTIFY_TYPE[severity]))
+                                    notify_type=getattr(apprise.NotifyType,
+                                                        _NOTIFY_TYPE[severity])))
         if ok:
             return Outcome.DELIVERED, ""
         return classify(lines)
@@ -240,6 +239,11 @@ class Destination:
 
 def load_destinations(config: NotifyConfig) -> list[Destination]:
     """Read the apprise configuration into destinations."""
+    if config.urls is None and config.urls_file is None:
+        return []
+    import apprise  # noqa: PLC0415 - a run without destinations never needs it
+
+    _own_apprise_log()
     timeout = config.timeout.total_seconds()
     apprise_config = apprise.AppriseConfig()
     if config.urls is not None:
@@ -250,14 +254,13 @@ def load_destinations(config: NotifyConfig) -> list[Destination]:
             handle.flush()
             apprise_config.add(handle.name)
             servers = list(apprise_config.services())
-    elif config.urls_file is not None:
+    else:
+        assert config.urls_file is not None
         path = Path(config.urls_file).expanduser()
         if not path.is_file():
             raise NotifyConfigError(f"notify.urls_file: {path} does not exist")
         apprise_config.add(str(path))
         servers = list(apprise_config.services())
-    else:
-        return []
     if not servers:
         raise NotifyConfigError("notify: no valid apprise URL found (check the URL syntax)")
     return [Destination(server, timeout) for server in servers]

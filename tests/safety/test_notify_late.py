@@ -14,16 +14,17 @@ from pathlib import Path
 from typing import Any
 
 from tests.safety.receiver import Receiver
-from tests.unit.test_engine import Adapter, Clock, FakeWorld, make_config
+from tests.unit.test_engine import T0, Adapter, FakeWorld, make_config
 from watchdogd.checks import REGISTRY
 from watchdogd.config import NotifyConfig
 from watchdogd.engine import Engine
 from watchdogd.notify import MAX_BACKOFF, Notifier
+from watchdogd.sim.world import SimClock
 from watchdogd.sources import Sources
 from watchdogd.store import Store
 
 
-def engine_for(tmp_path: Path, world: FakeWorld, rx: Receiver, clock: Clock,
+def engine_for(tmp_path: Path, world: FakeWorld, rx: Receiver, clock: SimClock,
                **remediation: Any) -> Engine:
     config = make_config(tmp_path, **remediation)
     urls_file = tmp_path / "apprise.txt"
@@ -52,7 +53,7 @@ def test_late_receiver_gets_a_notice_at_most_twice_and_others_are_not_held(
         tmp_path: Path) -> None:
     world = FakeWorld()
     world.add("alice", pod=False)
-    clock = Clock()
+    clock = SimClock(T0)
     with Receiver(slow_for=1.0) as rx:
         rx.set_mode("late")
         engine = engine_for(tmp_path, world, rx, clock, confirm_after=1)
@@ -103,7 +104,7 @@ def test_late_receiver_over_four_passes_gets_a_notice_at_most_twice(tmp_path: Pa
     """The issue's case: one critical notice, four passes, the receiver late every time."""
     world = FakeWorld()
     world.add("alice", pod=False)
-    clock = Clock()
+    clock = SimClock(T0)
     with Receiver(slow_for=1.0) as rx:
         rx.set_mode("late")
         engine = engine_for(tmp_path, world, rx, clock, confirm_after=1, dry_run=True)
@@ -120,7 +121,7 @@ def test_late_receiver_over_four_passes_gets_a_notice_at_most_twice(tmp_path: Pa
 def test_refused_notice_is_set_aside_and_later_ones_are_delivered(tmp_path: Path) -> None:
     world = FakeWorld()
     world.add("alice", pod=False)
-    clock = Clock()
+    clock = SimClock(T0)
     with Receiver() as rx:
         rx.set_mode("reject")
         engine = engine_for(tmp_path, world, rx, clock, confirm_after=1, dry_run=True)
@@ -148,7 +149,7 @@ def test_ansi_and_nul_in_a_subject_arrive_escaped(tmp_path: Path) -> None:
     world = FakeWorld()
     hostile = "eve\x1b[2J\x1b]0;pwned\x07\x00\nfake line"
     world.add(hostile, pod=False)
-    clock = Clock()
+    clock = SimClock(T0)
     with Receiver() as rx:
         engine = engine_for(tmp_path, world, rx, clock, confirm_after=1, dry_run=True)
         engine.run_pass()

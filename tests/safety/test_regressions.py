@@ -19,12 +19,13 @@ from pydantic import SecretStr
 from tests.safety.fuzz import PayloadServer, call_with_deadline
 from tests.safety.harness import hasten
 from tests.safety.test_fuzz_input import _hub, _kube
-from tests.unit.test_engine import Adapter, Clock, FakeWorld, make_config
+from tests.unit.test_engine import T0, Adapter, FakeWorld, make_config
 from watchdogd.app import load_config
 from watchdogd.checks import REGISTRY
 from watchdogd.config import Config, ConfigError
 from watchdogd.engine import Engine
 from watchdogd.model import SourceError
+from watchdogd.sim.world import SimClock
 from watchdogd.sources import Sources
 from watchdogd.sources.hubapi import HubApiSource
 from watchdogd.sources.proxy import ProxySource
@@ -61,7 +62,7 @@ def test_store_failure_after_an_action_is_settled_before_the_next_pass(
     stay ``started`` and the finding kept its old sightings (a retry without re-confirming)."""
     world = FakeWorld()
     world.add("alice", pod=False)
-    clock = Clock()
+    clock = SimClock(T0)
     config = make_config(tmp_path)
     store = FlakyStore(config.state.resolved_url())
     factories = {n: (lambda _c, _n: Adapter(world)) for n in ("hubdb", "hubapi", "proxy", "kube")}

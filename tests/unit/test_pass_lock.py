@@ -7,8 +7,9 @@ import sys
 import textwrap
 from pathlib import Path
 
-from tests.unit.test_engine import T0, Clock, FakeWorld, make_engine
+from tests.unit.test_engine import T0, FakeWorld, make_engine
 from watchdogd.model import Action, Finding, Severity
+from watchdogd.sim.world import SimClock
 from watchdogd.store import SCHEMA_VERSION, Store
 
 
@@ -100,7 +101,7 @@ def test_an_action_of_another_process_in_flight_is_not_judged_interrupted(
         tmp_path: Path) -> None:
     world = FakeWorld()
     world.add("alice")
-    engine = make_engine(tmp_path, world, clock=Clock())
+    engine = make_engine(tmp_path, world, clock=SimClock(T0))
     rival = Store(engine.config.state.resolved_url())
     finding = Finding("sessions", "main", "stale-session", "bob", Severity.CRITICAL, "m")
     with rival.pass_lock():

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from typing import Any
 
+from watchdogd.model import Action, Finding, Severity, Snapshot
 from watchdogd.text import names_a_secret
 
-__all__ = ["pod_before_image"]
+__all__ = ["Detector", "pod_before_image"]
 
 
 #: annotations that may hold credentials beyond what their name says: any "auth" state,
@@ -52,3 +54,30 @@ def pod_before_image(pod: dict[str, Any]) -> dict[str, Any]:
                 {k: c.get(k) for k in ("name", "ready", "restartCount", "state")}
                 for c in status.get("containerStatuses") or [] if isinstance(c, dict)]},
     }
+
+
+class Detector:
+    """The state of one ``detect()`` call: the findings and marks it builds up.
+
+    Each check subclasses it with its own judging methods; this part is the same for all:
+    findings are keyed by the check and the snapshot's target, and a mark remembers when a
+    condition was first seen (marks not set again this pass are forgotten by the store).
+    """
+
+    def __init__(self, check: str, snapshot: Snapshot, now: datetime) -> None:
+        self.check = check
+        self.snapshot = snapshot
+        self.now = now
+        self.findings: list[Finding] = []
+        self.marks: set[str] = set()
+
+    def finding(self, kind: str, subject: str, severity: Severity, message: str,
+                evidence: dict[str, Any], action: Action | None = None) -> None:
+        """Report one finding of this target."""
+        self.findings.append(Finding(self.check, self.snapshot.target, kind, subject, severity,
+                                     message, evidence, action))
+
+    def seen_since(self, mark: str) -> datetime:
+        """When this exact condition was first seen (now, the first time); keeps the mark."""
+        self.marks.add(mark)
+        return self.snapshot.marks.get(mark, self.now)

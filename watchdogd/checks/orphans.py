@@ -49,6 +49,7 @@ from typing import Any
 
 from pydantic import ConfigDict, Field
 
+from watchdogd.checks.common import Detector
 from watchdogd.checks.volumes import (
     auth_error,
     cloud_now,
@@ -189,18 +190,10 @@ def _selector(text: str) -> dict[str, str]:
 # -- detection ---------------------------------------------------------------------------------
 
 
-class _Detector:
+class _Detector(Detector):
     def __init__(self, snapshot: Snapshot, now: datetime) -> None:
+        super().__init__(NAME, snapshot, now)
         self.s: TargetSettings = snapshot.settings
-        self.snapshot = snapshot
-        self.now = now
-        self.findings: list[Finding] = []
-        self.marks: set[str] = set()
-
-    def finding(self, kind: str, subject: str, severity: Severity, message: str,
-                evidence: dict[str, Any], action: Action | None = None) -> None:
-        self.findings.append(Finding(NAME, self.s.name, kind, subject, severity, message,
-                                     evidence, action))
 
 
 def detect(snapshot: Snapshot, now: datetime) -> Detection:
@@ -259,8 +252,7 @@ def _orphan_volumes(d: _Detector, volumes: list[dict[str, Any]],
         if created is None or (cloud or d.now) - created < s.min_volume_age:
             continue
         mark = f"orphan:{vid}"
-        d.marks.add(mark)
-        since = d.snapshot.marks.get(mark, d.now)
+        since = d.seen_since(mark)
         summary = volume_summary(volume)
         quarantine = (volume.get("metadata") or {}).get(s.quarantine_key)
         evidence = {"volume": summary, "orphaned_since": since.isoformat(),

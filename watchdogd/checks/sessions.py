@@ -33,7 +33,7 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, Field
 
-from watchdogd.checks.common import pod_before_image
+from watchdogd.checks.common import Detector, pod_before_image
 from watchdogd.config import CheckConfig, Duration, HubConfig, Inventory
 from watchdogd.model import (
     Action,
@@ -202,21 +202,19 @@ def _slug_scheme(s: TargetSettings, running: list[dict[str, Any]]) -> str | None
     return "escape" if major and min(major) < 7 else "safe"
 
 
-class _Detector:
+class _Detector(Detector):
     """The state of one detect() call; methods read like the table above."""
 
     def __init__(self, snapshot: Snapshot, now: datetime) -> None:
+        super().__init__(NAME, snapshot, now)
         self.s: TargetSettings = snapshot.settings
-        self.snapshot = snapshot
-        self.now = now
-        self.findings: list[Finding] = []
-        self.marks: set[str] = set()
 
-    def finding(self, kind: str, key: SessionKey | str, severity: Severity, message: str,
-                evidence: dict[str, Any], action: Action | None = None) -> None:
-        subject = key if isinstance(key, str) else _subject(key)
-        self.findings.append(Finding(NAME, self.s.hub, kind, subject, severity, message,
-                                     evidence, action))
+    def finding(self, kind: str, key: SessionKey | str,  # type: ignore[override]
+                severity: Severity, message: str, evidence: dict[str, Any],
+                action: Action | None = None) -> None:
+        """Report one finding of this hub; ``key`` is a session or a subject."""
+        super().finding(kind, key if isinstance(key, str) else _subject(key), severity,
+                        message, evidence, action)
 
     def pending_for(self, mark: str, started: datetime | None,
                     ) -> tuple[timedelta, timedelta | None, datetime]:
@@ -227,8 +225,7 @@ class _Detector:
         sighting, kept in a second mark), or None when the hub sends no ``Date``, and when
         it was first seen.
         """
-        self.marks.add(mark)
-        since = self.snapshot.marks.get(mark, self.now)
+        since = self.seen_since(mark)
         waited = self.now - since
         hub_now = self.snapshot.server_now.get("hub_api")
         if hub_now is None:

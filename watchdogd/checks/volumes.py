@@ -57,12 +57,12 @@ from typing import Any
 
 from pydantic import ConfigDict, Field
 
+from watchdogd.checks.common import Detector
 from watchdogd.config import CheckConfig, Duration, Inventory
 from watchdogd.model import (
     Action,
     CheckTarget,
     Detection,
-    Finding,
     Need,
     Severity,
     Snapshot,
@@ -244,29 +244,16 @@ class _Affected:
                 f"{self.count} event(s))")
 
 
-class _Detector:
+class _Detector(Detector):
     def __init__(self, snapshot: Snapshot, now: datetime) -> None:
+        super().__init__(NAME, snapshot, now)
         self.s: TargetSettings = snapshot.settings
-        self.snapshot = snapshot
-        self.now = now
-        self.findings: list[Finding] = []
-        self.marks: set[str] = set()
         #: whether Cinder honoured all_tenants (it silently ignores it for non-admins)
         listed = (snapshot.get("volumes") or {}).get("all_projects")
         self.scope = ("all projects" if listed is True else
                       "own project only (not admin)" if listed is False else "unknown")
         #: Cinder's clock (the list's ``Date``): ages of Cinder's timestamps are taken on it
         self.cloud_now = cloud_now(snapshot)
-
-    def finding(self, kind: str, subject: str, severity: Severity, message: str,
-                evidence: dict[str, Any], action: Action | None = None) -> None:
-        self.findings.append(Finding(NAME, self.s.cloud, kind, subject, severity, message,
-                                     evidence, action))
-
-    def seen_since(self, mark: str) -> datetime:
-        """When this exact condition was first seen (now, the first time); keeps the mark."""
-        self.marks.add(mark)
-        return self.snapshot.marks.get(mark, self.now)
 
 
 def detect(snapshot: Snapshot, now: datetime) -> Detection:

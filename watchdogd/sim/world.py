@@ -419,24 +419,18 @@ class World:
 
     def engine(self, *, dry_run: bool | None = None,
                clock: Callable[[], datetime] | None = None) -> Engine:
-        """A real Engine (Store, Sources, Notifier) on this world's configuration.
+        """A real Engine (Store, Sources, Notifier) on this world's configuration, built as
+        ``watchdogd check`` builds it (:func:`watchdogd.app.build`).
 
         Its store and adapters are closed by :meth:`stop`. Several engines share one
         state database, as successive ``watchdogd check`` runs do.
         """
-        from watchdogd.engine import Engine  # noqa: PLC0415
-        from watchdogd.notify import Notifier  # noqa: PLC0415
-        from watchdogd.sources import Sources  # noqa: PLC0415
-        from watchdogd.store import Store  # noqa: PLC0415
+        from watchdogd.app import build  # noqa: PLC0415
 
-        config = self.load_config()
-        store = Store(config.state.resolved_url())
-        sources = Sources(config)
-        self._closers.append(store.close)
-        self._closers.append(sources.close)
-        notifier = Notifier.from_config(config.notify) if self.notify_url else None
-        return Engine(config, store, sources, notifier=notifier, dry_run=dry_run,
-                      clock=clock or self.clock)
+        app = build(self.load_config(), dry_run=dry_run, clock=clock or self.clock,
+                    notify=bool(self.notify_url))
+        self._closers.append(app.close)
+        return app.engine
 
     # -- injectors --------------------------------------------------------------------------------
 
