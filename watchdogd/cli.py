@@ -187,16 +187,10 @@ def _store(config_path: str | None) -> Store:
 def findings(config_path: str | None, show_all: bool, as_json: bool) -> None:
     """List the findings in the state store."""
     rows = _store(config_path).findings(status=None if show_all else "open")
-    if as_json:
-        click.echo(json.dumps(rows, indent=2, default=_iso))
-        return
-    if not rows:
-        click.echo("no open findings")
-        return
-    click.echo(table(
-        ["SEVERITY", "KIND", "SUBJECT", "TARGET", "SEEN", "FIRST SEEN", "STATUS"],
-        [[r["severity"], r["kind"], r["subject"], f"{r['check']}/{r['target']}",
-          str(r["sightings"]), _iso(r["first_seen"]), r["status"]] for r in rows]))
+    _listing(rows if as_json else None, "no open findings" if not rows else None,
+             ["SEVERITY", "KIND", "SUBJECT", "TARGET", "SEEN", "FIRST SEEN", "STATUS"],
+             [[r["severity"], r["kind"], r["subject"], f"{r['check']}/{r['target']}",
+               str(r["sightings"]), _iso(r["first_seen"]), r["status"]] for r in rows])
 
 
 @cli.command()
@@ -206,16 +200,11 @@ def findings(config_path: str | None, show_all: bool, as_json: bool) -> None:
 def actions(config_path: str | None, limit: int, as_json: bool) -> None:
     """Show the action audit log, newest first."""
     records = _store(config_path).actions(limit=limit)
-    if as_json:
-        click.echo(json.dumps([r.__dict__ for r in records], indent=2, default=_iso))
-        return
-    if not records:
-        click.echo("no actions recorded")
-        return
-    click.echo(table(
-        ["ID", "STARTED", "ACTION", "TARGET", "FINDING", "STATUS", "DETAIL"],
-        [[str(r.id), _iso(r.started_at), r.name, r.target, r.finding_key, r.status,
-          (r.detail or "")[:60]] for r in records]))
+    _listing([r.__dict__ for r in records] if as_json else None,
+             "no actions recorded" if not records else None,
+             ["ID", "STARTED", "ACTION", "TARGET", "FINDING", "STATUS", "DETAIL"],
+             [[str(r.id), _iso(r.started_at), r.name, r.target, r.finding_key, r.status,
+               (r.detail or "")[:60]] for r in records])
 
 
 @cli.command()
@@ -228,6 +217,17 @@ def demo(passes: int, as_json: bool, keep: bool) -> None:
 
     sys.exit(run_demo(passes=passes, as_json=as_json, keep=keep))
 
+
+
+def _listing(as_json: list[Any] | None, empty: str | None, headers: list[str],
+             rows: list[list[str]]) -> None:
+    """A store listing: JSON when asked, else the ``empty`` line or a table."""
+    if as_json is not None:
+        click.echo(json.dumps(as_json, indent=2, default=_iso))
+    elif empty is not None:
+        click.echo(empty)
+    else:
+        click.echo(table(headers, rows))
 
 
 def _iso(value: Any) -> str:

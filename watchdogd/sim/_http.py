@@ -32,13 +32,10 @@ from types import TracebackType
 from typing import Any, Self
 from urllib.parse import parse_qs, urlsplit
 
+from watchdogd.times import parse_time, utcnow
+
 __all__ = ["Fault", "HttpBase", "HttpSim", "Request", "Response", "free_port", "iso_utc",
            "peer_closed", "rfc3339", "utcnow"]
-
-
-def utcnow() -> datetime:
-    """The current time, timezone-aware UTC (the default clock of the simulators)."""
-    return datetime.now(UTC)
 
 
 @dataclass
@@ -452,22 +449,17 @@ def peer_closed(sock: socket.socket) -> bool:
 
 def rfc3339(value: datetime) -> str:
     """``2026-11-22T03:00:00Z``: second-precision UTC, as Kubernetes writes its timestamps."""
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return iso_utc(value)
 
 
 def isoformat_ms(value: datetime) -> str:
     """``2026-11-22T03:00:00.123Z``: how JavaScript's ``Date`` serializes (CHP's timestamps)."""
-    value = value.astimezone(UTC)
-    return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+    return iso_utc(value, digits=3)
 
 
 def parse_iso(text: str) -> datetime | None:
     """Parse an ISO 8601 timestamp (``Z`` or offset; naive means UTC), or None."""
-    try:
-        parsed = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    return parse_time(text.strip())
 
 
 def iso_utc(value: datetime, *, digits: int = 0, suffix: str = "Z") -> str:

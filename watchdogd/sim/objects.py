@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from watchdogd.sim._http import iso_utc
+from watchdogd.sim._http import rfc3339
 
 __all__ = [
     "CORE_LABEL",
@@ -43,10 +43,6 @@ CORE_LABEL = ("hub.jupyter.org/node-purpose", "core")
 USER_LABEL = ("hub.jupyter.org/node-purpose", "user")
 GiB = 2**30
 
-
-def rfc3339(when: datetime) -> str:
-    """Second-precision UTC, as every metadata time in the API."""
-    return iso_utc(when)
 
 
 # -- cluster health -----------------------------------------------------------------------
