@@ -242,10 +242,7 @@ class Cinder(Service):
         sets ``updated_at`` to now, as any Cinder database write does."""
         with self.lock:
             volume = self.volumes[volume_id]
-            for key, value in fields.items():
-                if not hasattr(volume, key):
-                    raise AttributeError(key)
-                setattr(volume, key, value)
+            _assign(volume, fields)
             if touch and "updated_at" not in fields:
                 volume.updated_at = self.clock()
             return self.volume_view(volume, admin=True)
@@ -254,10 +251,7 @@ class Cinder(Service):
         """Change attachment fields directly."""
         with self.lock:
             attachment = self.attachments[attachment_id]
-            for key, value in fields.items():
-                if not hasattr(attachment, key):
-                    raise AttributeError(key)
-                setattr(attachment, key, value)
+            _assign(attachment, fields)
             self._att_index = None
 
     def remove_volume(self, volume_id: str) -> None:
@@ -717,3 +711,11 @@ class Cinder(Service):
             self._recompute(volume)  # updated_at is kept, as Cinder's volume_detached does
             remaining = [self.attachment_view(a, False) for a in self._atts_of(volume.id)]
         return reply(200, {"attachments": remaining})
+
+
+def _assign(record: Any, fields: dict[str, Any]) -> None:
+    """Set existing fields of a simulated database row (a typo is an AttributeError)."""
+    for key, value in fields.items():
+        if not hasattr(record, key):
+            raise AttributeError(key)
+        setattr(record, key, value)
