@@ -13,8 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from watchdogd.config import RemediationConfig
-from watchdogd.model import ActionStatus
-from watchdogd.store import Tracked
+from watchdogd.model import ActionStatus, Tracked
 from watchdogd.times import format_duration
 
 __all__ = ["Budget", "Decision", "breaker_trips", "decide"]
