@@ -16,8 +16,10 @@ Measured, each as its own process so that peak RSS is the client's alone:
   behind each), then the same comparison done in Python.
 
 Printed: wall time, requests (counted by the simulators), peak RSS, the ratio, and whether
-both found the same things. Targets: watchdogd at least 10x faster than the runbook, and at
-most ceil(n / page) + 10 requests per listing.
+both found the same things. Targets: watchdogd at least 10x faster than the runbook, at most
+ceil(n / page) + 10 requests per listing, and within 1.5x the wall time and the peak RSS of
+the floor: the same GETs as watchdogd's cold pass (read back from the simulators' logs) made
+with http.client and json.loads, every answer kept.
 
     .venv/bin/python bench/volumes.py [--volumes 20000 --attachments 5000 --pvs 7000]
 """
@@ -125,7 +127,7 @@ class Child:
         self.proc.wait(timeout=30)
 
 
-def _serve(counts: Any, reset: Any, stop: Any, ready: dict[str, Any]) -> None:
+def _serve(counts: Any, reset: Any, stop: Any, ready: dict[str, Any], log: Any) -> None:
     print(json.dumps(ready), flush=True)
     for line in sys.stdin:
         command = line.strip()
@@ -134,6 +136,8 @@ def _serve(counts: Any, reset: Any, stop: Any, ready: dict[str, Any]) -> None:
         elif command == "reset":
             reset()
             print("{}", flush=True)
+        elif command == "log":
+            print(json.dumps(log()), flush=True)
     stop()
 
 
@@ -176,7 +180,11 @@ def serve_openstack(args: argparse.Namespace, workdir: Path) -> None:
                 "cinder other": sim.count("cinder") - volumes - attachments,
                 "keystone": sim.count("keystone")}
 
-    _serve(counts, sim.reset_requests, sim.stop, {"cinder": sim.cinder_url})
+    def log() -> list[list[str]]:
+        return [[service, path] for service, method, path in sim.requests if method == "GET"]
+
+    _serve(counts, sim.reset_requests, sim.stop,
+           {"cinder": sim.cinder_url, "keystone": sim.keystone.base_url}, log)
 
 
 def serve_kube(name: str, workdir: Path) -> None:
@@ -191,7 +199,10 @@ def serve_kube(name: str, workdir: Path) -> None:
         return {f"{name} pvs": pvs, f"{name} pvcs": pvcs,
                 f"{name} other": len(kube.requests) - pvs - pvcs}
 
-    _serve(counts, kube.reset_requests, kube.stop, {"kube": kube.url})
+    def log() -> list[str]:
+        return [path for method, path in kube.requests if method == "GET"]
+
+    _serve(counts, kube.reset_requests, kube.stop, {"kube": kube.url, "name": name}, log)
 
 
 def build(args: argparse.Namespace, workdir: Path) -> tuple[list[Child], Planted, int]:
@@ -270,10 +281,13 @@ def reset(children: list[Child]) -> None:
         child.ask("reset")
 
 
-def watchdogd_way(config: Path) -> tuple[list[Run], dict[str, Any]]:
+def watchdogd_way(config: Path, between: Any = None) -> tuple[list[Run], dict[str, Any]]:
     argv = [str(BIN / "watchdogd"), "check", "-c", str(config), "--only", "volumes",
             "--only", "orphans", "--json"]
-    runs = [run(argv), run(argv)]
+    runs = [run(argv)]
+    if between is not None:
+        between()
+    runs.append(run(argv))
     report = json.loads(runs[-1].stdout)
     errors = [c["error"] for c in report["checks"] if c["error"]]
     if errors:
@@ -285,6 +299,78 @@ def watchdogd_way(config: Path) -> tuple[list[Run], dict[str, Any]]:
             found.setdefault("affected-users", set()).update(
                 str(a["user"]) for a in finding["evidence"].get("affected", []) if a["user"])
     return runs, found
+
+
+FLOOR = r"""
+import http.client, json, ssl, sys
+from urllib.parse import urlsplit
+spec = json.load(open(sys.argv[1]))
+kept, conns = [], {}
+def get(url, headers, body=None, method="GET"):
+    parts = urlsplit(url)
+    key = (parts.scheme, parts.netloc)
+    if key not in conns:
+        if parts.scheme == "https":
+            conns[key] = http.client.HTTPSConnection(
+                parts.netloc, context=ssl._create_unverified_context())
+        else:
+            conns[key] = http.client.HTTPConnection(parts.netloc)
+    conn = conns[key]
+    conn.request(method, url[len(parts.scheme) + 3 + len(parts.netloc):] or "/", body, headers)
+    answer = conn.getresponse()
+    data = answer.read()
+    if answer.status >= 300:
+        raise SystemExit(f"{method} {url}: {answer.status}")
+    return answer, data
+auth, _ = get(spec["keystone"] + "/v3/auth/tokens", {"Content-Type": "application/json"},
+              json.dumps(spec["auth"]), "POST")
+token = auth.getheader("X-Subject-Token")
+for service, path in spec["openstack"]:
+    base = spec[service]
+    headers = {"X-Auth-Token": token, "OpenStack-API-Version": "volume 3.27"}
+    kept.append(json.loads(get(base + path, headers)[1] or b"null"))
+for cluster in spec["kube"]:
+    for path in cluster["paths"]:
+        if "continue=" in path:
+            continue  # continue tokens expire: each list is paged again from its first page
+        page = path
+        while page:
+            answer = json.loads(get(cluster["server"] + page,
+                                    {"Authorization": "Bearer " + cluster["token"]})[1])
+            kept.append(answer)
+            token_ = (answer.get("metadata") or {}).get("continue")
+            page = f"{path}&continue={token_}" if token_ else ""
+print(len(kept))
+"""
+
+
+def floor_spec(workdir: Path, children: list[Child]) -> dict[str, Any]:
+    """What watchdogd's cold pass read, from the simulators' logs, and the credentials."""
+    spec: dict[str, Any] = {"kube": []}
+    for child in children:
+        log = child.ask("log")
+        if "cinder" in child.ready:
+            spec.update(cinder=child.ready["cinder"], keystone=child.ready["keystone"],
+                        openstack=[[s, p] for s, p in log
+                                   if not p.rstrip("/").endswith(("/v3", "/auth/tokens"))])
+        else:
+            kubeconfig = json.loads((workdir / f"kube-{child.ready['name']}").read_text())
+            spec["kube"].append({"server": kubeconfig["clusters"][0]["cluster"]["server"],
+                                 "token": kubeconfig["users"][0]["user"]["token"],
+                                 "paths": log})
+    cloud = json.loads((workdir / "clouds.yaml").read_text())["clouds"]["bench"]["auth"]
+    spec["auth"] = {"auth": {"identity": {"methods": ["password"], "password": {"user": {
+        "name": cloud["username"], "domain": {"name": cloud["user_domain_name"]},
+        "password": cloud["password"]}}}, "scope": {"project": {
+            "name": cloud["project_name"], "domain": {"name": cloud["project_domain_name"]}}}}}
+    return spec
+
+
+def floor_way(workdir: Path, spec: dict[str, Any]) -> Run:
+    """The same GETs with http.client and json.loads, every answer kept as watchdogd keeps
+    its lists: what any client of these APIs must at least spend."""
+    (workdir / "floor.json").write_text(json.dumps(spec))
+    return run([sys.executable, "-c", FLOOR, str(workdir / "floor.json")])
 
 
 def runbook_way(workdir: Path) -> tuple[list[Run], float, dict[str, set[str]]]:
@@ -391,8 +477,12 @@ def main() -> int:
                   f"{len(CLUSTERS)} clusters x {args.pvs} PVs, each simulator in its own "
                   f"process; built in {time.perf_counter() - started:.1f}s")
             reset(children)
-            wd_runs, wd_found = watchdogd_way(config)
+            reset(children)
+            spec: list[dict[str, Any]] = []
+            wd_runs, wd_found = watchdogd_way(
+                config, between=lambda: spec.append(floor_spec(workdir, children)))
             wd_requests = requests_of(children)
+            floor = floor_way(workdir, spec[0])
             reset(children)
             rb_runs, rb_parse, rb_found = runbook_way(workdir)
             rb_requests = requests_of(children)
@@ -410,7 +500,12 @@ def main() -> int:
           f"{wd_runs[1].rss_mb:12.0f}")
     print(f"{'runbook (' + str(len(rb_runs)) + ' commands)':30} {rb_wall:8.2f} "
           f"{sum(rb_requests.values()):>9} {max(r.rss_mb for r in rb_runs):12.0f}")
+    print(f"{'floor (http.client + json)':30} {floor.wall:8.2f} {'':>9} {floor.rss_mb:12.0f}")
     print(f"\nratio runbook / watchdogd: {rb_wall / wd_wall:.1f}x (target >= 10x)")
+    floor_ok = wd_wall <= 1.5 * floor.wall and wd_runs[0].rss_mb <= 1.5 * floor.rss_mb
+    print(f"watchdogd / floor: wall {wd_wall / floor.wall:.2f}x, peak RSS "
+          f"{wd_runs[0].rss_mb / floor.rss_mb:.2f}x (goal <= 1.5x both) "
+          f"{'PASS' if floor_ok else 'MISS'}")
     print("\nrequests per listing, both watchdogd passes (limit: ceil(n/page) + 10 each):")
     n_cinder = args.volumes
     limits = {"cinder volumes": math.ceil(n_cinder / CINDER_PAGE) + 10,
@@ -443,7 +538,7 @@ def main() -> int:
           + ("" if users_agree else "  DIFFERENT")
           + "   (the runbook: two kubectl calls per event)")
     print(f"\nsame detection: {'yes' if same else 'NO'}")
-    return 0 if same and ok and rb_wall / wd_wall >= 10 else 1
+    return 0 if same and ok and floor_ok and rb_wall / wd_wall >= 10 else 1
 
 
 if __name__ == "__main__":
