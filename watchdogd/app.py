@@ -94,12 +94,7 @@ def build(config: Config, *, dry_run: bool | None = None,
         notifier = _notifier(config) if notify else None
         elector = health = metrics = server = None
         if service:
-            from watchdogd.metrics import (  # noqa: PLC0415
-                Health,
-                InstrumentedSources,
-                Metrics,
-                MetricsServer,
-            )
+            from watchdogd.metrics import Health, Metrics, MetricsServer  # noqa: PLC0415
 
             elector = _elector(config) if config.daemon.leader_election else None
             health = Health(stuck_after=2 * config.daemon.pass_timeout.total_seconds())
@@ -110,9 +105,7 @@ def build(config: Config, *, dry_run: bool | None = None,
                 except ValueError as exc:
                     raise BuildError(str(exc)) from None
                 closers.append(server.stop)
-            sources: Sources = InstrumentedSources(config, metrics)
-        else:
-            sources = _sources(config)
+        sources = _sources(config, metrics)
         closers.append(sources.close)
         extra: dict[str, Any] = {} if clock is None else {"clock": clock}
         if elector is not None:
@@ -142,13 +135,7 @@ def reload(app: App, path: str | Path | None, dry_run: bool | None) -> Reload:
         notifier = _notifier(config)
     except BuildError as exc:
         raise ReloadRefused(str(exc)) from None
-    if app.metrics is not None:
-        from watchdogd.metrics import InstrumentedSources  # noqa: PLC0415
-
-        sources: Sources = InstrumentedSources(config, app.metrics)
-    else:
-        sources = _sources(config)
-    return Reload(config, sources, notifier,
+    return Reload(config, _sources(config, app.metrics), notifier,
                   config.remediation.dry_run if dry_run is None else dry_run)
 
 
@@ -162,7 +149,12 @@ def open_store(config: Config) -> Store:
         raise BuildError(f"state: {exc}") from None
 
 
-def _sources(config: Config) -> Sources:
+def _sources(config: Config, metrics: Metrics | None) -> Sources:
+    """The adapters; with a daemon's metrics, counting every failed call in them."""
+    if metrics is not None:
+        from watchdogd.metrics import InstrumentedSources  # noqa: PLC0415
+
+        return InstrumentedSources(config, metrics)
     from watchdogd.sources import Sources  # noqa: PLC0415
 
     return Sources(config)

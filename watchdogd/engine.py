@@ -75,7 +75,9 @@ class Engine:
         self.dry_run = config.remediation.dry_run if dry_run is None else dry_run
         self.clock = clock
         self.registry = REGISTRY if registry is None else registry
-        self._settings: tuple[tuple[int, int], dict[str, CheckConfig]] = ((0, 0), {})
+        #: (the configuration, the registry, their checks' settings): the objects are kept,
+        #: not their ids, so a replaced configuration is never mistaken for a new one
+        self._settings: tuple[object, object, dict[str, CheckConfig]] = (None, None, {})
         # Followers of a leader election detect (for metrics) but never act or notify.
         self.acting = acting
         self.listeners: list[Callable[[PassReport], None]] = []
@@ -89,11 +91,12 @@ class Engine:
 
         Validated again only when the configuration or the registry is replaced (a reload).
         """
-        key = (id(self.config), id(self.registry))
-        if self._settings[0] != key:
-            self._settings = (key, {name: spec.settings(self.config.checks)
-                                    for name, spec in self.registry.items()})
-        return self._settings[1]
+        config, registry, settings = self._settings
+        if config is not self.config or registry is not self.registry:
+            settings = {name: spec.settings(self.config.checks)
+                        for name, spec in self.registry.items()}
+            self._settings = (self.config, self.registry, settings)
+        return settings
 
     # -- what to run -------------------------------------------------------------
 
