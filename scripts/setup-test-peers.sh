@@ -3,6 +3,7 @@
 #   - configurable-http-proxy 5.x from npm, into $REPO/.cache/node
 #   - PostgreSQL 15 server binaries from Debian (initdb, pg_ctl under /usr/lib/postgresql/15/bin)
 #   - the `postgres` OS user (initdb and pg_ctl refuse to run as root)
+#   - promtool from Debian's prometheus package (the alert rules' tests)
 #
 # Idempotent; meant to run as root on a fresh Debian 12 machine (CI calls it).
 # Prints one line per thing it did or found already present.
@@ -30,6 +31,20 @@ apt_install() {
     fi
     apt-get install -y -qq --no-install-recommends "$@" >/dev/null
     say "installed Debian packages: $*"
+}
+
+# Install packages whose services must not start (a PostgreSQL cluster, a Prometheus
+# server): a policy-rc.d that denies every start while apt runs.
+apt_install_no_start() {
+    local policy=/usr/sbin/policy-rc.d added=0 status=0
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' >"$policy"
+        chmod +x "$policy"
+        added=1
+    fi
+    apt_install "$@" || status=$?
+    [ "$added" -eq 1 ] && rm -f "$policy"
+    return "$status"
 }
 
 # --- Node.js and npm ------------------------------------------------------------
@@ -82,15 +97,7 @@ if [ -x "$PG_BIN/initdb" ] && [ -x "$PG_BIN/pg_ctl" ] && [ -x "$PG_BIN/postgres"
     say "PostgreSQL $PG_MAJOR server already present in $PG_BIN"
 else
     # Do not let the package start a cluster of its own during installation.
-    POLICY=/usr/sbin/policy-rc.d
-    ADDED_POLICY=0
-    if [ ! -e "$POLICY" ]; then
-        printf '#!/bin/sh\nexit 101\n' >"$POLICY"
-        chmod +x "$POLICY"
-        ADDED_POLICY=1
-    fi
-    apt_install "postgresql-$PG_MAJOR" || { [ "$ADDED_POLICY" -eq 1 ] && rm -f "$POLICY"; exit 1; }
-    [ "$ADDED_POLICY" -eq 1 ] && rm -f "$POLICY"
+    apt_install_no_start "postgresql-$PG_MAJOR"
     [ -x "$PG_BIN/initdb" ] && [ -x "$PG_BIN/pg_ctl" ] || die "postgresql-$PG_MAJOR installed but $PG_BIN/initdb or pg_ctl is missing"
 fi
 say "$("$PG_BIN/postgres" --version)"
@@ -108,6 +115,15 @@ if command -v runuser >/dev/null 2>&1; then
 else
     apt_install util-linux
 fi
+# --- promtool: `promtool test rules` on config/kubernetes/monitoring's alerts ---------------
+if command -v promtool >/dev/null 2>&1; then
+    say "promtool already present ($(promtool --version 2>&1 | head -n 1))"
+else
+    # Debian ships promtool only inside the prometheus package; its server is not needed.
+    apt_install_no_start prometheus
+    command -v promtool >/dev/null 2>&1 || die "prometheus installed but promtool is missing"
+fi
+
 # --- JupyterHub 5.x in its own venv -----------------------------------------------------------
 # z2jh still ships JupyterHub 5.5: the integration tests run the same repairs against it.
 HUB5_VERSION="${WATCHDOGD_HUB5_VERSION:-5.5.4}"

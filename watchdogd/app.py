@@ -77,13 +77,14 @@ class App:
 
 def build(config: Config, *, dry_run: bool | None = None,
           clock: Callable[[], datetime] | None = None, service: bool = False,
-          notify: bool = True) -> App:
+          notify: bool = True, metrics: Metrics | None = None) -> App:
     """Build the store, notifier, sources and engine; with ``service`` the daemon's parts too.
 
     ``service`` adds the health rule, the metrics (and their endpoint when
     ``daemon.metrics_listen`` is set; a bad address fails here, before anything runs),
     the instrumented sources, and the Lease elector when ``daemon.leader_election`` is on.
-    ``notify=False`` builds no notifier (a world without receivers). Raises
+    ``notify=False`` builds no notifier (a world without receivers). ``metrics`` (a
+    one-shot run that exports its metrics) counts the sources' failures in it. Raises
     :class:`BuildError`.
     """
     from watchdogd.engine import Engine  # noqa: PLC0415
@@ -92,7 +93,7 @@ def build(config: Config, *, dry_run: bool | None = None,
     closers: list[Callable[[], None]] = [store.close]
     try:
         notifier = _notifier(config) if notify else None
-        elector = health = metrics = server = None
+        elector = health = server = None
         if service:
             from watchdogd.metrics import Health, Metrics, MetricsServer  # noqa: PLC0415
 

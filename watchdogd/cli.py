@@ -28,6 +28,7 @@ from watchdogd.text import table
 from watchdogd.times import iso
 
 if TYPE_CHECKING:
+    from watchdogd.metrics import Metrics
     from watchdogd.store import Store
 
 EXIT_FINDINGS = 1
@@ -57,10 +58,11 @@ def _load(path: str | None, *, check_files: bool = False) -> Config:
         raise Fatal(f"configuration has {len(exc.problems)} problem(s)", EXIT_CONFIG) from None
 
 
-def _build(config: Config, dry_run: bool | None, *, service: bool = False) -> App:
+def _build(config: Config, dry_run: bool | None, *, service: bool = False,
+           metrics: Metrics | None = None) -> App:
     """The application, or exit 78 naming the setting that cannot be built."""
     try:
-        return build(config, dry_run=dry_run, service=service)
+        return build(config, dry_run=dry_run, service=service, metrics=metrics)
     except BuildError as exc:
         raise Fatal(str(exc), EXIT_CONFIG) from None
 
@@ -101,7 +103,10 @@ def check(config_path: str | None, only: Sequence[str], target: str | None,
     if unknown:
         raise Fatal(f"--only: unknown check {unknown[0]!r} (known: "
                     f"{', '.join(sorted(REGISTRY))})", EXIT_USAGE)
-    engine = _build(config, dry_run).engine
+    exporting = bool(config.daemon.metrics_textfile or config.daemon.pushgateway_url)
+    metrics = _one_shot_metrics() if exporting else None
+    app = _build(config, dry_run, metrics=metrics)
+    engine = app.engine
     if not engine.plan(only or None, target):
         raise Fatal("nothing to check: no configured target matches"
                     + (f" --target {target}" if target else ""), EXIT_USAGE)
@@ -112,6 +117,9 @@ def check(config_path: str | None, only: Sequence[str], target: str | None,
     except StoreError as exc:
         # Without the store there is no confirmation and no audit: stop, act on nothing more.
         raise Fatal(f"state: {exc}", EXIT_INCOMPLETE) from None
+    if metrics is not None:
+        metrics.observe(report)
+        _export_metrics(app, metrics)
     if as_json:
         click.echo(json.dumps(report.as_json(), indent=2, default=str))
     else:
@@ -120,6 +128,41 @@ def check(config_path: str | None, only: Sequence[str], target: str | None,
         sys.exit(EXIT_INCOMPLETE)
     if exit_code and report.findings:
         sys.exit(EXIT_FINDINGS)
+
+
+def _one_shot_metrics() -> Metrics:
+    from watchdogd.metrics import Metrics  # noqa: PLC0415
+
+    metrics = Metrics()
+    metrics.export_leader = False  # not a replica of an election: nothing to sum
+    return metrics
+
+
+def _export_metrics(app: App, metrics: Metrics) -> None:
+    """A one-shot run's metrics for a scraper: textfile and/or Pushgateway (``[daemon]``).
+
+    What a scraper should see is the state store's picture (every target's open findings
+    and last success), not only this run's: a target that failed now keeps its last
+    success time, so an alert on its age fires. A failed export is logged, never fatal.
+    """
+    import structlog  # noqa: PLC0415
+
+    from watchdogd.metrics import export_one_shot  # noqa: PLC0415
+    from watchdogd.store import StoreError  # noqa: PLC0415
+
+    log = structlog.get_logger("watchdogd.metrics")
+    metrics.intervals = {name: settings.interval.total_seconds()
+                         for name, settings in app.engine.settings.items() if settings.enabled}
+    try:
+        metrics.observe_open(app.store.findings(status="open"),
+                             {key: when.timestamp()
+                              for key, when in app.store.last_successes().items()})
+        metrics.observe_outbox(app.store.outbox_counts())
+    except StoreError as exc:
+        log.error("metrics not exported", error=f"state: {exc}")
+        return
+    for problem in export_one_shot(metrics, app.config.daemon):
+        log.error("metrics not exported", problem=problem)
 
 
 @cli.command()

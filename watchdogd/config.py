@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Self
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -177,6 +178,28 @@ class DaemonConfig(Section):
     lease_name: str = "watchdogd"
     lease_cluster: str | None = None
     lease_duration: Duration = timedelta(seconds=30)
+    #: a one-shot ``watchdogd check`` writes its metrics here (node_exporter's textfile
+    #: collector), replaced whole after every run
+    metrics_textfile: str | None = None
+    #: ... and/or pushes them to this Prometheus Pushgateway (``http://host:9091``)
+    pushgateway_url: str | None = None
+    pushgateway_job: str = Field("watchdogd", min_length=1)
+    #: the whole push (connect, send, answer): a gateway that hangs cannot hold the run
+    pushgateway_timeout: Duration = timedelta(seconds=10)
+
+    @field_validator("pushgateway_url")
+    @classmethod
+    def _plain_gateway(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("expected an http:// or https:// URL")
+        if "@" in parts.netloc:
+            # The URL is logged with a failed push: keep credentials out of it.
+            raise ValueError("no credentials in the URL (put the gateway behind a proxy "
+                             "that authenticates, or leave the push to a textfile)")
+        return value
 
 
 class ClusterConfig(Section):
@@ -689,7 +712,15 @@ def _resolve_paths(config: Config, base: Path, *,
     return config.model_copy(update={
         "clusters": clusters, "clouds": clouds, "hubs": hubs, "checks": checks,
         "state": _absolute_files(state, base),
-        "notify": _absolute_files(config.notify, base)}), problems
+        "notify": _absolute_files(config.notify, base),
+        "daemon": _absolute_textfile(config.daemon, base)}), problems
+
+
+def _absolute_textfile(daemon: DaemonConfig, base: Path) -> DaemonConfig:
+    if not daemon.metrics_textfile:
+        return daemon
+    return daemon.model_copy(update={
+        "metrics_textfile": str(_absolute(daemon.metrics_textfile, base))})
 
 
 #: the backends watchdogd's state store is tested on; a driver of another backend

@@ -332,6 +332,15 @@ def supervise(
         daemon.on_pass.append(track)
     if metrics is not None:
         daemon.engine.listeners.append(metrics.observe)
+
+        def count_outbox(_report: PassReport) -> None:
+            # After the pass's own delivery: what is still waiting for a receiver.
+            try:
+                metrics.observe_outbox(daemon.engine.store.outbox_counts())
+            except Exception as exc:  # the store's trouble is the pass's to report
+                log.warning("outbox not counted", error=f"{type(exc).__name__}: {exc}")
+
+        daemon.engine.listeners.append(count_outbox)
         def count_failure(name: str, report: PassReport | None) -> None:
             if report is None:
                 metrics.pass_failed(name)

@@ -22,10 +22,24 @@ nothing is reachable from outside the host unless configured):
 ``watchdogd_source_errors_total``              per ``source``, ``target``
 ``watchdogd_last_success_timestamp_seconds``   last pass that completed, per ``check``,
                                                ``target``
+``watchdogd_findings_oldest_open_timestamp_seconds``
+                                               Unix time the oldest open finding was first
+                                               seen, per ``check``, ``target``, ``severity``
+``watchdogd_check_interval_seconds``           each scheduled check's ``interval``, per
+                                               ``check`` (alert rules compare ages with it)
+``watchdogd_outbox_notices``                   notices waiting in the outbox per ``state``
+                                               (``queued``: not yet delivered, ``set_aside``:
+                                               given up on, kept for a human)
 ``watchdogd_leader``                           1 when this replica acts (always 1 without
-                                               leader election)
+                                               leader election; absent from a one-shot run's
+                                               export)
 ``watchdogd_healthy``                          1 when ``/healthz`` answers 200
 =============================================  ===============================================
+
+A one-shot ``watchdogd check`` (a CronJob, a systemd timer) has no endpoint to scrape: with
+``[daemon] metrics_textfile`` and/or ``pushgateway_url`` it writes the same metrics after its
+pass (:func:`export_one_shot`), the open findings and last successes read from the state
+store, so a target that failed in this run keeps its last success time instead of vanishing.
 
 ``/healthz`` answers 503 with the reasons when a scheduled check has not
 completed a pass within three of its intervals, or a pass has been running for
@@ -52,9 +66,10 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
 from watchdogd import __version__
-from watchdogd.config import Config
+from watchdogd.config import Config, DaemonConfig
 from watchdogd.model import PreconditionFailed, SourceError
 from watchdogd.sources import Factory, Sources
+from watchdogd.text import safe_text
 from watchdogd.times import format_duration
 
 if TYPE_CHECKING:
@@ -65,6 +80,7 @@ __all__ = [
     "InstrumentedSources",
     "Metrics",
     "MetricsServer",
+    "export_one_shot",
     "parse_listen",
 ]
 
@@ -101,6 +117,11 @@ class Health:
         """Declare that ``check`` runs every ``interval`` seconds."""
         with self._lock:
             self._intervals[check] = interval
+
+    def intervals(self) -> dict[str, float]:
+        """The scheduled checks and their intervals in seconds."""
+        with self._lock:
+            return dict(self._intervals)
 
     def forget(self, check: str) -> None:
         """``check`` is no longer scheduled (a reloaded configuration dropped it)."""
@@ -169,7 +190,14 @@ class Metrics(Collector):
         self.wall = wall
         self._lock = threading.Lock()
         self._open: dict[tuple[str, str], CountOf[tuple[str, str]]] = {}
+        #: (check, target) -> severity -> Unix time the oldest open finding was first seen
+        self._oldest: dict[tuple[str, str], dict[str, float]] = {}
         self._last_success: dict[tuple[str, str], float] = {}
+        #: check -> interval (seconds), for a process without a Health (a one-shot export)
+        self.intervals: dict[str, float] = {}
+        self._outbox: dict[str, int] | None = None
+        #: False for a one-shot run's export: "the replica that acts" means nothing there
+        self.export_leader = True
         self.pass_duration = Histogram(
             "watchdogd_pass_duration_seconds", "Duration of one check target's part of a pass.",
             ["check", "target"], buckets=DURATION_BUCKETS, registry=self.registry)
@@ -208,7 +236,33 @@ class Metrics(Collector):
                 self._open[key] = CountOf(
                     (f.tracked.finding.kind, f.tracked.finding.severity.label)
                     for f in check.findings)
+                self._oldest[key] = _oldest(
+                    (f.tracked.finding.severity.label, f.tracked.first_seen.timestamp())
+                    for f in check.findings)
                 self._last_success[key] = finished
+
+    def observe_open(self, findings: Iterable[dict[str, Any]],
+                     last_success: dict[tuple[str, str], float]) -> None:
+        """Take the open findings and last successes as the state store has them.
+
+        A one-shot run's export uses this instead of its own report, which knows nothing
+        of the targets it did not run or that failed in it.
+        """
+        open_: dict[tuple[str, str], CountOf[tuple[str, str]]] = {}
+        firsts: dict[tuple[str, str], list[tuple[str, float]]] = {}
+        for row in findings:
+            key = (row["check"], row["target"])
+            open_.setdefault(key, CountOf())[(row["kind"], row["severity"])] += 1
+            firsts.setdefault(key, []).append((row["severity"], row["first_seen"].timestamp()))
+        with self._lock:
+            self._open = open_
+            self._oldest = {key: _oldest(values) for key, values in firsts.items()}
+            self._last_success = dict(last_success)
+
+    def observe_outbox(self, counts: dict[str, int]) -> None:
+        """How many notices the outbox holds by state (``Store.outbox_counts``)."""
+        with self._lock:
+            self._outbox = dict(counts)
 
     def pass_failed(self, check: str) -> None:
         """A pass of ``check`` raised."""
@@ -233,21 +287,45 @@ class Metrics(Collector):
             "watchdogd_last_success_timestamp_seconds",
             "Unix time of the last completed pass of a check target.",
             labels=["check", "target"])
+        oldest = GaugeMetricFamily(
+            "watchdogd_findings_oldest_open_timestamp_seconds",
+            "Unix time the oldest open finding of a check target was first seen.",
+            labels=["check", "target", "severity"])
+        intervals = GaugeMetricFamily(
+            "watchdogd_check_interval_seconds", "The interval of each scheduled check.",
+            labels=["check"])
+        outbox = GaugeMetricFamily(
+            "watchdogd_outbox_notices",
+            "Notices in the outbox: queued (not delivered yet) or set aside (given up).",
+            labels=["state"])
+        scheduled = self.health.intervals() if self.health is not None else self.intervals
         with self._lock:
             for (check, target), counts in sorted(self._open.items()):
                 for (kind, severity), n in sorted(counts.items()):
                     findings.add_metric([check, target, kind, severity], n)
+            for (check, target), firsts in sorted(self._oldest.items()):
+                for severity, when in sorted(firsts.items()):
+                    oldest.add_metric([check, target, severity], when)
             for (check, target), when in sorted(self._last_success.items()):
                 success.add_metric([check, target], when)
+            if self._outbox is not None:
+                for state in ("queued", "set_aside"):
+                    outbox.add_metric([state], self._outbox.get(state, 0))
+        for check, interval in sorted(scheduled.items()):
+            intervals.add_metric([check], interval)
         yield findings
+        yield oldest
         yield success
-        try:
-            leading = self.leader()
-        except Exception:  # a broken gate must not break the scrape
-            leading = False
-        yield GaugeMetricFamily("watchdogd_leader",
-                                "1 when this replica remediates and notifies.",
-                                value=1 if leading else 0)
+        yield intervals
+        yield outbox
+        if self.export_leader:
+            try:
+                leading = self.leader()
+            except Exception:  # a broken gate must not break the scrape
+                leading = False
+            yield GaugeMetricFamily("watchdogd_leader",
+                                    "1 when this replica remediates and notifies.",
+                                    value=1 if leading else 0)
         if self.health is not None:
             yield GaugeMetricFamily("watchdogd_healthy", "1 when /healthz answers 200.",
                                     value=1 if self.health.healthy() else 0)
@@ -260,6 +338,64 @@ class Metrics(Collector):
         """The scrape body and its content type, honouring ``Accept``."""
         encoder, content_type = choose_encoder(accept or "")
         return encoder(self.registry), content_type
+
+
+def _oldest(values: Iterable[tuple[str, float]]) -> dict[str, float]:
+    """severity -> the earliest time among ``(severity, time)`` pairs."""
+    oldest: dict[str, float] = {}
+    for severity, when in values:
+        oldest[severity] = min(when, oldest.get(severity, when))
+    return oldest
+
+
+# -- a one-shot run's metrics ---------------------------------------------------------------
+
+
+def export_one_shot(metrics: Metrics, daemon: DaemonConfig) -> list[str]:
+    """Write a one-shot run's metrics to the textfile and/or the Pushgateway it names.
+
+    The textfile (node_exporter's textfile collector, or any file a scraper reads) is
+    written to a temporary name and renamed, so a scrape never sees half a file. The push
+    replaces the group ``job`` (``pushgateway_job``) on the gateway; it runs in a thread
+    joined for at most ``pushgateway_timeout``, so a gateway that trickles cannot hold the
+    run. Returns the problems, one line each (the run's own outcome does not depend on
+    them; the caller logs them).
+    """
+    problems = []
+    if daemon.metrics_textfile:
+        from prometheus_client import write_to_textfile  # noqa: PLC0415
+
+        try:
+            write_to_textfile(daemon.metrics_textfile, metrics.registry)
+        except OSError as exc:
+            problems.append(f"daemon.metrics_textfile: {daemon.metrics_textfile}: "
+                            f"{exc.strerror or exc}")
+    if daemon.pushgateway_url:
+        problem = _push(metrics, daemon.pushgateway_url, daemon.pushgateway_job,
+                        daemon.pushgateway_timeout.total_seconds())
+        if problem:
+            problems.append(f"daemon.pushgateway_url: {problem}")
+    return problems
+
+
+def _push(metrics: Metrics, url: str, job: str, timeout: float) -> str | None:
+    from prometheus_client import push_to_gateway  # noqa: PLC0415
+
+    outcome: list[str | None] = []
+
+    def push() -> None:
+        try:
+            push_to_gateway(url, job=job, registry=metrics.registry, timeout=timeout)
+            outcome.append(None)
+        except Exception as exc:  # urllib's errors name the URL, never a credential of ours
+            outcome.append(safe_text(f"{type(exc).__name__}: {exc}"))
+
+    thread = threading.Thread(target=push, name="pushgateway", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if not outcome:
+        return f"no answer within {format_duration(timeout)} (for the whole push)"
+    return outcome[0]
 
 
 # -- counting source errors ---------------------------------------------------------------

@@ -823,6 +823,16 @@ class Store:
             ).scalar_one_or_none()
 
 
+    def last_successes(self) -> dict[tuple[str, str], datetime]:
+        """(check, target) -> when its last completed (not ``error``) pass finished."""
+        with self._begin() as conn:
+            return {(check, target): finished for check, target, finished in conn.execute(
+                sa.select(passes_table.c.check_name, passes_table.c.target,
+                          sa.func.max(passes_table.c.finished_at))
+                .where(passes_table.c.status != "error")
+                .group_by(passes_table.c.check_name, passes_table.c.target))}
+
+
 def _safe_lines(value: Any) -> Any:
     """Text with each of its lines made safe (None, for the database to refuse, stays)."""
     if value is None:

@@ -7,7 +7,9 @@ endpoint is scraped with ``requests`` and parsed with prometheus_client's own pa
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -18,6 +20,7 @@ from typing import Any
 
 import pytest
 import requests
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from watchdogd.checks import CheckSpec
@@ -157,6 +160,62 @@ def test_metrics_after_passes(setup: tuple[World, Engine, Metrics, str]) -> None
     assert not [k for k in third if k[0] == "watchdogd_findings_open"]
     assert value(third, "watchdogd_passes_total", check="probe", target="t1",
                  status="ok") == 1
+
+
+def test_oldest_finding_intervals_and_outbox(setup: tuple[World, Engine, Metrics, str]) -> None:
+    _world, engine, metrics, url = setup
+    assert metrics.health is not None
+    metrics.health.expect("probe", 60)
+    first_pass = engine.clock().timestamp()
+    engine.run_pass()
+    engine.clock.advance(minutes=1)  # type: ignore[attr-defined]
+    world = _world
+    world.items["t1"].append("bad-c")  # a newer warning beside the first pass's
+    engine.run_pass()
+    metrics.observe_outbox({"queued": 3, "delivered": 9, "set_aside": 1})
+    samples = scrape(url)
+    # Both findings of t1 were first seen in the first pass, the new one a minute later:
+    # the oldest per severity is the first pass's time.
+    assert value(samples, "watchdogd_findings_oldest_open_timestamp_seconds", check="probe",
+                 target="t1", severity="warning") == first_pass
+    assert value(samples, "watchdogd_findings_oldest_open_timestamp_seconds", check="probe",
+                 target="t1", severity="critical") == first_pass
+    assert value(samples, "watchdogd_check_interval_seconds", check="probe") == 60
+    assert value(samples, "watchdogd_outbox_notices", state="queued") == 3
+    assert value(samples, "watchdogd_outbox_notices", state="set_aside") == 1
+    assert value(samples, "watchdogd_outbox_notices", state="delivered") is None
+
+
+MONITORING = Path(__file__).resolve().parents[2] / "config" / "kubernetes" / "monitoring"
+
+
+def _promql_names(text: str) -> set[str]:
+    return set(re.findall(r"\bwatchdogd_[a-z_]+", text))
+
+
+def test_alerts_and_dashboard_use_only_metrics_that_exist(
+        setup: tuple[World, Engine, Metrics, str]) -> None:
+    """A rule or panel on a misspelt metric is silent for ever: hold them to a real scrape."""
+    _world, engine, metrics, url = setup
+    assert metrics.health is not None
+    metrics.health.expect("probe", 60)
+    engine.run_pass()
+    engine.run_pass()
+    metrics.observe_outbox({"queued": 0, "delivered": 0, "set_aside": 0})
+    exported = {name for name, _labels in scrape(url)}
+    rules = yaml.safe_load((MONITORING / "prometheusrule.yaml").read_text())
+    expressions = [rule["expr"] for group in rules["spec"]["groups"] for rule in group["rules"]]
+    dashboard = json.loads((MONITORING / "dashboards" / "watchdogd.json").read_text())
+    expressions += [target["expr"] for panel in dashboard["panels"]
+                    for target in panel["targets"]]
+    used = set().union(*(_promql_names(e) for e in expressions))
+    assert used, "no watchdogd metric found in the rules and panels"
+    assert not used - exported, f"not exported: {sorted(used - exported)}"
+    # The alerts the issue names are all there.
+    names = {rule["alert"] for group in rules["spec"]["groups"] for rule in group["rules"]}
+    assert {"WatchdogdAbsent", "WatchdogdNoSuccessfulPass", "WatchdogdSourceErrors",
+            "WatchdogdCriticalFinding", "WatchdogdActionsNotDone",
+            "WatchdogdLeaderNotOne"} <= names
 
 
 def test_an_incomplete_pass_keeps_the_last_open_findings(
