@@ -139,4 +139,13 @@ else
     touch "$HUB5_MARKER"
     say "installed JupyterHub $HUB5_VERSION into $HUB5_VENV"
 fi
+# The culler check's test runs the real jupyterhub-idle-culler as a hub-managed service, with
+# the hub's own interpreter. A separate step, so that an existing venv only gains the package.
+if "$HUB5_VENV/bin/python" -c 'import jupyterhub_idle_culler' >/dev/null 2>&1; then
+    say "jupyterhub-idle-culler already present in $HUB5_VENV"
+else
+    "$HUB5_VENV/bin/python" -m pip install -q "jupyterhub-idle-culler>=1.4" \
+        >>"$REPO/.cache/hub5-pip.log" 2>&1 || { tail -n 30 "$REPO/.cache/hub5-pip.log"; die "pip install jupyterhub-idle-culler failed"; }
+    say "installed jupyterhub-idle-culler into $HUB5_VENV"
+fi
 say "done"

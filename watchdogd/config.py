@@ -241,6 +241,12 @@ class HubConfig(Section):
     pod_selector: str | None = None
     hub_pod_selector: str = "component=hub"
     nublado_namespace_prefix: str = "nublado-"
+    #: the idle culler's service name in the hub; setting it says the hub has a culler, so
+    #: a hub that lists no such service is ``culler-missing`` (the culler check)
+    culler_service: str | None = None
+    #: the culler's ``--timeout``; wins over its command line, and is needed when the Hub
+    #: API does not show one (a culler run outside the hub, a token without read:services)
+    culler_timeout: Duration | None = None
 
     def user_pod_selector(self) -> str:
         """The selector of user pods: the configured one, else the layout's own labels."""

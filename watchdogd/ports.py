@@ -46,6 +46,10 @@ class HubApi(Protocol):
         """One user's server as the hub sees it now."""
         ...
 
+    def services(self) -> dict[str, Obj]:
+        """The hub's services by name (``command`` None when the token may not see it)."""
+        ...
+
     def stop_server(self, user: str, server_name: str = "") -> str:
         """Ask the hub to stop one server."""
         ...

@@ -406,6 +406,57 @@ def test_hubapi_source_names_a_wrong_token(hub: HubSim) -> None:
     assert "rotated-away" not in message
 
 
+def test_services_list_filtered_by_scope(hub: HubSim) -> None:
+    """``GET /services`` as JupyterHub 6.1.1 and 5.5.4 answer it (read off both): a managed
+    service's command and pid with read:services, names only with list:services alone."""
+    command = ["python3", "-m", "jupyterhub_idle_culler", "--timeout=3600"]
+    hub.add_service("jupyterhub-idle-culler", command=command, pid=321)
+    hub.add_service("idle-culler")
+    full = api(hub, "GET", "/services").json()
+    assert full["jupyterhub-idle-culler"] == {
+        "kind": "service", "name": "jupyterhub-idle-culler", "admin": False, "url": "",
+        "prefix": "", "command": command, "pid": 321, "info": {}, "display": True}
+    assert (full["idle-culler"]["command"], full["idle-culler"]["pid"]) == ([], 0)
+    names = hub.add_token("names-only", ["list:services"])
+    assert api(hub, "GET", "/services", token=names).json() == {
+        name: {"kind": "service", "name": name, "admin": False}
+        for name in ("jupyterhub-idle-culler", "idle-culler")}
+    none = hub.add_token("no-services", ["list:users"])
+    resp = api(hub, "GET", "/services", token=none)
+    assert resp.status_code == 403
+    assert "list:services" in resp.json()["message"]
+
+
+def test_hubapi_source_reads_services(hub: HubSim) -> None:
+    hub.add_service("jupyterhub-idle-culler", command=["python3", "-m", "jupyterhub_idle_culler"])
+    hub.add_service("idle-culler")
+    source = HubApiSource("main", hub_config(hub))
+    try:
+        services = source.services()
+    finally:
+        source.close()
+    assert services["jupyterhub-idle-culler"]["command"] == [
+        "python3", "-m", "jupyterhub_idle_culler"]
+    assert services["idle-culler"]["command"] == []
+    hidden = hub_config(hub).model_copy(update={
+        "api_token": SecretStr(hub.add_token("names-only", ["list:services"]))})
+    source = HubApiSource("main", hidden)
+    try:
+        assert {n: s["command"] for n, s in source.services().items()} == {
+            "jupyterhub-idle-culler": None, "idle-culler": None}
+    finally:
+        source.close()
+    forbidden = hub_config(hub).model_copy(update={
+        "api_token": SecretStr(hub.add_token("users-only", ["list:users"]))})
+    source = HubApiSource("main", forbidden)
+    try:
+        with pytest.raises(SourceError, match="lacks permission; it needs the scope "
+                                              "list:services"):
+            source.services()
+    finally:
+        source.close()
+
+
 def test_hub_faults(hub: HubSim) -> None:
     hub.fail(500, times=1, path="/users")
     resp = api(hub, "GET", "/users")

@@ -21,6 +21,11 @@ status codes and messages of JupyterHub 6.1 (checked against a running 6.1.1):
   400 ``{user} is pending stop`` / ``{user} is already running``;
 - ``POST /hub/api/users/{name}``: create a user (201, 409 if it exists);
 - ``GET`` / ``POST /hub/api/proxy``: the routing table / the hub's ``check_routes``;
+- ``GET /hub/api/services``: the services by name (:meth:`HubSim.add_service`), each model
+  filtered like the real access map: ``kind, name, admin, url, prefix, command, pid, info,
+  display`` with ``read:services``, only ``kind, name, admin`` with ``list:services`` alone
+  (``command`` is a hub-managed service's argument list, ``[]`` for an external one; ``pid``
+  0 unless the hub runs it);
 - ``Authorization: token X``: an unknown or missing token is a 403 ``Missing or invalid
   credentials.`` (JupyterHub answers 403 here, never 401); a token without the scope is a 403
   ``Action is not authorized with current scopes; requires any of [delete:servers]``.
@@ -85,11 +90,11 @@ PAGINATION_MEDIA_TYPE = "application/jupyterhub-pagination+json"
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
 
-#: The scopes of watchdogd's service role (REFERENCE.md).
+#: The scopes of watchdogd's service role (REFERENCE.md; the services ones for the culler check).
 SERVICE_SCOPES = frozenset({"list:users", "read:users", "read:servers", "admin:server_state",
-                            "delete:servers", "proxy"})
+                            "delete:servers", "proxy", "list:services", "read:services"})
 #: What the ``admin`` role can do (everything the simulator knows).
-ADMIN_SCOPES = frozenset({"admin:users", "admin:servers", "proxy", "admin-ui"})
+ADMIN_SCOPES = frozenset({"admin:users", "admin:servers", "proxy", "admin-ui", "admin:services"})
 
 # JupyterHub 6.1's scope_definitions, the part that matters here: scope -> subscopes.
 _SUBSCOPES: dict[str, tuple[str, ...]] = {
@@ -102,6 +107,17 @@ _SUBSCOPES: dict[str, tuple[str, ...]] = {
     "admin:servers": ("admin:server_state", "servers"),
     "servers": ("read:servers", "start:servers", "delete:servers"),
     "read:servers": ("read:users:name",),
+    "admin:services": ("list:services", "read:services", "read:roles:services"),
+    "list:services": ("read:services:name",),
+    "read:services": ("read:services:name",),
+}
+
+# The service model's access map (apihandlers/base.py ``service_model``).
+_SERVICE_ACCESS_MAP: dict[str, frozenset[str]] = {
+    "read:services": frozenset({"kind", "name", "admin", "url", "prefix", "command", "pid",
+                                "info", "display"}),
+    "read:services:name": frozenset({"kind", "name", "admin"}),
+    "read:roles:services": frozenset({"kind", "name", "roles", "admin"}),
 }
 
 # The user model's access map (apihandlers/base.py ``user_model``).
@@ -295,6 +311,8 @@ class HubSim(HttpSim):
         self.db_path = self.workdir / "jupyterhub.sqlite"
         self._pending: dict[Key, str] = {}
         self._hang_stop: set[Key] = set()
+        #: service name -> its full model (what ``GET /services`` filters by scope)
+        self._services: dict[str, dict[str, Any]] = {}
         self._nublado: set[str] = set()
         self._next_ip = 0
         self._lock = threading.RLock()
@@ -364,6 +382,37 @@ class HubSim(HttpSim):
         """Accept another API token with these scopes (expanded like the hub's roles)."""
         self._tokens[token] = expand_scopes(scopes)
         return token
+
+    def add_service(self, name: str, *, command: Iterable[str] | None = None, url: str = "",
+                    pid: int | None = None, admin: bool = False) -> None:
+        """Declare a service as ``c.JupyterHub.services`` would: hub-managed with a
+        ``command`` (it then has a ``pid`` unless told otherwise), else external (``[]``)."""
+        argv = list(command or [])
+        with self._lock:
+            self._services[name] = {
+                "kind": "service", "name": name, "roles": [], "admin": admin, "url": url,
+                "prefix": f"/services/{name}/" if url else "", "command": argv,
+                "pid": (pid if pid is not None else 4242 + len(self._services)) if argv else 0,
+                "info": {}, "display": True,
+            }
+
+    def remove_service(self, name: str) -> bool:
+        """Forget a service (a hub restarted without it); False if there was none."""
+        with self._lock:
+            return self._services.pop(name, None) is not None
+
+    def set_last_activity(self, user: str, when: datetime, server_name: str = "") -> None:
+        """Write a server's ``last_activity`` (and its user's), as activity the hub learned
+        of at ``when`` would have left it; the real hub's activity endpoint only moves it
+        forward, which a simulated world need not wait for."""
+        with self._tx() as conn:
+            row = self._spawner_row(conn, user, server_name)
+            if row is None:
+                raise ValueError(f"{_log_name(user, server_name)} has no spawner")
+            conn.execute("UPDATE spawners SET last_activity = ? WHERE id = ?",
+                         (_db_time(when), row["id"]))
+            conn.execute("UPDATE users SET last_activity = ? WHERE id = ?",
+                         (_db_time(when), row["user_id"]))
 
     # -- the database --------------------------------------------------------------------------
 
@@ -813,6 +862,8 @@ class HubSim(HttpSim):
             if method == "POST":
                 self._need(scopes, "start:servers")
                 return self._start(parts[1], server_name)
+        if parts == ["services"] and method == "GET":
+            return Response.json(200, self._list_services(scopes))
         if parts == ["proxy"]:
             self._need(scopes, "proxy")
             if method == "GET":
@@ -838,6 +889,19 @@ class HubSim(HttpSim):
         if not any(scope in scopes for scope in needed):
             raise HubApiError(403, "Action is not authorized with current scopes; requires any "
                                    f"of [{', '.join(needed)}]")
+
+    # -- services ------------------------------------------------------------------------------
+
+    def _list_services(self, scopes: frozenset[str]) -> dict[str, dict[str, Any]]:
+        """apihandlers/services.py ``ServiceListAPIHandler.get``, models filtered by scope."""
+        self._need(scopes, "list:services")
+        allowed: set[str] = set()
+        for scope, keys in _SERVICE_ACCESS_MAP.items():
+            if scope in scopes:
+                allowed |= keys
+        with self._lock:
+            return {name: {k: v for k, v in model.items() if k in allowed}
+                    for name, model in self._services.items()}
 
     # -- users ---------------------------------------------------------------------------------
 

@@ -111,6 +111,40 @@ class HubApiSource:
                 return entry
         return None
 
+    def services(self) -> dict[str, dict[str, Any]]:
+        """The hub's services by name: ``GET /services`` (one request, not paginated).
+
+        Each entry keeps what the culler check reads: ``name``, ``command`` (the argument
+        list of a hub-managed service, ``[]`` for one the hub does not run, None when the
+        answer leaves it out: the token has ``list:services`` but not ``read:services``),
+        ``pid`` (0 when the hub runs no process for it) and ``url``.
+        """
+        data = self.http.get_json(
+            "/services",
+            need="the scope list:services (and read:services to read the culler's command)")
+        if not isinstance(data, dict):
+            raise self.http.error("GET /services: unexpected answer (not an object)")
+        result: dict[str, dict[str, Any]] = {}
+        for name, model in data.items():
+            if not isinstance(model, dict):
+                raise self.http.error("GET /services: a service entry is not an object")
+            command = model.get("command")
+            if isinstance(command, str):
+                command = [command]
+            elif isinstance(command, list):
+                command = [str(part) for part in command]
+            elif command is not None:
+                raise self.http.error(f"GET /services: the command of a service is "
+                                      f"{type(command).__name__}")
+            pid = model.get("pid")
+            result[str(name)] = {
+                "name": str(model.get("name") or name),
+                "command": command,
+                "pid": pid if isinstance(pid, int) and not isinstance(pid, bool) else None,
+                "url": model.get("url") if isinstance(model.get("url"), str) else None,
+            }
+        return result
+
     def stop_server(self, user: str, server_name: str = "") -> str:
         """Ask the hub to stop one server; a 202 means the hub is still stopping it."""
         path = f"/users/{quote(user, safe='')}/server"
