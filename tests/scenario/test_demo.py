@@ -255,6 +255,7 @@ def test_dumps_toml_round_trips() -> None:
 #: a cloud that rejects watchdogd's credentials yields no other volume verdict at all).
 DEMO_KINDS = {
     "sessions": set(KINDS),
+    "culler": {"culler-overdue"},
     "volumes": {"volume-stuck", "attachment-stale", "volume-attach-failed",
                 "credential-expiring"},
     "orphans": {"orphan-volume", "foreign-volume", "released-pv", "orphan-extra-pvc"},
@@ -305,6 +306,9 @@ def test_the_demo_plants_every_kind_and_fixes_the_fixable() -> None:
             assert not world.hub.is_running(user), user
         # What is left to people is left alone.
         assert world.hub.pending("sophie") == "stop"
+        assert all(world.hub.is_running(u) for u in ("hedy", "alonzo", "robin"))  # the culler's
+        overdue = next(o for o in demo.outcomes if o.problem.kind == "culler-overdue")
+        assert overdue.problem.subject == "main"
         assert kube.get("Pod", "proxy-6d9f7b7c5-9kq2m", "staging") is not None
         assert kube.get("Namespace", "nublado-carol") is not None
         assert kube.get("Secret", "hub-tls", "staging") is not None
@@ -348,6 +352,8 @@ def test_watchdogd_demo_exits_0_and_explains(capsys: pytest.CaptureFixture[str],
     assert "checks.volumes.stuck_after = 5 minutes" in out
     assert "not settled yet (try" not in out
     assert "The world converged: 11 of 11 fixable problems fixed" in out
+    assert ("3 server(s) of hub main idle longer than the culler's timeout (1h00m, from the "
+            "command)") in out
     # everything it started is gone
     [world] = worlds
     assert not world.workdir.exists()

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import structlog
 
-from watchdogd.sim.parts import CloudPart, ClusterPart
+from watchdogd.sim.parts import CloudPart, ClusterPart, CullerPart
 from watchdogd.sim.seed import DEMO_USERS
 from watchdogd.sim.world import SimClock, World
 
@@ -71,6 +71,7 @@ FAILED_POD_MINUTES = 3
 #: The checks in the order the demo tells about them, and what each looks at.
 CHECKS = {
     "sessions": "does the hub's database agree with the pods and the proxy's routes?",
+    "culler": "is the idle culler stopping idle servers? (report only)",
     "volumes": "Cinder volumes stuck half way, dangling attachments, expiring credentials",
     "orphans": "volumes no PV uses, released PVs, claims of users who left",
     "certs": "certificates wherever they live (TLS secrets, served endpoints); report only",
@@ -79,6 +80,8 @@ CHECKS = {
 
 #: Why watchdogd leaves a problem open, for the kinds it only reports (or fixes opt-in).
 LEFT_TO_PEOPLE = {
+    "culler-overdue": "report only: stopping idle servers is the culler's job; find out why it "
+                      "does not (its log, a token without delete:servers, a dead loop)",
     "stuck-stop": "restart-hub is opt-in (add it to remediation.enabled): only a hub restart "
                   "clears a stop that never finishes, and restarting a hub is an operator's "
                   "call",
@@ -201,11 +204,12 @@ def build_world(passes: int = 4) -> DemoWorld:
         "failed_pod_min_age": f"{FAILED_POD_MIN_AGE_MINUTES}m"}})
     # A spawn is judged stuck on watchdogd's own sightings as well as the hub's clock: the
     # demo's 5 minutes (15 by default) let the planted one be seen for long enough.
-    world = DemoWorld(clock=clock, parts=[cloud, cluster],
+    world = DemoWorld(clock=clock, parts=[cloud, cluster, CullerPart()],
                       sessions={"stuck_spawn_after": f"{MINUTES_PER_PASS}m"})
     world.start()
     try:
         _plant_sessions(world)
+        _plant_culler(world)
         _plant_cloud(world)
         _plant_cluster(world)
     except BaseException:
@@ -227,6 +231,17 @@ def _plant_sessions(world: DemoWorld) -> None:
     world.route_mismatch("larry")
     world.stuck_spawn("donald", minutes=30)
     world.stuck_stop("sophie")
+
+
+def _plant_culler(world: DemoWorld) -> None:
+    part = world.parts["culler"]
+    assert isinstance(part, CullerPart)
+    users, idle = ("hedy", "alonzo", "robin"), (3, 5, 9)
+    world.plant("culler", "culler-overdue",
+                part.idle_servers(users, [timedelta(hours=h) for h in idle]),
+                f"servers of {', '.join(users)}, idle for {', '.join(map(str, idle))} hours: "
+                "the culler (jupyterhub-idle-culler, --timeout=3600) runs, but its token "
+                "may not delete servers")
 
 
 def _plant_cloud(world: DemoWorld) -> None:

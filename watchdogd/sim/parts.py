@@ -1,5 +1,6 @@
 """The parts a :class:`~watchdogd.sim.world.World` can be built with beyond its hub side:
-an OpenStack cloud (:class:`CloudPart`) and cluster health (:class:`ClusterPart`).
+an OpenStack cloud (:class:`CloudPart`), cluster health (:class:`ClusterPart`) and the
+hub's idle culler (:class:`CullerPart`).
 
 Each part starts its simulators on the world's clock, plants what it is asked to (recording
 what it planted), and adds its sections to the world's configuration.
@@ -37,7 +38,7 @@ from watchdogd.sim.tls import GARBAGE_PEM, CertAuthority, TlsServer
 if TYPE_CHECKING:
     from watchdogd.sim.world import World
 
-__all__ = ["CloudPart", "ClusterPart"]
+__all__ = ["Z2JH_CULLER", "CloudPart", "ClusterPart", "CullerPart"]
 
 Obj = dict[str, Any]
 
@@ -319,3 +320,62 @@ class ClusterPart:
         self._endpoints.append(server.url)
         self.world.write_config()
         return self._plant("cert-hostname-mismatch", f"127.0.0.1:{server.port}")
+
+
+#: z2jh's culler service (jupyterhub/files/hub/jupyterhub_config.py, with the chart's defaults)
+Z2JH_CULLER = ("jupyterhub-idle-culler", [
+    "python3", "-m", "jupyterhub_idle_culler", "--url=http://localhost:8081/hub/api",
+    "--timeout=3600", "--cull-every=600", "--concurrency=10"])
+
+
+class CullerPart:
+    """The hub's idle culler as a part of a :class:`~watchdogd.sim.world.World`:
+    ``World(parts=[CullerPart()])`` lists z2jh's ``jupyterhub-idle-culler`` service (a
+    hub-managed one, with its command line) among the hub's services, and
+    :meth:`idle_servers` plants servers it should have stopped long ago.
+
+    The simulated culler never culls: it is the culler that runs with a token lacking
+    ``delete:servers``, or whose loop died, which is what the culler check is for.
+    """
+
+    name = "culler"
+    #: the checks this part is built for (the demo runs exactly the checks in play)
+    checks = ("culler",)
+
+    def __init__(self, service: tuple[str, list[str]] | None = Z2JH_CULLER) -> None:
+        self.service = service
+        self.planted: list[tuple[str, str]] = []
+        self._world: World | None = None
+
+    @property
+    def world(self) -> World:
+        """The world this part joined."""
+        if self._world is None:
+            raise RuntimeError("the part is not started")
+        return self._world
+
+    def start(self, world: World) -> None:
+        """List the culler among the hub's services (``service=None``: no culler at all)."""
+        self._world = world
+        if self.service is not None:
+            name, command = self.service
+            world.hub.add_service(name, command=command)
+
+    def config(self, world: World) -> dict[str, Any]:
+        """``[checks.culler]``; the culler itself is found through the Hub API."""
+        return {"checks": {"culler": {"interval": "5m"}}}
+
+    def stop(self) -> None:
+        """Nothing runs of its own."""
+
+    def idle_servers(self, users: Sequence[str], idle: Sequence[timedelta]) -> str:
+        """Servers for ``users``, each idle for the matching ``idle`` (``last_activity`` as
+        the hub last heard of it, on the hub's clock); returns the
+        subject of the ``culler-overdue`` finding they make (the hub's name)."""
+        now = self.world.clock()
+        for user, quiet in zip(users, idle, strict=True):
+            # started an hour before its user went quiet
+            self.world.hub.start_server(user, started=now - quiet - timedelta(hours=1))
+            self.world.hub.set_last_activity(user, now - quiet)
+        self.planted.append(("culler-overdue", self.world.hub_name))
+        return self.world.hub_name
