@@ -172,6 +172,17 @@ def test_malformed_user_lists_are_errors(serve: Callable[[Handler], Scripted], b
         HubApiSource("main", hub_config(serve(handler).url)).active_servers()
 
 
+@pytest.mark.parametrize("body", [[{"name": "cull-idle"}], {"cull-idle": "running"},
+                                  {"cull-idle": {"name": "cull-idle", "command": 3}}])
+def test_malformed_service_lists_are_errors(serve: Callable[[Handler], Scripted],
+                                            body: Any) -> None:
+    def handler(method: str, path: str, query: dict[str, list[str]]) -> tuple[int, Any]:
+        return 200, body
+
+    with pytest.raises(SourceError, match="GET /services"):
+        HubApiSource("main", hub_config(serve(handler).url)).services()
+
+
 @pytest.mark.parametrize(("status", "outcome"), [(204, "stopped (204)"), (202, "accepted")])
 def test_stop_server_answers(serve: Callable[[Handler], Scripted], status: int,
                              outcome: str) -> None:
