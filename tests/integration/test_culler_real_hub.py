@@ -64,7 +64,8 @@ c.JupyterHub.load_roles.append(
     {{"name": "culler", "scopes": {CULLER_SCOPES!r}, "services": ["idle-culler"]}})
 c.JupyterHub.load_roles.append({{"name": "culler-without-delete", "scopes": {misconfigured!r},
                                  "services": ["jupyterhub-idle-culler"]}})
-c.JupyterHub.load_roles[0]["scopes"] += ["list:services", "read:services"]
+next(r for r in c.JupyterHub.load_roles if r["name"] == "watchdogd")["scopes"] += [
+    "list:services", "read:services"]
 """
 
 
