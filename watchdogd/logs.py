@@ -15,15 +15,29 @@ of any ``scheme://user:password@host`` URL before a line is rendered.
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import logging
 import re
 import sys
 from collections.abc import MutableMapping
 from typing import Any, TextIO
 
-import structlog
-
 from watchdogd.text import MASK, names_a_secret, safe_text
+
+# structlog.dev imports rich whenever rich is installed (only the test extras bring it):
+# over a tenth of a one-shot run's start-up, for tracebacks only a person at a terminal
+# reads. structlog is imported with rich hidden, and a console renderer brings it back
+# (see _console_renderer); the JSON lines never use it. A structlog or rich someone else
+# imported first is left as it is.
+_HIDE_RICH = "structlog" not in sys.modules and "rich" not in sys.modules
+if _HIDE_RICH:
+    sys.modules["rich"] = None  # type: ignore[assignment] # `import rich` raises ImportError
+try:
+    import structlog
+finally:
+    if _HIDE_RICH:
+        del sys.modules["rich"]
 
 __all__ = ["configure", "redact"]
 
@@ -59,6 +73,19 @@ def redact(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]
     return event_dict
 
 
+def _console_renderer() -> structlog.dev.ConsoleRenderer:
+    """structlog's console renderer as structlog builds it when it imports rich itself.
+
+    structlog picks its exception formatter (rich's tracebacks when rich is installed)
+    when ``structlog.dev`` is imported; that import hid rich, so a console brings the
+    module back with rich visible before the renderer is built.
+    """
+    rich_hidden = getattr(structlog.dev, "rich", None) is None
+    if rich_hidden and importlib.util.find_spec("rich") is not None:
+        importlib.reload(structlog.dev)
+    return structlog.dev.ConsoleRenderer(colors=False)
+
+
 def configure(*, json_lines: bool | None = None, level: str = "INFO",
               stream: TextIO | None = None) -> None:
     """Set up structlog and the standard library's logging once per process."""
@@ -67,7 +94,7 @@ def configure(*, json_lines: bool | None = None, level: str = "INFO",
         json_lines = not out.isatty()
     renderer: structlog.types.Processor = (
         structlog.processors.JSONRenderer() if json_lines
-        else structlog.dev.ConsoleRenderer(colors=False)
+        else _console_renderer()
     )
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
