@@ -255,6 +255,7 @@ def test_dumps_toml_round_trips() -> None:
 #: a cloud that rejects watchdogd's credentials yields no other volume verdict at all).
 DEMO_KINDS = {
     "sessions": set(KINDS),
+    "labs": {"controller-stale-lab"},
     "volumes": {"volume-stuck", "attachment-stale", "volume-attach-failed",
                 "credential-expiring"},
     "orphans": {"orphan-volume", "foreign-volume", "released-pv", "orphan-extra-pvc"},
@@ -265,7 +266,7 @@ DEMO_KINDS = {
 #: The kinds the demo fixes (an orphaned volume: quarantines) within its four passes.
 FIXABLE = {kind for kind, action in EXPECTED_ACTION.items()
            if action and kind != "stuck-stop"} | {
-    "volume-stuck", "attachment-stale", "orphan-volume", "failed-pods"}
+    "volume-stuck", "attachment-stale", "orphan-volume", "failed-pods", "controller-stale-lab"}
 
 
 def test_the_demo_plants_every_kind_and_fixes_the_fixable() -> None:
@@ -314,6 +315,13 @@ def test_the_demo_plants_every_kind_and_fixes_the_fixable() -> None:
         assert all(a["status"] == "attached"
                    for a in sim.attachments(injected["attach_failed"][0]))
         assert sim.errors == []
+        # The Nublado hub beside it: the stale lab is gone from the controller's memory and
+        # its namespace with it; the healthy labs are untouched.
+        nublado = world.nublado
+        assert nublado.controller.state("rachel") is None
+        assert kube.get("Namespace", "nublado-rachel") is None
+        assert sorted(nublado.controller.running()) == sorted(demo_module.NUBLADO_HEALTHY)
+        assert all(nublado.hub.is_running(user) for user in demo_module.NUBLADO_HEALTHY)
     finally:
         world.stop()
     assert not world.workdir.exists()
@@ -347,7 +355,8 @@ def test_watchdogd_demo_exits_0_and_explains(capsys: pytest.CaptureFixture[str],
     assert "checks.nodes.failed_pod_min_age = 10 minutes" in out
     assert "checks.volumes.stuck_after = 5 minutes" in out
     assert "not settled yet (try" not in out
-    assert "The world converged: 11 of 11 fixable problems fixed" in out
+    assert "DONE: lab deleted (204)" in out
+    assert "The world converged: 12 of 12 fixable problems fixed" in out
     # everything it started is gone
     [world] = worlds
     assert not world.workdir.exists()
@@ -369,6 +378,7 @@ def test_watchdogd_demo_json(capsys: pytest.CaptureFixture[str]) -> None:
     # confirmed in pass 2: the sessions remedies and the orphan's quarantine; the stuck spawn,
     # the reservations and the failed pod are judged later (stuck_spawn_after, stuck_after,
     # failed_pod_min_age)
-    assert done == {"stop-server": 2, "delete-pod": 1, "sync-routes": 3, "quarantine": 1}
+    assert done == {"stop-server": 2, "delete-pod": 1, "sync-routes": 3, "quarantine": 1,
+                    "delete-lab": 1}
     # the three route findings share one sync-routes run: it counts once, as in the audit log
-    assert reports[1]["summary"]["actions_done"] == 5
+    assert reports[1]["summary"]["actions_done"] == 6

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import structlog
 
-from watchdogd.sim.parts import CloudPart, ClusterPart
+from watchdogd.sim.parts import CloudPart, ClusterPart, NubladoPart
 from watchdogd.sim.seed import DEMO_USERS
 from watchdogd.sim.world import SimClock, World
 
@@ -61,6 +61,8 @@ __all__ = [
 MINUTES_PER_PASS = 5
 HEALTHY_USERS = 12
 HEALTHY_RUNNING = 8
+#: the healthy labs of the Nublado hub that runs beside the KubeSpawner one
+NUBLADO_HEALTHY = ("vera", "rubin", "annie")
 WIDTH = 100
 #: The demo's ``checks.nodes.failed_pod_min_age`` (1 hour by default, time to read the logs)
 #: and how long the planted failed pod has been failed at the first pass: it becomes
@@ -71,6 +73,8 @@ FAILED_POD_MINUTES = 3
 #: The checks in the order the demo tells about them, and what each looks at.
 CHECKS = {
     "sessions": "does the hub's database agree with the pods and the proxy's routes?",
+    "labs": "on the Nublado hub: does the lab controller's memory agree with the hub and "
+            "Kubernetes?",
     "volumes": "Cinder volumes stuck half way, dangling attachments, expiring credentials",
     "orphans": "volumes no PV uses, released PVs, claims of users who left",
     "certs": "certificates wherever they live (TLS secrets, served endpoints); report only",
@@ -174,6 +178,13 @@ class DemoWorld(World):
         return part
 
     @property
+    def nublado(self) -> NubladoPart:
+        """The Nublado hub beside the KubeSpawner one, with its lab controller."""
+        part = self.parts["nublado"]
+        assert isinstance(part, NubladoPart)
+        return part
+
+    @property
     def cluster(self) -> ClusterPart:
         """The nodes, pods, namespaces and certificates part."""
         part = self.parts["cluster"]
@@ -201,13 +212,14 @@ def build_world(passes: int = 4) -> DemoWorld:
         "failed_pod_min_age": f"{FAILED_POD_MIN_AGE_MINUTES}m"}})
     # A spawn is judged stuck on watchdogd's own sightings as well as the hub's clock: the
     # demo's 5 minutes (15 by default) let the planted one be seen for long enough.
-    world = DemoWorld(clock=clock, parts=[cloud, cluster],
+    world = DemoWorld(clock=clock, parts=[cloud, cluster, NubladoPart()],
                       sessions={"stuck_spawn_after": f"{MINUTES_PER_PASS}m"})
     world.start()
     try:
         _plant_sessions(world)
         _plant_cloud(world)
         _plant_cluster(world)
+        _plant_nublado(world)
     except BaseException:
         world.stop()
         raise
@@ -289,6 +301,15 @@ def _plant_cluster(world: DemoWorld) -> None:
                 "the proxy runs on user node node-1, though core pods must run on core nodes")
     world.plant("nodes", "namespace-stuck-terminating", part.stuck_namespace("nublado-carol"),
                 "a namespace Terminating for 2 hours, held by a protected claim")
+
+
+def _plant_nublado(world: DemoWorld) -> None:
+    part = world.nublado
+    part.healthy(NUBLADO_HEALTHY)
+    world.plant("labs", "controller-stale-lab", part.stale_lab("rachel"),
+                "the Nublado hub stopped rachel's lab while the lab controller was restarting "
+                "(its DELETE never arrived) and a node drain took the pod: the controller's "
+                "memory says running until its hourly reconcile")
 
 
 def run_demo(passes: int = 4, as_json: bool = False, keep: bool = False,
@@ -407,11 +428,14 @@ class Demo:
                  f"({world.kube.url}), configurable-http-proxy's API ({world.chp.url}), a "
                  f"JupyterHub REST API with its database ({world.hub.api_url}), OpenStack "
                  f"Keystone ({sim.keystone_url}) and Cinder ({sim.cinder_url}), and an HTTPS "
-                 "endpoint. watchdogd talks to them exactly as it would to the real ones.")
+                 "endpoint; beside that hub a second one, Nublado's, with its own proxy and "
+                 f"lab controller ({world.nublado.controller.url}). watchdogd talks to them "
+                 "exactly as it would to the real ones.")
         self.say()
         self.say(f"{HEALTHY_USERS} users, {HEALTHY_RUNNING} of them with a healthy server "
                  "(the hub database, the pod and the proxy route agree), home volumes in "
-                 "Cinder, a core node and three user nodes. Then one problem of each kind "
+                 f"Cinder, a core node and three user nodes; {len(NUBLADO_HEALTHY)} healthy labs "
+                 "on the Nublado hub. Then one problem of each kind "
                  "every check knows was planted, grouped by the check that looks for it:")
         problems = world.all_problems()
         for check, about in CHECKS.items():
