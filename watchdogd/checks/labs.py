@@ -192,10 +192,13 @@ def detect(snapshot: Snapshot, now: datetime) -> Detection:
             if meta.get("name") != f"{user}-nb":
                 continue
         pods.setdefault(user, []).append(pod)
+    # A namespace already Terminating is on its way out (the nodes check reports one that
+    # hangs): it names no lab to judge.
     namespaces = {
         str((ns.get("metadata") or {}).get("name"))[len(s.prefix):]: ns
         for ns in snapshot["namespaces"]
-        if str((ns.get("metadata") or {}).get("name") or "").startswith(s.prefix)}
+        if str((ns.get("metadata") or {}).get("name") or "").startswith(s.prefix)
+        and (ns.get("status") or {}).get("phase") != "Terminating"}
     users = sorted(set(hub) | running | set(pods) | set(namespaces))
 
     # One round of reads by name, for the users whose records disagree: the controller's
@@ -283,7 +286,6 @@ def detect(snapshot: Snapshot, now: datetime) -> Detection:
             continue
         ns = namespaces.get(user)
         if (server is None and status is None and user not in running and ns is not None
-                and (ns.get("status") or {}).get("phase") != "Terminating"
                 and _lab_key(user) in snapshot.observations):
             d.finding("lab-namespace-orphan", user, Severity.WARNING,
                       f"namespace {namespace} exists, but neither the hub nor the Nublado "
