@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 import requests
@@ -151,3 +152,33 @@ def test_the_source_reads_without_env_and_names_the_token_file(
         bad.running_labs()
     assert "nublado_token_file" in str(failed.value)
     assert "wrong-token-value" not in str(failed.value)
+
+
+class _Garbage(NubladoSim):
+    """A controller (or something in front of it) that answers nonsense."""
+
+    answer: object = None
+
+    def handle(self, req: Any) -> Any:
+        from watchdogd.sim._http import Response
+
+        return Response.json(200, self.answer)
+
+
+@pytest.mark.parametrize(("call", "answer", "cause"), [
+    ("running_labs", {"labs": ["a"]}, "not a list of usernames"),
+    ("running_labs", ["a", 7], "not a list of usernames"),
+    ("lab", {"status": "sleeping", "user": {"username": "rachel"}}, "no known status"),
+    ("lab", {"status": "running", "user": {"username": "mallory"}}, "another user's"),
+])
+def test_answers_that_are_no_lab_state_are_source_errors(
+        call: str, answer: object, cause: str) -> None:
+    ctl = _Garbage(KubeSim())
+    ctl.answer = answer
+    with ctl:
+        source = _source(ctl)
+        with pytest.raises(SourceError, match=cause):
+            if call == "lab":
+                source.lab("rachel")
+            else:
+                source.running_labs()

@@ -177,8 +177,12 @@ def detect(snapshot: Snapshot, now: datetime) -> Detection:
     """Compare the hub, the controller's memory, the lab namespaces and pods of one hub."""
     d = _Detector(snapshot, now)
     s = d.s
-    hub: dict[str, dict[str, Any]] = {a["user"]: a for a in snapshot["hub_api"]
-                                      if not a.get("server_name")}
+    # Nublado runs one lab per user; a named server, should a hub have one, still means the
+    # hub runs something for that user: never judged as "the hub runs nothing".
+    hub: dict[str, dict[str, Any]] = {}
+    for server in snapshot["hub_api"]:
+        if server["user"] not in hub or not server.get("server_name"):
+            hub[server["user"]] = server
     running: set[str] = set(snapshot["labs"])
     pods: dict[str, list[dict[str, Any]]] = {}
     for pod in snapshot["pods"]:
