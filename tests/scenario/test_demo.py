@@ -255,7 +255,8 @@ def test_dumps_toml_round_trips() -> None:
 #: a cloud that rejects watchdogd's credentials yields no other volume verdict at all).
 DEMO_KINDS = {
     "sessions": set(KINDS),
-    "labs": {"controller-stale-lab"},
+    "labs": {"controller-stale-lab", "lab-pod-missing", "controller-lost-lab", "lab-stuck",
+             "lab-namespace-orphan"},
     "volumes": {"volume-stuck", "attachment-stale", "volume-attach-failed",
                 "credential-expiring"},
     "orphans": {"orphan-volume", "foreign-volume", "released-pv", "orphan-extra-pvc"},
@@ -266,7 +267,8 @@ DEMO_KINDS = {
 #: The kinds the demo fixes (an orphaned volume: quarantines) within its four passes.
 FIXABLE = {kind for kind, action in EXPECTED_ACTION.items()
            if action and kind != "stuck-stop"} | {
-    "volume-stuck", "attachment-stale", "orphan-volume", "failed-pods", "controller-stale-lab"}
+    "volume-stuck", "attachment-stale", "orphan-volume", "failed-pods", "controller-stale-lab",
+    "lab-pod-missing"}
 
 
 def test_the_demo_plants_every_kind_and_fixes_the_fixable() -> None:
@@ -322,6 +324,12 @@ def test_the_demo_plants_every_kind_and_fixes_the_fixable() -> None:
         assert kube.get("Namespace", "nublado-rachel") is None
         assert sorted(nublado.controller.running()) == sorted(demo_module.NUBLADO_HEALTHY)
         assert all(nublado.hub.is_running(user) for user in demo_module.NUBLADO_HEALTHY)
+        # sam's lab was stopped through the hub (sessions), which deleted it in the controller
+        assert not nublado.hub.is_running("sam") and nublado.controller.state("sam") is None
+        # the reported rows are left alone
+        assert nublado.hub.is_running("tess") and nublado.controller.state("tess") is None
+        assert (nublado.controller.state("uma") or {}).get("status") == "terminating"
+        assert kube.get("Namespace", "nublado-vic") is not None
     finally:
         world.stop()
     assert not world.workdir.exists()
@@ -356,7 +364,7 @@ def test_watchdogd_demo_exits_0_and_explains(capsys: pytest.CaptureFixture[str],
     assert "checks.volumes.stuck_after = 5 minutes" in out
     assert "not settled yet (try" not in out
     assert "DONE: lab deleted (204)" in out
-    assert "The world converged: 12 of 12 fixable problems fixed" in out
+    assert "The world converged: 13 of 13 fixable problems fixed" in out
     # everything it started is gone
     [world] = worlds
     assert not world.workdir.exists()
@@ -378,7 +386,8 @@ def test_watchdogd_demo_json(capsys: pytest.CaptureFixture[str]) -> None:
     # confirmed in pass 2: the sessions remedies and the orphan's quarantine; the stuck spawn,
     # the reservations and the failed pod are judged later (stuck_spawn_after, stuck_after,
     # failed_pod_min_age)
-    assert done == {"stop-server": 2, "delete-pod": 1, "sync-routes": 3, "quarantine": 1,
+    # (and on the Nublado hub: the stale lab's delete, and sam's stop through the hub)
+    assert done == {"stop-server": 3, "delete-pod": 1, "sync-routes": 3, "quarantine": 1,
                     "delete-lab": 1}
     # the three route findings share one sync-routes run: it counts once, as in the audit log
-    assert reports[1]["summary"]["actions_done"] == 6
+    assert reports[1]["summary"]["actions_done"] == 7

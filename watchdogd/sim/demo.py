@@ -115,6 +115,14 @@ LEFT_TO_PEOPLE = {
                               "subjectAltNames cover the name (or address) clients use",
     "cert-unreadable": "the certs check only reports: replace the broken secret with a valid "
                        "certificate",
+    "controller-lost-lab": "report only: the hub stops the server at its next poll of the lab "
+                           "controller, which no longer knows the lab (this simulated hub does "
+                           "not poll)",
+    "lab-stuck": "report only: an operation is in progress in the controller (a DELETE would "
+                 "be refused with 409); it finishes, or restarting the controller clears it",
+    "lab-namespace-orphan": "report only: the controller's next reconcile adopts a complete "
+                            "lab namespace or deletes an incomplete one; watchdogd never "
+                            "deletes namespaces",
 }
 
 #: Actions after which their problem stays reported, and why (a format string).
@@ -310,6 +318,15 @@ def _plant_nublado(world: DemoWorld) -> None:
                 "the Nublado hub stopped rachel's lab while the lab controller was restarting "
                 "(its DELETE never arrived) and a node drain took the pod: the controller's "
                 "memory says running until its hourly reconcile")
+    world.plant("labs", "lab-pod-missing", part.lab_pod_missing("sam"),
+                "sam's lab pod was deleted behind the backs of both the hub and the controller")
+    world.plant("labs", "controller-lost-lab", part.lost_lab("tess"),
+                "the controller lost its record of tess's running lab")
+    world.plant("labs", "lab-stuck", part.stuck_lab("uma"),
+                "a delete of uma's lab that never finishes: the controller holds it as "
+                "terminating")
+    world.plant("labs", "lab-namespace-orphan", part.namespace_orphan("vic"),
+                "a namespace nublado-vic that neither the hub nor the controller has a lab for")
 
 
 def run_demo(passes: int = 4, as_json: bool = False, keep: bool = False,
@@ -597,6 +614,11 @@ class Demo:
         """The done action of another finding of the same check that names this problem's
         subject (a stuck volume freed by deleting its dangling attachment), said plainly."""
         for name, detail, finding in self.done.values():
+            if finding["subject"] == problem.subject and problem.check == "labs":
+                # A Nublado user's row has one owner: the sessions check stops through the
+                # hub a lab the labs check only reports (lab-pod-missing).
+                return (f"by {name} of {finding['kind']} {finding['subject']} "
+                        f"({finding['key'].split('/', 1)[0]}), which owns it ({_plain(detail)})")
             if not finding["key"].startswith(f"{problem.check}/"):
                 continue
             if problem.subject in json.dumps(finding["evidence"], default=str):
