@@ -268,6 +268,9 @@ class HubConfig(Section):
         if self.nublado_url and self.layout != "nublado":
             raise ValueError("nublado_url needs layout = \"nublado\" (the controller manages "
                              "namespaces nublado-<user>)")
+        if self.nublado_url and self.nublado_token is None and self.nublado_token_file is None:
+            raise ValueError("nublado_url needs nublado_token_file (a Gafaelfawr token with "
+                             "admin:jupyterlab)")
         return self
 
 

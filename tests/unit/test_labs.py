@@ -269,7 +269,8 @@ def test_the_two_checks_never_plan_competing_actions_for_one_user(namespace: boo
 def test_targets_share_the_sessions_checks_reads() -> None:
     hub = HubConfig.model_validate({
         "cluster": "js2", "namespace": "nublado", "layout": "nublado",
-        "api_url": "http://hub:8081/hub/api", "nublado_url": "http://ctl/nublado"})
+        "api_url": "http://hub:8081/hub/api", "nublado_url": "http://ctl/nublado",
+        "nublado_token_file": "secrets/nublado-token"})
     plain = HubConfig.model_validate({"cluster": "js2", "api_url": "http://hub2/hub/api"})
     inventory = Inventory(clusters={}, hubs={"rsp": hub, "main": plain}, clouds={})
     [target] = labs.targets(labs.Settings(), inventory)
@@ -279,7 +280,11 @@ def test_targets_share_the_sessions_checks_reads() -> None:
     assert {f[2] for f in shared} == {"active_servers", "pods"}
 
 
-def test_a_controller_url_needs_the_nublado_layout() -> None:
+def test_a_controller_url_needs_the_nublado_layout_and_a_token() -> None:
     with pytest.raises(ValueError, match="layout"):
         HubConfig.model_validate({"cluster": "js2", "api_url": "http://hub/hub/api",
-                                  "nublado_url": "http://ctl/nublado"})
+                                  "nublado_url": "http://ctl/nublado",
+                                  "nublado_token_file": "t"})
+    with pytest.raises(ValueError, match="nublado_token_file"):
+        HubConfig.model_validate({"cluster": "js2", "api_url": "http://hub/hub/api",
+                                  "layout": "nublado", "nublado_url": "http://ctl/nublado"})
