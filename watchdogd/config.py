@@ -141,6 +141,7 @@ RemediationName = Literal[
     "quarantine",
     "delete-orphan-volume",
     "restart-hub",
+    "delete-lab",
 ]
 
 
@@ -247,6 +248,11 @@ class HubConfig(Section):
     #: the culler's ``--timeout``; wins over its command line, and is needed when the Hub
     #: API does not show one (a culler run outside the hub, a token without read:services)
     culler_timeout: Duration | None = None
+    #: the Nublado controller's REST API (its ``/nublado`` prefix included), for the labs check
+    nublado_url: str | None = None
+    #: a Gafaelfawr token with ``admin:jupyterlab``, sent as ``Authorization: Bearer``
+    nublado_token: SecretStr | None = None
+    nublado_token_file: str | None = None
 
     def user_pod_selector(self) -> str:
         """The selector of user pods: the configured one, else the layout's own labels."""
@@ -256,12 +262,22 @@ class HubConfig(Section):
             return "nublado.lsst.io/category=lab"
         return "component=singleuser-server"
 
-    @field_validator("api_url", "proxy_api_url")
+    @field_validator("api_url", "proxy_api_url", "nublado_url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
         if value is not None and not re.match(r"^https?://[^/\s]+", value):
             raise ValueError(f"not an http(s) URL: {value!r}")
         return value.rstrip("/") if value else value
+
+    @model_validator(mode="after")
+    def _controller_needs_nublado(self) -> HubConfig:
+        if self.nublado_url and self.layout != "nublado":
+            raise ValueError("nublado_url needs layout = \"nublado\" (the controller manages "
+                             "namespaces nublado-<user>)")
+        if self.nublado_url and self.nublado_token is None and self.nublado_token_file is None:
+            raise ValueError("nublado_url needs nublado_token_file (a Gafaelfawr token with "
+                             "admin:jupyterlab)")
+        return self
 
 
 class CloudConfig(Section):
@@ -355,7 +371,7 @@ class Config(BaseSettings):
 _SECRET_FIELDS = {
     "state": ["url"],
     "notify": ["urls"],
-    "hubs.*": ["api_token", "db_url", "proxy_token"],
+    "hubs.*": ["api_token", "db_url", "proxy_token", "nublado_token"],
     "clouds.*": ["application_credential_secret"],
 }
 

@@ -20,7 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Concatenate, ParamSpec, Protocol
 
-__all__ = ["SOURCES", "Call", "HubApi", "HubDb", "Kube", "OpenStack", "Proxy", "Tls", "call"]
+__all__ = ["SOURCES", "Call", "HubApi", "HubDb", "Kube", "Nublado", "OpenStack", "Proxy", "Tls",
+           "call"]
 
 P = ParamSpec("P")
 
@@ -64,6 +65,22 @@ class Proxy(Protocol):
 
     def routes(self) -> dict[str, Obj]:
         """All routes, by path."""
+        ...
+
+
+class Nublado(Protocol):
+    """The Nublado lab controller's REST API (``sources/nublado.py``)."""
+
+    def running_labs(self) -> list[str]:
+        """The users whose labs the controller's memory holds as ``running``."""
+        ...
+
+    def lab(self, user: str) -> Obj | None:
+        """One user's lab state (a ``UserLabState`` without its env), or None (404)."""
+        ...
+
+    def delete_lab(self, user: str) -> str:
+        """Ask the controller to delete one user's lab (pod and namespace)."""
         ...
 
 
@@ -160,7 +177,7 @@ class Tls(Protocol):
 #: protocol -> the source name the engine's :class:`~watchdogd.sources.Sources` builds
 SOURCES: dict[type, str] = {
     HubDb: "hubdb", HubApi: "hubapi", Proxy: "proxy", Kube: "kube", OpenStack: "openstack",
-    Tls: "tls",
+    Tls: "tls", Nublado: "nublado",
 }
 _BY_NAME = {protocol.__name__: source for protocol, source in SOURCES.items()}
 

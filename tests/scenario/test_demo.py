@@ -256,6 +256,8 @@ def test_dumps_toml_round_trips() -> None:
 DEMO_KINDS = {
     "sessions": set(KINDS),
     "culler": {"culler-overdue"},
+    "labs": {"controller-stale-lab", "lab-pod-missing", "controller-lost-lab", "lab-stuck",
+             "lab-namespace-orphan"},
     "volumes": {"volume-stuck", "attachment-stale", "volume-attach-failed",
                 "credential-expiring"},
     "orphans": {"orphan-volume", "foreign-volume", "released-pv", "orphan-extra-pvc"},
@@ -266,7 +268,8 @@ DEMO_KINDS = {
 #: The kinds the demo fixes (an orphaned volume: quarantines) within its four passes.
 FIXABLE = {kind for kind, action in EXPECTED_ACTION.items()
            if action and kind != "stuck-stop"} | {
-    "volume-stuck", "attachment-stale", "orphan-volume", "failed-pods"}
+    "volume-stuck", "attachment-stale", "orphan-volume", "failed-pods", "controller-stale-lab",
+    "lab-pod-missing"}
 
 
 def test_the_demo_plants_every_kind_and_fixes_the_fixable() -> None:
@@ -318,6 +321,19 @@ def test_the_demo_plants_every_kind_and_fixes_the_fixable() -> None:
         assert all(a["status"] == "attached"
                    for a in sim.attachments(injected["attach_failed"][0]))
         assert sim.errors == []
+        # The Nublado hub beside it: the stale lab is gone from the controller's memory and
+        # its namespace with it; the healthy labs are untouched.
+        nublado = world.nublado
+        assert nublado.controller.state("rachel") is None
+        assert kube.get("Namespace", "nublado-rachel") is None
+        assert sorted(nublado.controller.running()) == sorted(demo_module.NUBLADO_HEALTHY)
+        assert all(nublado.hub.is_running(user) for user in demo_module.NUBLADO_HEALTHY)
+        # sam's lab was stopped through the hub (sessions), which deleted it in the controller
+        assert not nublado.hub.is_running("sam") and nublado.controller.state("sam") is None
+        # the reported rows are left alone
+        assert nublado.hub.is_running("tess") and nublado.controller.state("tess") is None
+        assert (nublado.controller.state("uma") or {}).get("status") == "terminating"
+        assert kube.get("Namespace", "nublado-vic") is not None
     finally:
         world.stop()
     assert not world.workdir.exists()
@@ -351,9 +367,10 @@ def test_watchdogd_demo_exits_0_and_explains(capsys: pytest.CaptureFixture[str],
     assert "checks.nodes.failed_pod_min_age = 10 minutes" in out
     assert "checks.volumes.stuck_after = 5 minutes" in out
     assert "not settled yet (try" not in out
-    assert "The world converged: 11 of 11 fixable problems fixed" in out
     assert ("3 server(s) of hub main idle longer than the culler's timeout (1h00m, from the "
             "command)") in out
+    assert "DONE: lab deleted (204)" in out
+    assert "The world converged: 13 of 13 fixable problems fixed" in out
     # everything it started is gone
     [world] = worlds
     assert not world.workdir.exists()
@@ -375,6 +392,8 @@ def test_watchdogd_demo_json(capsys: pytest.CaptureFixture[str]) -> None:
     # confirmed in pass 2: the sessions remedies and the orphan's quarantine; the stuck spawn,
     # the reservations and the failed pod are judged later (stuck_spawn_after, stuck_after,
     # failed_pod_min_age)
-    assert done == {"stop-server": 2, "delete-pod": 1, "sync-routes": 3, "quarantine": 1}
+    # (and on the Nublado hub: the stale lab's delete, and sam's stop through the hub)
+    assert done == {"stop-server": 3, "delete-pod": 1, "sync-routes": 3, "quarantine": 1,
+                    "delete-lab": 1}
     # the three route findings share one sync-routes run: it counts once, as in the audit log
-    assert reports[1]["summary"]["actions_done"] == 5
+    assert reports[1]["summary"]["actions_done"] == 7

@@ -12,13 +12,14 @@ from watchdogd.config import ConfigError
 from watchdogd.sources.hubapi import HubApiSource
 from watchdogd.sources.hubdb import HubDbSource
 from watchdogd.sources.kube import KubeSource
+from watchdogd.sources.nublado import NubladoSource
 from watchdogd.sources.openstack import OpenStackSource
 from watchdogd.sources.proxy import ProxySource
 from watchdogd.sources.tls import TlsSource
 
 ADAPTERS: dict[str, type] = {
     "hubdb": HubDbSource, "hubapi": HubApiSource, "proxy": ProxySource, "kube": KubeSource,
-    "openstack": OpenStackSource, "tls": TlsSource,
+    "openstack": OpenStackSource, "tls": TlsSource, "nublado": NubladoSource,
 }
 
 PLANNED = planned_calls()
@@ -33,7 +34,7 @@ def test_every_source_has_a_protocol_and_an_adapter() -> None:
 def test_the_checks_plan_calls_of_every_kind() -> None:
     actions = {p.action for p in PLANNED if p.action}
     assert {"stop-server", "sync-routes", "delete-pod", "restart-hub", "delete-attachment",
-            "reset-volume-status", "quarantine", "delete-orphan-volume"} <= actions
+            "reset-volume-status", "quarantine", "delete-orphan-volume", "delete-lab"} <= actions
     assert {p.source for p in PLANNED} == set(ADAPTERS)
 
 

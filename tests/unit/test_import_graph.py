@@ -76,8 +76,8 @@ def test_checks_never_import_sources() -> None:
 
 
 def test_there_is_no_cycle() -> None:
-    found = imports()  # parsed once: calling it per edge took over five minutes
-    graph = {m: {t for t in ts if t in found} for m, ts in found.items()}
+    modules = imports()  # parsed once: calling it per edge parsed every file ~500 times
+    graph = {m: {t for t in ts if t in modules} for m, ts in modules.items()}
     state: dict[str, int] = {}
     cycles: list[str] = []
 

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import structlog
 
-from watchdogd.sim.parts import CloudPart, ClusterPart, CullerPart
+from watchdogd.sim.parts import CloudPart, ClusterPart, CullerPart, NubladoPart
 from watchdogd.sim.seed import DEMO_USERS
 from watchdogd.sim.world import SimClock, World
 
@@ -61,6 +61,8 @@ __all__ = [
 MINUTES_PER_PASS = 5
 HEALTHY_USERS = 12
 HEALTHY_RUNNING = 8
+#: the healthy labs of the Nublado hub that runs beside the KubeSpawner one
+NUBLADO_HEALTHY = ("vera", "rubin", "annie")
 WIDTH = 100
 #: The demo's ``checks.nodes.failed_pod_min_age`` (1 hour by default, time to read the logs)
 #: and how long the planted failed pod has been failed at the first pass: it becomes
@@ -72,6 +74,8 @@ FAILED_POD_MINUTES = 3
 CHECKS = {
     "sessions": "does the hub's database agree with the pods and the proxy's routes?",
     "culler": "is the idle culler stopping idle servers? (report only)",
+    "labs": "on the Nublado hub: does the lab controller's memory agree with the hub and "
+            "Kubernetes?",
     "volumes": "Cinder volumes stuck half way, dangling attachments, expiring credentials",
     "orphans": "volumes no PV uses, released PVs, claims of users who left",
     "certs": "certificates wherever they live (TLS secrets, served endpoints); report only",
@@ -114,6 +118,14 @@ LEFT_TO_PEOPLE = {
                               "subjectAltNames cover the name (or address) clients use",
     "cert-unreadable": "the certs check only reports: replace the broken secret with a valid "
                        "certificate",
+    "controller-lost-lab": "report only: the hub stops the server at its next poll of the lab "
+                           "controller, which no longer knows the lab (this simulated hub does "
+                           "not poll)",
+    "lab-stuck": "report only: an operation is in progress in the controller (a DELETE would "
+                 "be refused with 409); it finishes, or restarting the controller clears it",
+    "lab-namespace-orphan": "report only: the controller's next reconcile adopts a complete "
+                            "lab namespace or deletes an incomplete one; watchdogd never "
+                            "deletes namespaces",
 }
 
 #: Actions after which their problem stays reported, and why (a format string).
@@ -177,6 +189,13 @@ class DemoWorld(World):
         return part
 
     @property
+    def nublado(self) -> NubladoPart:
+        """The Nublado hub beside the KubeSpawner one, with its lab controller."""
+        part = self.parts["nublado"]
+        assert isinstance(part, NubladoPart)
+        return part
+
+    @property
     def cluster(self) -> ClusterPart:
         """The nodes, pods, namespaces and certificates part."""
         part = self.parts["cluster"]
@@ -204,7 +223,7 @@ def build_world(passes: int = 4) -> DemoWorld:
         "failed_pod_min_age": f"{FAILED_POD_MIN_AGE_MINUTES}m"}})
     # A spawn is judged stuck on watchdogd's own sightings as well as the hub's clock: the
     # demo's 5 minutes (15 by default) let the planted one be seen for long enough.
-    world = DemoWorld(clock=clock, parts=[cloud, cluster, CullerPart()],
+    world = DemoWorld(clock=clock, parts=[cloud, cluster, CullerPart(), NubladoPart()],
                       sessions={"stuck_spawn_after": f"{MINUTES_PER_PASS}m"})
     world.start()
     try:
@@ -212,6 +231,7 @@ def build_world(passes: int = 4) -> DemoWorld:
         _plant_culler(world)
         _plant_cloud(world)
         _plant_cluster(world)
+        _plant_nublado(world)
     except BaseException:
         world.stop()
         raise
@@ -304,6 +324,24 @@ def _plant_cluster(world: DemoWorld) -> None:
                 "the proxy runs on user node node-1, though core pods must run on core nodes")
     world.plant("nodes", "namespace-stuck-terminating", part.stuck_namespace("nublado-carol"),
                 "a namespace Terminating for 2 hours, held by a protected claim")
+
+
+def _plant_nublado(world: DemoWorld) -> None:
+    part = world.nublado
+    part.healthy(NUBLADO_HEALTHY)
+    world.plant("labs", "controller-stale-lab", part.stale_lab("rachel"),
+                "the Nublado hub stopped rachel's lab while the lab controller was restarting "
+                "(its DELETE never arrived) and a node drain took the pod: the controller's "
+                "memory says running until its hourly reconcile")
+    world.plant("labs", "lab-pod-missing", part.lab_pod_missing("sam"),
+                "sam's lab pod was deleted behind the backs of both the hub and the controller")
+    world.plant("labs", "controller-lost-lab", part.lost_lab("tess"),
+                "the controller lost its record of tess's running lab")
+    world.plant("labs", "lab-stuck", part.stuck_lab("uma"),
+                "a delete of uma's lab that never finishes: the controller holds it as "
+                "terminating")
+    world.plant("labs", "lab-namespace-orphan", part.namespace_orphan("vic"),
+                "a namespace nublado-vic that neither the hub nor the controller has a lab for")
 
 
 def run_demo(passes: int = 4, as_json: bool = False, keep: bool = False,
@@ -422,11 +460,14 @@ class Demo:
                  f"({world.kube.url}), configurable-http-proxy's API ({world.chp.url}), a "
                  f"JupyterHub REST API with its database ({world.hub.api_url}), OpenStack "
                  f"Keystone ({sim.keystone_url}) and Cinder ({sim.cinder_url}), and an HTTPS "
-                 "endpoint. watchdogd talks to them exactly as it would to the real ones.")
+                 "endpoint; beside that hub a second one, Nublado's, with its own proxy and "
+                 f"lab controller ({world.nublado.controller.url}). watchdogd talks to them "
+                 "exactly as it would to the real ones.")
         self.say()
         self.say(f"{HEALTHY_USERS} users, {HEALTHY_RUNNING} of them with a healthy server "
                  "(the hub database, the pod and the proxy route agree), home volumes in "
-                 "Cinder, a core node and three user nodes. Then one problem of each kind "
+                 f"Cinder, a core node and three user nodes; {len(NUBLADO_HEALTHY)} healthy labs "
+                 "on the Nublado hub. Then one problem of each kind "
                  "every check knows was planted, grouped by the check that looks for it:")
         problems = world.all_problems()
         for check, about in CHECKS.items():
@@ -588,6 +629,11 @@ class Demo:
         """The done action of another finding of the same check that names this problem's
         subject (a stuck volume freed by deleting its dangling attachment), said plainly."""
         for name, detail, finding in self.done.values():
+            if finding["subject"] == problem.subject and problem.check == "labs":
+                # A Nublado user's row has one owner: the sessions check stops through the
+                # hub a lab the labs check only reports (lab-pod-missing).
+                return (f"by {name} of {finding['kind']} {finding['subject']} "
+                        f"({finding['key'].split('/', 1)[0]}), which owns it ({_plain(detail)})")
             if not finding["key"].startswith(f"{problem.check}/"):
                 continue
             if problem.subject in json.dumps(finding["evidence"], default=str):

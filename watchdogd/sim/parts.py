@@ -1,6 +1,7 @@
 """The parts a :class:`~watchdogd.sim.world.World` can be built with beyond its hub side:
-an OpenStack cloud (:class:`CloudPart`), cluster health (:class:`ClusterPart`) and the
-hub's idle culler (:class:`CullerPart`).
+an OpenStack cloud (:class:`CloudPart`), cluster health (:class:`ClusterPart`), the
+hub's idle culler (:class:`CullerPart`) and a Nublado hub with its lab controller
+(:class:`NubladoPart`).
 
 Each part starts its simulators on the world's clock, plants what it is asked to (recording
 what it planted), and adds its sections to the world's configuration.
@@ -14,6 +15,9 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from watchdogd.sim.chp import ChpSim
+from watchdogd.sim.hub import HubSim, ServerInfo
+from watchdogd.sim.nublado import NubladoSim
 from watchdogd.sim.objects import (
     CORE_LABEL,
     PRESSURE,
@@ -38,7 +42,7 @@ from watchdogd.sim.tls import GARBAGE_PEM, CertAuthority, TlsServer
 if TYPE_CHECKING:
     from watchdogd.sim.world import World
 
-__all__ = ["Z2JH_CULLER", "CloudPart", "ClusterPart", "CullerPart"]
+__all__ = ["Z2JH_CULLER", "CloudPart", "ClusterPart", "CullerPart", "NubladoPart"]
 
 Obj = dict[str, Any]
 
@@ -379,3 +383,159 @@ class CullerPart:
             self.world.hub.set_last_activity(user, now - quiet)
         self.planted.append(("culler-overdue", self.world.hub_name))
         return self.world.hub_name
+class _NubladoHub(HubSim):
+    """A hub whose spawner is Nublado's: a start records the lab with the controller (its
+    namespace and memory; the pod is the hub simulator's), a stop is the controller's
+    ``DELETE`` first, as ``NubladoSpawner.stop`` does."""
+
+    def __init__(self, *args: Any, controller: NubladoSim, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.controller = controller
+
+    def start_server(self, user: str, server_name: str = "", **kwargs: Any) -> ServerInfo:
+        info = super().start_server(user, server_name, **kwargs)
+        self.controller.ensure_namespace(user)
+        self.controller.remember(user, "pending" if kwargs.get("pending") else "running")
+        return info
+
+    def stop_server(self, user: str, server_name: str = "", *, delete_pod: bool = True,
+                    remove_route: bool = True, via_controller: bool = True) -> bool:
+        if via_controller and delete_pod:
+            self.controller.delete_lab(user)
+        return super().stop_server(user, server_name, delete_pod=delete_pod,
+                                   remove_route=remove_route)
+
+
+class NubladoPart:
+    """A second hub, with Nublado's layout and lab controller, beside the world's own:
+    ``World(parts=[NubladoPart()])``.
+
+    It shares the world's cluster (lab namespaces ``nublado-<user>``, pods selected by
+    ``nublado.lsst.io/category=lab``) and clock, runs its own proxy, hub (namespace
+    ``nublado``) and :class:`~watchdogd.sim.nublado.NubladoSim`, adds ``[hubs.HUB]`` with
+    ``nublado_url``, ``[checks.labs]`` and the action ``delete-lab``. Injectors break one
+    user's records the way production does and record ``(kind, subject)`` in
+    :attr:`planted`.
+    """
+
+    name = "nublado"
+    checks = ("labs",)
+
+    def __init__(self, *, hub_name: str = "rsp", namespace_name: str = "nublado",
+                 reconcile_every: timedelta = timedelta(minutes=60),
+                 labs: Mapping[str, Any] | None = None) -> None:
+        self.hub_name = hub_name
+        self.namespace = namespace_name
+        self.reconcile_every = reconcile_every
+        self.settings = dict(labs or {})
+        self.planted: list[tuple[str, str]] = []
+        self.chp: ChpSim | None = None
+        self._hub: _NubladoHub | None = None
+        self._controller: NubladoSim | None = None
+        self._world: World | None = None
+
+    @property
+    def hub(self) -> _NubladoHub:
+        """The Nublado hub (after start)."""
+        if self._hub is None:
+            raise RuntimeError("the part is not started")
+        return self._hub
+
+    @property
+    def controller(self) -> NubladoSim:
+        """The lab controller (after start)."""
+        if self._controller is None:
+            raise RuntimeError("the part is not started")
+        return self._controller
+
+    def start(self, world: World) -> None:
+        """Start the proxy, the controller and the hub on the world's cluster and clock."""
+        self._world = world
+        self.chp = ChpSim(clock=world.clock).start()
+        self._controller = NubladoSim(world.kube, reconcile_every=self.reconcile_every,
+                                      clock=world.clock).start()
+        self._hub = _NubladoHub(world.workdir / f"hub-{self.hub_name}", world.kube, self.chp,
+                                self.namespace, layout="nublado", clock=world.clock,
+                                controller=self._controller)
+        self._hub.start()
+
+    def _secret(self, world: World, name: str, value: str) -> str:
+        path = world.secrets_dir / f"{self.hub_name}-{name}"
+        path.write_text(value + "\n", encoding="utf-8")
+        path.chmod(0o600)
+        return str(path)
+
+    def config(self, world: World) -> Obj:
+        """``[hubs.HUB]`` (Nublado layout, controller URL and token), ``[checks.labs]``."""
+        assert self.chp is not None
+        enabled = list(world.remediation.get("enabled") or [])
+        enabled += [a for a in ("delete-lab",) if a not in enabled]
+        return {
+            "hubs": {self.hub_name: {
+                "cluster": world.cluster_name, "namespace": self.namespace,
+                "layout": "nublado", "api_url": self.hub.api_url,
+                "api_token_file": self._secret(world, "hub_api_token", self.hub.token),
+                "db_url_file": self._secret(world, "hub_db_url", self.hub.db_url),
+                "proxy_api_url": self.chp.url,
+                "proxy_token_file": self._secret(world, "proxy_token", self.chp.token),
+                "nublado_url": self.controller.url,
+                "nublado_token_file": self._secret(world, "nublado_token",
+                                                   self.controller.token),
+                "timeout": world.timeout,
+            }},
+            "remediation": {"enabled": enabled},
+            "checks": {"labs": {"interval": "1m", **self.settings}},
+        }
+
+    def stop(self) -> None:
+        """Stop the hub, the controller and the proxy (idempotent)."""
+        for sim in (self._hub, self._controller, self.chp):
+            if sim is not None:
+                sim.stop()
+
+    # -- injectors -------------------------------------------------------------------------
+
+    def _plant(self, kind: str, subject: str) -> str:
+        self.planted.append((kind, subject))
+        return subject
+
+    def healthy(self, users: Sequence[str]) -> list[str]:
+        """Labs that agree everywhere: hub server, route, namespace, pod, controller."""
+        for user in users:
+            self.hub.start_server(user)
+        return list(users)
+
+    def stale_lab(self, user: str) -> str:
+        """The hub stopped ``user``'s lab while the controller was restarting (its DELETE
+        never arrived) and a node drain took the pod: the controller's memory says running
+        until its hourly reconcile, the namespace is left."""
+        self.hub.start_server(user)
+        self.hub.stop_server(user, via_controller=False)
+        return self._plant("controller-stale-lab", user)
+
+    def lab_pod_missing(self, user: str) -> str:
+        """The lab pod was deleted behind both the hub's and the controller's back."""
+        self.hub.start_server(user)
+        namespace, name = self.controller.names(user)
+        assert self._world is not None
+        self._world.kube.delete("Pod", name, namespace)
+        return self._plant("lab-pod-missing", user)
+
+    def lost_lab(self, user: str) -> str:
+        """The controller forgot a lab the hub runs and whose pod runs."""
+        self.hub.start_server(user)
+        self.controller.forget(user)
+        return self._plant("controller-lost-lab", user)
+
+    def stuck_lab(self, user: str) -> str:
+        """A delete that never finishes: the controller holds the lab as terminating, the
+        hub already dropped the server."""
+        self.hub.start_server(user)
+        self.hub.stop_server(user, via_controller=False)
+        self.controller.remember(user, "terminating", operation="delete")
+        return self._plant("lab-stuck", user)
+
+    def namespace_orphan(self, user: str) -> str:
+        """A namespace ``nublado-<user>`` nobody has a lab for."""
+        self.controller.ensure_namespace(user)
+        return self._plant("lab-namespace-orphan", user)

@@ -401,7 +401,13 @@ class World:
         if self.notify_url:
             data["notify"] = {"urls_file": self._secret("notify_urls", self.notify_url)}
         for part in self.parts.values():
+            # Parts add actions: each one's remediation.enabled joins the others', so two
+            # parts that enable their own actions do not replace each other's.
+            before = list(data["remediation"].get("enabled") or [])
             data = _deep_merge(data, part.config(self))
+            after = list(data["remediation"].get("enabled") or [])
+            data["remediation"] = {**data["remediation"],
+                                   "enabled": list(dict.fromkeys([*before, *after]))}
         return data
 
     def write_config(self) -> Path:

@@ -46,6 +46,12 @@ def _proxy(config: Config, name: str) -> ports.Proxy:
     return ProxySource(name, config.hubs[name])
 
 
+def _nublado(config: Config, name: str) -> ports.Nublado:
+    from watchdogd.sources.nublado import NubladoSource  # noqa: PLC0415
+
+    return NubladoSource(name, config.hubs[name])
+
+
 def _tls(config: Config, name: str) -> ports.Tls:
     from watchdogd.sources.tls import TlsSource  # noqa: PLC0415
 
@@ -67,6 +73,7 @@ FACTORIES: dict[str, Factory] = {
     "proxy": _proxy,
     "openstack": _openstack,
     "tls": _tls,
+    "nublado": _nublado,
 }
 
 
