@@ -24,7 +24,7 @@ import click
 from watchdogd.app import App, BuildError, build, load_config, open_store, reload
 from watchdogd.config import Config, ConfigError
 from watchdogd.report import render_report
-from watchdogd.text import table
+from watchdogd.text import safe_text, table
 from watchdogd.times import iso
 
 if TYPE_CHECKING:
@@ -217,8 +217,12 @@ def config_check(config_path: str | None) -> None:
 
 
 def _store(config_path: str | None) -> Store:
+    return _open(_load(config_path))
+
+
+def _open(config: Config) -> Store:
     try:
-        return open_store(_load(config_path))
+        return open_store(config)
     except BuildError as exc:
         raise Fatal(str(exc), EXIT_CONFIG) from None
 
@@ -248,6 +252,142 @@ def actions(config_path: str | None, limit: int, as_json: bool) -> None:
              ["ID", "STARTED", "ACTION", "TARGET", "FINDING", "STATUS", "DETAIL"],
              [[str(r.id), _iso(r.started_at), r.name, r.target, r.finding_key, r.status,
                (r.detail or "")[:60]] for r in records])
+
+
+def _operator(by: str | None) -> str:
+    """Who is speaking: ``--by``, else the user behind sudo, else the login name."""
+    import getpass  # noqa: PLC0415
+    import os  # noqa: PLC0415
+
+    name = by or os.environ.get("SUDO_USER") or getpass.getuser()
+    if not name.strip():
+        raise Fatal("--by: a name is required (who silenced or acknowledged it)", EXIT_USAGE)
+    return name.strip()
+
+
+@cli.group("silence")
+def silence_group() -> None:
+    """Silences: findings still tracked and reported, never notified (nor acted on)."""
+
+
+@silence_group.command("add")
+@config_option
+@click.option("--check", metavar="CHECK", help="Only findings of this check.")
+@click.option("--kind", metavar="KIND", help="Only findings of this kind (stale-session...).")
+@click.option("--target", metavar="NAME", help="Only findings of this hub, cloud or cluster.")
+@click.option("--subject", metavar="PATTERN",
+              help="Only subjects matching this shell pattern (alice, pvc-*, user?).")
+@click.option("--for", "duration", metavar="DURATION", help="How long: 2h, 3d, 90m.")
+@click.option("--until", "until", metavar="TIME", help="Until this ISO time (UTC if no zone).")
+@click.option("--reason", required=True, help="Why: recorded and shown with every match.")
+@click.option("--by", metavar="NAME", help="Who (default: the sudo user or login name).")
+@click.option("--allow-actions", is_flag=True,
+              help="Let its findings' actions run as usual (default: no action either).")
+def silence_add(config_path: str | None, check: str | None, kind: str | None,
+                target: str | None, subject: str | None, duration: str | None,
+                until: str | None, reason: str, by: str | None, allow_actions: bool) -> None:
+    """Silence the findings that match every given filter, until it expires."""
+    from watchdogd.config import parse_duration  # noqa: PLC0415
+    from watchdogd.times import parse_time, utcnow  # noqa: PLC0415
+
+    if not any((check, kind, target, subject)):
+        raise Fatal("silence add: give at least one of --check, --kind, --target, --subject "
+                    "(a silence of everything would hide every page)", EXIT_USAGE)
+    if (duration is None) == (until is None):
+        raise Fatal("silence add: give exactly one of --for DURATION and --until TIME",
+                    EXIT_USAGE)
+    if not reason.strip():
+        raise Fatal("--reason: say why (it is shown with every silenced finding)", EXIT_USAGE)
+    config = _load(config_path)
+    if check is not None:
+        from watchdogd.checks import REGISTRY  # noqa: PLC0415
+
+        if check not in REGISTRY:
+            raise Fatal(f"--check: unknown check {check!r} (known: "
+                        f"{', '.join(sorted(REGISTRY))})", EXIT_USAGE)
+    now = utcnow()
+    if duration is not None:
+        try:
+            length = parse_duration(duration)
+        except ValueError as exc:
+            raise Fatal(f"--for: {exc}", EXIT_USAGE) from None
+        if length.total_seconds() <= 0:
+            raise Fatal("--for: must be longer than zero", EXIT_USAGE)
+        expires = now + length
+    else:
+        parsed = parse_time(until)
+        if parsed is None:
+            raise Fatal(f"--until: not an ISO time: {until!r}", EXIT_USAGE)
+        if parsed <= now:
+            raise Fatal(f"--until: {_iso(parsed)} is already past", EXIT_USAGE)
+        expires = parsed
+    store = _open(config)
+    silence = store.add_silence(reason=reason.strip(), created_by=_operator(by), now=now,
+                                expires_at=expires, check=check, target=target, kind=kind,
+                                subject=subject, allow_actions=allow_actions)
+    click.echo(f"silence {silence.id} added until {_iso(silence.expires_at)}"
+               + (" (actions still run)" if allow_actions else " (no actions either)"))
+
+
+@silence_group.command("list")
+@config_option
+@click.option("--all", "show_all", is_flag=True, help="Include expired silences.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def silence_list(config_path: str | None, show_all: bool, as_json: bool) -> None:
+    """List the silences in force (with --all, every one)."""
+    from watchdogd.times import utcnow  # noqa: PLC0415
+
+    now = utcnow()
+    rows = _store(config_path).silences(now, include_expired=show_all)
+    _listing([r.__dict__ | {"active": r.active(now)} for r in rows] if as_json else None,
+             "no silences" if not rows else None,
+             ["ID", "CHECK", "TARGET", "KIND", "SUBJECT", "UNTIL", "BY", "ACTIONS", "STATE",
+              "REASON"],
+             [[str(r.id), r.check or "*", r.target or "*", r.kind or "*", r.subject or "*",
+               _iso(r.expires_at), r.created_by, "yes" if r.allow_actions else "no",
+               "active" if r.active(now) else (
+                   f"expired by {r.expired_by}" if r.expired_at else "expired"),
+               safe_text(r.reason, 60)] for r in rows])
+
+
+@silence_group.command("expire")
+@config_option
+@click.argument("silence_id", type=int)
+@click.option("--by", metavar="NAME", help="Who (default: the sudo user or login name).")
+def silence_expire(config_path: str | None, silence_id: int, by: str | None) -> None:
+    """End a silence now: its findings are notified again from the next pass."""
+    from watchdogd.times import utcnow  # noqa: PLC0415
+
+    now = utcnow()
+    silence, ended = _store(config_path).expire_silence(silence_id, _operator(by), now)
+    if silence is None:
+        raise Fatal(f"silence {silence_id}: no such silence", EXIT_USAGE)
+    if not ended:
+        click.echo(f"silence {silence_id} had already ended at "
+                   f"{_iso(silence.expired_at or silence.expires_at)}")
+        return
+    click.echo(f"silence {silence_id} expired")
+
+
+@cli.command()
+@config_option
+@click.argument("key")
+@click.option("--by", metavar="NAME", help="Who (default: the sudo user or login name).")
+def ack(config_path: str | None, key: str, by: str | None) -> None:
+    """Acknowledge one open finding: no reminders until it escalates or resolves.
+
+    KEY is the finding's key (check/target/kind/subject), as `findings --json` and the
+    report show it.
+    """
+    from watchdogd.times import utcnow  # noqa: PLC0415
+
+    try:
+        severity = _store(config_path).ack(key, _operator(by), utcnow())
+    except KeyError:
+        raise Fatal(f"ack: no open finding with key {safe_text(key, 200)!r} "
+                    "(see watchdogd findings --json)", EXIT_USAGE) from None
+    click.echo(f"acknowledged {safe_text(key, 200)} ({severity.label}): no reminders until it "
+               "escalates or resolves")
 
 
 @cli.command()

@@ -13,6 +13,7 @@ import time
 import traceback
 import uuid
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -29,7 +30,9 @@ from watchdogd.model import (
     ImplausibleData,
     Need,
     PreconditionFailed,
+    Resolved,
     Severity,
+    Silence,
     Snapshot,
     SourceError,
     Tracked,
@@ -147,6 +150,8 @@ class Engine:
         else:
             log.warning("not acting", reason=hold.reason)
         planned = self.plan(only, target)
+        # The operator's silences and acknowledgements, read once for the whole pass.
+        controls = Controls(self.store.silences(started), self.store.acks())
         observations, errors, need_requests, clocks = self._collect(planned)
         budget = Budget(
             per_pass=self.config.remediation.max_per_pass,
@@ -156,7 +161,8 @@ class Engine:
         results = []
         for spec, check_target in planned:
             results.append(self._run_target(spec, check_target, observations, errors,
-                                            need_requests, clocks, budget, pass_id, acting))
+                                            need_requests, clocks, budget, pass_id, acting,
+                                            controls))
         if self.notifier is not None and acting:
             self.notifier.deliver(self.store, self.clock())
         report = PassReport(started, self.clock(), self.dry_run, results, acting=acting,
@@ -245,6 +251,7 @@ class Engine:
         budget: Budget,
         pass_id: str,
         acting: bool,
+        controls: Controls,
     ) -> CheckResult:
         clock = time.monotonic()
         started = self.clock()
@@ -281,10 +288,11 @@ class Engine:
             log.warning("check target not completed", check=spec.name,
                         target=check_target.name, error=result.error)
             if implausible is not None:
-                self._track_implausible(spec, check_target, implausible, result, acting, started)
+                self._track_implausible(spec, check_target, implausible, result, acting, started,
+                                        controls)
         else:
             self._handle(spec, check_target, detection, result, budget, pass_id, acting,
-                         started)
+                         started, controls)
         result.duration_s = time.monotonic() - clock
         if acting:
             self.store.record_pass(pass_id + "-" + spec.name + "-" + check_target.name,
@@ -325,7 +333,7 @@ class Engine:
 
     def _track_implausible(self, spec: CheckSpec, check_target: CheckTarget,
                            exc: ImplausibleData, result: CheckResult, acting: bool,
-                           now: datetime) -> None:
+                           now: datetime, controls: Controls) -> None:
         """Track one ``view-implausible`` finding so a view that hides a hub pages someone.
 
         Nothing else of the target is resolved or acted on: the pass saw too little.
@@ -335,31 +343,40 @@ class Engine:
         policy = self.config.remediation
         if not acting:
             return
+        silence = controls.silence_for(finding)
         tracked, _ = self.store.track(spec.name, check_target.name, [finding], now,
                                       announce_after=policy.confirm_after,
                                       repeat_after=self.config.notify.repeat_after,
-                                      resolve=False)
-        result.findings.append(FindingResult(tracked[0]))
+                                      resolve=False, muted={finding.key} if silence else (),
+                                      acked=controls.acks)
+        result.findings.append(FindingResult(tracked[0], silence=silence,
+                                             acked=store_key(finding.key) in controls.acks))
         if self.notifier is not None:
             self.store.enqueue(self.notifier.notices(result, [], None), now)
 
     def _handle(self, spec: CheckSpec, check_target: CheckTarget, detection: Detection,
                 result: CheckResult, budget: Budget, pass_id: str, acting: bool,
-                now: datetime) -> None:
+                now: datetime, controls: Controls) -> None:
         policy = self.config.remediation
         findings = _unique(detection.findings, spec.name, check_target.name)
         subjects = detection.subjects
+        # Silenced findings are tracked and reported like any other; they are not notified,
+        # and acted on only where their silence allows it.
+        silenced = {f.key: s for f in findings if (s := controls.silence_for(f)) is not None}
         tracked, resolved = self.store.track(
             spec.name, check_target.name, findings, now,
             announce_after=policy.confirm_after, repeat_after=self.config.notify.repeat_after,
-            resolve=not detection.partial, write=acting)
+            resolve=not detection.partial, write=acting, muted=silenced.keys(),
+            acked=controls.acks)
         result.status = "findings" if findings else "ok"
         result.resolved = [r.key for r in resolved]
         done_before = self.store.done_actions_by_finding(now - policy.repeat_window)
         repeats = {t.finding.key: done_before.get(store_key(t.finding.key), 0) for t in tracked}
         decisions, breaker = decide(tracked, policy=policy, dry_run=self.dry_run,
                                     subjects=subjects, budget=budget, now=now, repeats=repeats,
-                                    acting=acting)
+                                    acting=acting, silenced={
+                                        key: s.describe() for key, s in silenced.items()
+                                        if not s.allow_actions})
         marks = set(detection.marks)
         previous_marks = self.store.marks(spec.name, check_target.name)
         for held in decisions:
@@ -376,7 +393,8 @@ class Engine:
         acted: list[str] = []
         for item in tracked:
             decision = by_key.get(item.finding.key)
-            entry = FindingResult(item, decision)
+            entry = FindingResult(item, decision, silence=silenced.get(item.finding.key),
+                                  acked=store_key(item.finding.key) in controls.acks)
             if decision is not None:
                 entry.action_status, entry.action_detail = decision.status, decision.detail
                 entry.notify_held = decision.notify
@@ -392,8 +410,14 @@ class Engine:
         # restarted is not stopped again on the first sighting of a new problem.
         if acting:
             self.store.reset_sightings(acted, now)
+            # An acknowledgement lasts until its finding resolves or escalates past it.
+            ended = [r.key for r in resolved] + [
+                store_key(t.finding.key) for t in tracked if t.event == "escalated"]
+            if any(key in controls.acks for key in ended):
+                self.store.clear_acks(key for key in ended if key in controls.acks)
         if self.notifier is not None and acting:
-            self.store.enqueue(self.notifier.notices(result, resolved, breaker), now)
+            audible = [r for r in resolved if controls.silence_for(r) is None]
+            self.store.enqueue(self.notifier.notices(result, audible, breaker), now)
 
     def _act(self, spec: CheckSpec, item: Tracked, pass_id: str,
              done: dict[tuple[Any, ...], str]) -> tuple[ActionStatus, str, bool]:
@@ -507,6 +531,20 @@ class Engine:
                         finding=record.finding_key, started_at=iso(record.started_at))
         self.store.reset_sightings(r.finding_key for r in interrupted)
         return [r.finding_key for r in interrupted]
+
+
+@dataclass(frozen=True)
+class Controls:
+    """What operators said for this pass: silences in force, acknowledged findings."""
+
+    silences: list[Silence]
+    #: stored finding key -> the severity acknowledged
+    acks: dict[str, int]
+
+    def silence_for(self, finding: Finding | Resolved) -> Silence | None:
+        """The first silence in force that covers this finding, if any."""
+        return next((s for s in self.silences if s.matches(
+            finding.check, finding.target, finding.kind, finding.subject)), None)
 
 
 def _fetch_id(need: Need) -> tuple[Any, ...]:

@@ -12,6 +12,7 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -29,6 +30,7 @@ __all__ = [
     "PreconditionFailed",
     "Resolved",
     "Severity",
+    "Silence",
     "Snapshot",
     "SourceError",
     "Tracked",
@@ -70,6 +72,8 @@ class ActionStatus(enum.StrEnum):
     SKIPPED = "skipped"  # the world changed under us; the precondition no longer held
     #: acted on too often in a window: watchdogd's picture is probably wrong
     HELD = "held"
+    #: an operator's silence covers the finding and does not allow actions
+    SILENCED = "silenced"
 
 
 class SourceError(Exception):
@@ -286,3 +290,43 @@ class Resolved:
     severity: Severity
     message: str
     notified: bool
+
+
+@dataclass(frozen=True)
+class Silence:
+    """An operator's "I know, stop paging me" for the findings it matches, until it expires.
+
+    Every field that is set must match: ``check``, ``target`` and ``kind`` exactly,
+    ``subject`` as a shell-style pattern (``alice*``, ``pvc-?1*``), case-sensitive. A
+    silenced finding is still tracked and reported; it is never notified, and its action
+    runs only when ``allow_actions`` says so.
+    """
+
+    id: int
+    reason: str
+    created_by: str
+    created_at: datetime
+    expires_at: datetime
+    check: str | None = None
+    target: str | None = None
+    kind: str | None = None
+    subject: str | None = None
+    allow_actions: bool = False
+    expired_at: datetime | None = None
+    expired_by: str | None = None
+
+    def matches(self, check: str, target: str, kind: str, subject: str) -> bool:
+        """Whether a finding with this identity falls under the silence (ignoring time)."""
+        return ((self.check is None or self.check == check)
+                and (self.target is None or self.target == target)
+                and (self.kind is None or self.kind == kind)
+                and (self.subject is None or fnmatchcase(subject, self.subject)))
+
+    def active(self, now: datetime) -> bool:
+        """Not expired by time nor by hand at ``now``."""
+        return self.expired_at is None and now < self.expires_at
+
+    def describe(self) -> str:
+        """``#3 until 2026-12-08T03:00Z by ana: the reason`` (the reason is the operator's)."""
+        return (f"silence #{self.id} until {self.expires_at:%Y-%m-%dT%H:%MZ} by "
+                f"{self.created_by}: {self.reason}")

@@ -300,6 +300,8 @@ class Notifier:
         rows: list[dict[str, Any]] = []
         where = safe_text(f"{result.check}/{result.target}", 200)
         for entry in result.findings:
+            if entry.silence is not None:
+                continue  # an operator said "I know": nothing of it is sent while silenced
             finding = entry.tracked.finding
             subject = safe_text(finding.subject, 200)
             message = safe_text(finding.message, TEXT_LIMIT)

@@ -1,8 +1,8 @@
 """The remediation policy: whether a planned action may run, and if not, why.
 
-The gates apply in a fixed order an operator can predict: enabled, not held
-(acted on too often lately), confirmed (sightings and age), the breaker, dry-run,
-the budgets. Every refusal carries a
+The gates apply in a fixed order an operator can predict: enabled, not silenced
+(an operator's silence that does not allow actions), not held (acted on too often
+lately), confirmed (sightings and age), the breaker, dry-run, the budgets. Every refusal carries a
 one-line reason that ends up in the report and the logs.
 """
 
@@ -77,15 +77,19 @@ def decide(
     now: datetime,
     repeats: Mapping[str, int] | None = None,
     acting: bool = True,
+    silenced: Mapping[str, str] | None = None,
 ) -> tuple[list[Decision], str | None]:
     """Decide every planned action of one check target's pass.
 
     ``repeats`` counts, per finding key, the actions done on it within
     ``remediation.repeat_window``. ``acting=False`` (a standby, or a process without
-    the store's lock) decides like a dry run and says why. Returns the decisions and,
+    the store's lock) decides like a dry run and says why. ``silenced`` maps the keys of
+    findings whose silence forbids actions to that silence's description. Returns the
+    decisions and,
     when the breaker opened, the reason (the caller sends one critical notice for it).
     """
     repeats = repeats or {}
+    silenced = silenced or {}
     decisions: list[Decision] = []
     candidates: list[Decision] = []
     for item in tracked:
@@ -95,6 +99,10 @@ def decide(
         if action.name not in policy.enabled:
             decisions.append(Decision(item, ActionStatus.DISABLED,
                                       f"{action.name} is not in remediation.enabled"))
+            continue
+        if item.finding.key in silenced:
+            decisions.append(Decision(item, ActionStatus.SILENCED,
+                                      f"{silenced[item.finding.key]} (no actions)"))
             continue
         done = repeats.get(item.finding.key, 0)
         if done >= policy.max_repeats:

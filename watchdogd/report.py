@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from watchdogd import __version__
-from watchdogd.model import ActionStatus, Tracked
+from watchdogd.model import ActionStatus, Silence, Tracked
 from watchdogd.policy import Decision
 from watchdogd.text import safe_text, without_secrets
 from watchdogd.times import iso
@@ -31,6 +31,10 @@ class FindingResult:
     notify_held: bool = False
     #: the remedy was one run shared with an earlier finding of the pass (one route sync)
     shared: bool = False
+    #: the operator's silence that covers it: reported, never notified
+    silence: Silence | None = None
+    #: acknowledged: no reminders until it escalates or resolves
+    acked: bool = False
 
     def as_json(self) -> dict[str, Any]:
         """The report's finding object."""
@@ -45,6 +49,11 @@ class FindingResult:
             "evidence": without_secrets(finding.evidence),
             "first_seen": iso(self.tracked.first_seen),
             "sightings": self.tracked.sightings, "action": action,
+            "silenced": None if self.silence is None else {
+                "id": self.silence.id, "until": iso(self.silence.expires_at),
+                "by": self.silence.created_by, "reason": self.silence.reason,
+                "allow_actions": self.silence.allow_actions},
+            "acked": self.acked,
         }
 
 

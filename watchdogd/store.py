@@ -16,7 +16,7 @@ import hashlib
 import json
 import os
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -26,14 +26,14 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from watchdogd.model import Action, Finding, Resolved, Severity, Tracked
+from watchdogd.model import Action, Finding, Resolved, Severity, Silence, Tracked
 from watchdogd.text import safe_text, store_key, unstore_key, without_secrets
 from watchdogd.urls import sqlalchemy_url
 
 __all__ = ["SCHEMA_VERSION", "ActionRecord", "LockHold", "Notice", "Store", "StoreError",
            "Tracked"]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 #: The PostgreSQL advisory lock of the pass (advisory locks are scoped to one database).
 ADVISORY_KEY = int.from_bytes(hashlib.sha256(b"watchdogd pass lock").digest()[:8], "big",
@@ -149,6 +149,32 @@ passes_table = sa.Table(
     sa.Index("ix_passes_finished", "finished_at"),
 )
 
+# Added in schema 4: the operator's silences and acknowledgements.
+silences_table = sa.Table(
+    "silences", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("check_name", sa.String(64)),
+    sa.Column("target", sa.String(255)),
+    sa.Column("kind", sa.String(64)),
+    sa.Column("subject", sa.String(700)),
+    sa.Column("allow_actions", sa.Boolean, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("created_by", sa.String(255), nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("expires_at", UTCDateTime, nullable=False),
+    sa.Column("expired_at", UTCDateTime),
+    sa.Column("expired_by", sa.String(255)),
+)
+
+acks_table = sa.Table(
+    "acks", metadata,
+    sa.Column("finding_key", sa.String(1024), primary_key=True),
+    # the severity acknowledged: an escalation past it ends the acknowledgement
+    sa.Column("severity", sa.Integer, nullable=False),
+    sa.Column("acked_by", sa.String(255), nullable=False),
+    sa.Column("acked_at", UTCDateTime, nullable=False),
+)
+
 _V1_TABLES = (meta_table, findings_table, actions_table, outbox_table)
 _V2_TABLES = (marks_table, passes_table)
 
@@ -175,9 +201,13 @@ def _migrate_to_3(conn: Connection) -> None:
     conn.execute(sa.text(f"ALTER TABLE outbox ADD COLUMN set_aside_at {column_type}"))
 
 
+def _migrate_to_4(conn: Connection) -> None:
+    metadata.create_all(conn, tables=[silences_table, acks_table])
+
+
 #: Step ``n`` brings a schema from version ``n - 1`` to ``n``.
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {
-    1: _migrate_to_1, 2: _migrate_to_2, 3: _migrate_to_3}
+    1: _migrate_to_1, 2: _migrate_to_2, 3: _migrate_to_3, 4: _migrate_to_4}
 
 
 @dataclass
@@ -469,6 +499,8 @@ class Store:
         repeat_after: timedelta,
         resolve: bool = True,
         write: bool = True,
+        muted: Collection[str] = (),
+        acked: Mapping[str, int] | None = None,
     ) -> tuple[list[Tracked], list[Resolved]]:
         """Match this pass's findings with the open ones; resolve the ones that vanished.
 
@@ -478,7 +510,13 @@ class Store:
         one-pass blip never pages anyone. With ``write=False`` (a pass that does not act:
         a standby replica, a second process) the answer is computed and nothing is
         written: only the actor counts sightings and announces.
+
+        ``muted`` (finding keys under a silence) get no event and keep what was announced
+        of them, so the silence's end announces a finding that is still open (``new``,
+        or a reminder when one is due). ``acked`` (stored key -> the severity
+        acknowledged) get no reminders; an escalation past that severity still pages.
         """
+        acked = acked or {}
         tracked: list[Tracked] = []
         resolved: list[Resolved] = []
         # One executemany per statement kind: a pass with thousands of findings (failed
@@ -524,6 +562,10 @@ class Store:
                         event = "escalated"
                     elif now - notified_at >= repeat_after:
                         event = "reminder"
+                acked_reminder = (event == "reminder" and key in acked
+                                  and int(finding.severity) <= acked[key])
+                if finding.key in muted or acked_reminder:
+                    event = None
                 if event:
                     notified_severity, notified_at = int(finding.severity), now
                 values.update(notified_severity=notified_severity, notified_at=notified_at)
@@ -831,6 +873,89 @@ class Store:
                           sa.func.max(passes_table.c.finished_at))
                 .where(passes_table.c.status != "error")
                 .group_by(passes_table.c.check_name, passes_table.c.target))}
+
+
+    # -- silences and acknowledgements ----------------------------------------------
+
+    def add_silence(self, *, reason: str, created_by: str, now: datetime,
+                    expires_at: datetime, check: str | None = None, target: str | None = None,
+                    kind: str | None = None, subject: str | None = None,
+                    allow_actions: bool = False) -> Silence:
+        """Record a silence; returns it with its id."""
+        values = {"check_name": check, "target": target, "kind": kind, "subject": subject,
+                  "allow_actions": allow_actions, "reason": safe_text(reason),
+                  "created_by": safe_text(created_by, 255), "created_at": now,
+                  "expires_at": expires_at}
+        with self._begin() as conn:
+            new_id = conn.execute(sa.insert(silences_table).values(**values)).inserted_primary_key
+        assert new_id is not None
+        return self._silence(self._silence_row(int(new_id[0])))
+
+    def silences(self, now: datetime, *, include_expired: bool = False) -> list[Silence]:
+        """The silences in force at ``now`` (with ``include_expired``, every one), oldest first."""
+        query = sa.select(silences_table).order_by(silences_table.c.id)
+        if not include_expired:
+            query = query.where(silences_table.c.expired_at.is_(None),
+                                silences_table.c.expires_at > now)
+        with self._begin() as conn:
+            return [self._silence(row) for row in conn.execute(query)]
+
+    def expire_silence(self, silence_id: int, by: str,
+                       now: datetime) -> tuple[Silence | None, bool]:
+        """End a silence now: (the silence or None if there is none, whether this ended it).
+
+        Ending one that already ended (by hand or by time) changes nothing.
+        """
+        with self._begin() as conn:
+            changed = conn.execute(sa.update(silences_table).where(
+                silences_table.c.id == silence_id, silences_table.c.expired_at.is_(None),
+                silences_table.c.expires_at > now).values(
+                expired_at=now, expired_by=safe_text(by, 255))).rowcount
+        row = self._silence_row(silence_id)
+        return (None if row is None else self._silence(row)), bool(changed)
+
+    def _silence_row(self, silence_id: int) -> Any:
+        with self._begin() as conn:
+            return conn.execute(sa.select(silences_table).where(
+                silences_table.c.id == silence_id)).one_or_none()
+
+    @staticmethod
+    def _silence(row: Any) -> Silence:
+        return Silence(id=row.id, reason=row.reason, created_by=row.created_by,
+                       created_at=row.created_at, expires_at=row.expires_at,
+                       check=row.check_name, target=row.target, kind=row.kind,
+                       subject=row.subject, allow_actions=bool(row.allow_actions),
+                       expired_at=row.expired_at, expired_by=row.expired_by)
+
+    def ack(self, key: str, by: str, now: datetime) -> Severity:
+        """Acknowledge the open finding stored under ``key``; returns its severity.
+
+        Raises KeyError when no open finding has that key.
+        """
+        with self._begin() as conn:
+            row = conn.execute(sa.select(findings_table.c.severity).where(
+                findings_table.c.key == key, findings_table.c.status == "open")).one_or_none()
+            if row is None:
+                raise KeyError(key)
+            conn.execute(sa.delete(acks_table).where(acks_table.c.finding_key == key))
+            conn.execute(sa.insert(acks_table).values(
+                finding_key=key, severity=row.severity, acked_by=safe_text(by, 255),
+                acked_at=now))
+        return Severity(row.severity)
+
+    def acks(self) -> dict[str, int]:
+        """Stored finding key -> the severity acknowledged."""
+        with self._begin() as conn:
+            return {row.finding_key: row.severity
+                    for row in conn.execute(sa.select(acks_table))}
+
+    def clear_acks(self, keys: Iterable[str]) -> None:
+        """End the acknowledgements of these stored keys (resolved, or escalated past them)."""
+        wanted = list(keys)
+        with self._begin() as conn:
+            for start in range(0, len(wanted), 500):
+                conn.execute(sa.delete(acks_table).where(
+                    acks_table.c.finding_key.in_(wanted[start:start + 500])))
 
 
 def _safe_lines(value: Any) -> Any:

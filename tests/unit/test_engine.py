@@ -383,7 +383,8 @@ def test_report_matches_the_design_contract(tmp_path: Path, world: FakeWorld) ->
             "findings"} <= set(check)
     [finding] = check["findings"]
     assert set(finding) == {"key", "kind", "subject", "severity", "message", "evidence",
-                            "first_seen", "sightings", "action"}
+                            "first_seen", "sightings", "action", "silenced", "acked"}
+    assert finding["silenced"] is None and finding["acked"] is False
     assert finding["action"]["status"] == "done"
     assert report["summary"] == {"findings": 1, "actions_done": 1, "errors": 0}
     assert report["started_at"].endswith("Z")
