@@ -43,7 +43,17 @@ def load_config(path: str | Path | None = None, *, check_files: bool = False) ->
 
     Raises :class:`~watchdogd.config.ConfigError` listing every problem at once.
     """
-    return _config.load_config(path, check_files=check_files, check_sections=section_problems)
+    config = _config.load_config(path, check_files=check_files,
+                                 check_sections=section_problems)
+    from watchdogd.checks import REGISTRY  # noqa: PLC0415
+
+    unknown = [f"maintenance.{name}.checks: unknown check {check!r} (known: "
+               f"{', '.join(sorted(REGISTRY))})"
+               for name, window in config.maintenance.items() for check in window.checks
+               if check not in REGISTRY]
+    if unknown:
+        raise _config.ConfigError(unknown)
+    return config
 
 
 @dataclass

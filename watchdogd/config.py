@@ -203,6 +203,63 @@ class DaemonConfig(Section):
         return value
 
 
+#: weekday names as maintenance windows take them
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+class MaintenanceWindow(Section):
+    """``[maintenance.NAME]``: a recurring window in which notices are muted and actions frozen.
+
+    It opens at ``start`` (local time in ``timezone``) on each of ``days`` (every day when
+    empty) and lasts ``duration``; ``checks`` and ``targets`` narrow what it covers (empty:
+    everything). Findings are still tracked and reported; when the window ends, one summary
+    notice lists what is open.
+    """
+
+    start: str
+    duration: Duration
+    timezone: str = "UTC"
+    days: list[str] = Field(default_factory=list)
+    checks: list[str] = Field(default_factory=list)
+    targets: list[str] = Field(default_factory=list)
+    reason: str = ""
+
+    @field_validator("start")
+    @classmethod
+    def _clock_time(cls, value: str) -> str:
+        if not re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d", value):
+            raise ValueError(f"expected HH:MM (24-hour local time), got {value!r}")
+        return value
+
+    @field_validator("duration")
+    @classmethod
+    def _length(cls, value: timedelta) -> timedelta:
+        if not timedelta(0) < value <= timedelta(days=7):
+            raise ValueError("must be longer than zero and at most 7 days")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError  # noqa: PLC0415
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r} (an IANA name such as "
+                             "'America/Chicago')") from None
+        return value
+
+    @field_validator("days")
+    @classmethod
+    def _weekdays(cls, value: list[str]) -> list[str]:
+        days = [day.lower()[:3] for day in value]
+        unknown = [v for v, d in zip(value, days, strict=True) if d not in WEEKDAYS]
+        if unknown:
+            raise ValueError(f"unknown weekday {unknown[0]!r} (mon, tue, ... sun)")
+        return days
+
+
 class ClusterConfig(Section):
     """A Kubernetes cluster: a kubeconfig context, or the in-cluster service account."""
 
@@ -343,6 +400,7 @@ class Config(BaseSettings):
     clouds: dict[str, CloudConfig] = Field(default_factory=dict)
     #: the raw ``[checks.NAME]`` tables, validated by the check registry
     checks: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    maintenance: dict[str, MaintenanceWindow] = Field(default_factory=dict)
 
     _toml_path: ClassVar[Path | None] = None
 

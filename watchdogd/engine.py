@@ -21,6 +21,7 @@ import structlog
 
 from watchdogd.checks import REGISTRY, CheckSpec
 from watchdogd.config import CheckConfig, Config
+from watchdogd.maintenance import window_silences
 from watchdogd.model import (
     Action,
     ActionStatus,
@@ -52,6 +53,8 @@ __all__ = ["Engine"]
 log = structlog.get_logger("watchdogd.engine")
 
 COLLECT_WORKERS = 8
+#: the store's marks remember which maintenance windows were open (check name of the marks)
+WINDOW_MARKS = "maintenance"
 #: Objects a check may ask to read one by one in a pass before the view is implausible.
 MAX_LOOKUPS = 50
 
@@ -150,8 +153,11 @@ class Engine:
         else:
             log.warning("not acting", reason=hold.reason)
         planned = self.plan(only, target)
-        # The operator's silences and acknowledgements, read once for the whole pass.
-        controls = Controls(self.store.silences(started), self.store.acks())
+        # The operator's silences, the open maintenance windows and the acknowledgements,
+        # read once for the whole pass.
+        controls = Controls(
+            self.store.silences(started) + window_silences(self.config.maintenance, started),
+            self.store.acks())
         observations, errors, need_requests, clocks = self._collect(planned)
         budget = Budget(
             per_pass=self.config.remediation.max_per_pass,
@@ -163,6 +169,8 @@ class Engine:
             results.append(self._run_target(spec, check_target, observations, errors,
                                             need_requests, clocks, budget, pass_id, acting,
                                             controls))
+        if acting:
+            self._close_windows(started, controls)
         if self.notifier is not None and acting:
             self.notifier.deliver(self.store, self.clock())
         report = PassReport(started, self.clock(), self.dry_run, results, acting=acting,
@@ -299,6 +307,28 @@ class Engine:
                                    spec.name, check_target.name, started, self.clock(),
                                    result.status, result.error)
         return result
+
+    def _close_windows(self, now: datetime, controls: Controls) -> None:
+        """Remember which maintenance windows are open; summarise each one that closed.
+
+        A window's notices were muted while it was open: when it closes, one notice lists
+        what is open in its scope now, so nothing it muted is lost. The memory is a mark in
+        the store, so a window that closes between two CronJob runs is summarised too.
+        """
+        open_now = {s.window for s in controls.silences if s.window is not None}
+        for name, window in self.config.maintenance.items():
+            was_open = bool(self.store.marks(WINDOW_MARKS, name))
+            if name in open_now and not was_open:
+                self.store.set_marks(WINDOW_MARKS, name, {"open"}, now)
+                log.info("maintenance window opened", window=name)
+            elif name not in open_now and was_open:
+                self.store.set_marks(WINDOW_MARKS, name, set(), now)
+                log.info("maintenance window closed", window=name)
+                if self.notifier is not None:
+                    rows = [r for r in self.store.findings(status="open")
+                            if (not window.checks or r["check"] in window.checks)
+                            and (not window.targets or r["target"] in window.targets)]
+                    self.store.enqueue(self.notifier.window_summary(name, rows), now)
 
     def _detect_with_lookups(self, spec: CheckSpec, snapshot: Snapshot, detection: Detection,
                              now: datetime, result: CheckResult) -> Detection:

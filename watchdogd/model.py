@@ -314,6 +314,8 @@ class Silence:
     allow_actions: bool = False
     expired_at: datetime | None = None
     expired_by: str | None = None
+    #: the ``[maintenance.NAME]`` window this silence stands for (None: an operator's)
+    window: str | None = None
 
     def matches(self, check: str, target: str, kind: str, subject: str) -> bool:
         """Whether a finding with this identity falls under the silence (ignoring time)."""
@@ -327,6 +329,10 @@ class Silence:
         return self.expired_at is None and now < self.expires_at
 
     def describe(self) -> str:
-        """``#3 until 2026-12-08T03:00Z by ana: the reason`` (the reason is the operator's)."""
+        """``silence #3 until 2026-12-08T03:00Z by ana: the reason``, or the window's name."""
+        if self.window is not None:
+            return (f"maintenance window {self.window!r} until "
+                    f"{self.expires_at:%Y-%m-%dT%H:%MZ}" + (f": {self.reason}" if self.reason
+                                                           else ""))
         return (f"silence #{self.id} until {self.expires_at:%Y-%m-%dT%H:%MZ} by "
                 f"{self.created_by}: {self.reason}")

@@ -290,6 +290,27 @@ class Notifier:
             for d in self.destinations.values() if severity >= d.min_severity
         ]
 
+    def window_summary(self, window: str, open_findings: Sequence[dict[str, Any]],
+                       limit: int = 20) -> list[dict[str, Any]]:
+        """The one notice at the end of a maintenance window: what is open in its scope now.
+
+        ``open_findings`` are the store's open findings (``Store.findings``) the window
+        covers; the worst of them sets the notice's severity, so a critical problem that
+        the window muted still reaches the critical-only destinations.
+        """
+        name = safe_text(window, 64)
+        worst = max((Severity.parse(r["severity"]) for r in open_findings),
+                    default=Severity.INFO)
+        title = (f"{self.prefix} maintenance window {name} ended: "
+                 f"{len(open_findings)} finding(s) open")
+        lines = [f"[{r['severity']}] {safe_text(r['kind'], 64)} {safe_text(r['subject'], 200)} "
+                 f"({safe_text(r['check'], 64)}/{safe_text(r['target'], 200)})"
+                 for r in sorted(open_findings, key=lambda r: -Severity.parse(r["severity"]))]
+        if len(lines) > limit:
+            lines = [*lines[:limit], f"... and {len(lines) - limit} more (watchdogd findings)"]
+        body = "\n".join(lines) if lines else "Nothing is open: the window left no problem."
+        return self._rows(f"maintenance/{name}", "window", worst, title, body)
+
     def notices(self, result: CheckResult, resolved: Sequence[Resolved],
                 breaker: str | None) -> list[dict[str, Any]]:
         """The outbox rows for one check target's pass.

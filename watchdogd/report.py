@@ -50,9 +50,9 @@ class FindingResult:
             "first_seen": iso(self.tracked.first_seen),
             "sightings": self.tracked.sightings, "action": action,
             "silenced": None if self.silence is None else {
-                "id": self.silence.id, "until": iso(self.silence.expires_at),
-                "by": self.silence.created_by, "reason": self.silence.reason,
-                "allow_actions": self.silence.allow_actions},
+                "id": self.silence.id or None, "window": self.silence.window,
+                "until": iso(self.silence.expires_at), "by": self.silence.created_by,
+                "reason": self.silence.reason, "allow_actions": self.silence.allow_actions},
             "acked": self.acked,
         }
 

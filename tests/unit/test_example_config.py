@@ -18,6 +18,7 @@ from watchdogd.config import (
     Config,
     DaemonConfig,
     HubConfig,
+    MaintenanceWindow,
     NotifyConfig,
     RemediationConfig,
     StateConfig,
@@ -42,7 +43,7 @@ def fields(model: type[BaseModel]) -> set[str]:
 def test_every_key_is_documented() -> None:
     documented = documented_keys()
     models: list[type[BaseModel]] = [StateConfig, NotifyConfig, RemediationConfig, DaemonConfig,
-                                     ClusterConfig, HubConfig, CloudConfig]
+                                     ClusterConfig, HubConfig, CloudConfig, MaintenanceWindow]
     models += [spec.settings_model for spec in REGISTRY.values()]
     missing = {f"{m.__name__}.{k}" for m in models for k in fields(m) - documented}
     # Secrets are documented through their *_file keys.
@@ -52,7 +53,8 @@ def test_every_key_is_documented() -> None:
     for name in REGISTRY:
         assert f"[checks.{name}]" in EXAMPLE.read_text(), name
     assert fields(Config) <= documented | {"state", "notify", "remediation", "daemon",
-                                           "clusters", "hubs", "clouds", "checks"}
+                                           "clusters", "hubs", "clouds", "checks",
+                                           "maintenance"}
     assert fields(CheckConfig) <= documented
 
 

@@ -20,7 +20,7 @@ LAYERS: list[set[str]] = [
     {"__init__", "model", "text", "times", "urls", "slugs", "ports", "logs", "sdnotify"},
     {"config"},
     {"sources"},
-    {"checks", "policy", "store"},
+    {"checks", "policy", "store", "maintenance"},
     {"report", "notify"},
     {"engine", "leader", "metrics"},
     {"daemon"},

@@ -78,7 +78,8 @@ def test_silenced_finding_is_reported_not_notified_not_acted_then_announced(
     second = report_entry(engine)
     # Tracked and reported as usual, with its silence; confirmed, yet no action and no notice.
     assert second["sightings"] == 2
-    assert second["silenced"] == {"id": silence.id, "until": "2026-11-22T05:00:00Z",
+    assert second["silenced"] == {"id": silence.id, "window": None,
+                                  "until": "2026-11-22T05:00:00Z",
                                   "by": "ana", "reason": "hub upgrade tonight",
                                   "allow_actions": False}
     assert second["action"]["status"] == "silenced"
