@@ -126,6 +126,14 @@ class OpenStack(Protocol):
         """Every Nova server the credentials may list, all pages, and that scope."""
         ...
 
+    def volume_limits(self) -> dict[str, int]:
+        """Cinder's quotas and usage of the credentials' project."""
+        ...
+
+    def compute_limits(self) -> dict[str, int]:
+        """Nova's quotas and usage of the credentials' project."""
+        ...
+
     def application_credentials(self) -> Obj:
         """The application credentials of the authenticated user."""
         ...

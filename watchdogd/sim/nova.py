@@ -24,8 +24,9 @@ What watchdogd reads of Nova, as the compute API reference and Nova's own code d
   (no id) from 2.47.
 * ``GET /limits``: the token's project's absolute limits and usage (``maxTotalInstances``,
   ``totalInstancesUsed``, ``maxTotalCores``, ``totalCoresUsed``, ``maxTotalRAMSize``,
-  ``totalRAMUsed``...; -1 is unlimited). Usage counts every server of the project that is not
-  deleted, shelved-offloaded ones included (Nova's default, ``[quota]
+  ``totalRAMUsed``...; -1 is unlimited; Nova's shipped defaults with
+  ``OpenStackSim(default_quotas=True)``, else unlimited). Usage counts every server of the
+  project that is not deleted, shelved-offloaded ones included (Nova's default, ``[quota]
   count_usage_from_placement = false``).
 
 The catalog entry (type ``compute``) is ``/v2.1`` without a project id, as current Nova
@@ -422,8 +423,11 @@ class Nova(Service):
     # -- limits --------------------------------------------------------------------------------
 
     def quota(self, project_id: str) -> dict[str, int]:
-        """A project's quota: its overrides over Nova's defaults."""
-        return {**DEFAULT_QUOTAS, **self.quotas.get(project_id, {})}
+        """A project's quota: its overrides over the defaults (Nova's shipped ones with the
+        cloud's ``default_quotas``, else unlimited)."""
+        base = (DEFAULT_QUOTAS if self.cloud.default_quotas
+                else dict.fromkeys(DEFAULT_QUOTAS, -1))
+        return {**base, **self.quotas.get(project_id, {})}
 
     @routes.add("GET", r"/limits")
     def _limits(self, req: Request, caller: Token, version: tuple[int, int]) -> Response:

@@ -65,10 +65,14 @@ class OpenStackSim:
 
     def __init__(self, *, page_max: int = 1000, clock: Clock | None = None,
                  region: str = "RegionOne", project_id_in_url: bool = True,
-                 token_ttl: timedelta = timedelta(hours=1)) -> None:
-        """``page_max`` is Cinder's ``osapi_max_limit``; ``clock`` gives the simulated "now"
-        (timestamps, token and credential expiry), so tests with a fake clock stay consistent."""
+                 token_ttl: timedelta = timedelta(hours=1), default_quotas: bool = False) -> None:
+        """``page_max`` is Cinder's ``osapi_max_limit`` (and Nova's ``max_limit``); ``clock``
+        gives the simulated "now" (timestamps, token and credential expiry), so tests with a
+        fake clock stay consistent. ``default_quotas``: projects without quotas of their own
+        get Cinder's and Nova's shipped defaults (10 volumes, 10 instances...) instead of
+        none, so that worlds of thousands of volumes are not over quota by accident."""
         self.page_max = page_max
+        self.default_quotas = default_quotas
         self.clock: Clock = clock or (lambda: datetime.now(UTC))
         self.region = region
         self.project_id_in_url = project_id_in_url
@@ -106,6 +110,8 @@ class OpenStackSim:
         self.set_server = self.nova.set_server
         self.remove_server = self.nova.remove_server
         self.server = self.nova.server
+        self.set_volume_quota = cinder.set_quota
+        self.set_compute_quota = self.nova.set_quota
         self.admin_project_id = self.add_project("admin")
         self.admin_user_id = self.add_user("admin", self.ADMIN_PASSWORD, project="admin",
                                            roles=("admin", "member", "reader"))

@@ -448,6 +448,37 @@ class OpenStackSource:
         except _Forbidden as exc:
             raise self.error(str(exc)) from None
 
+    def volume_limits(self) -> dict[str, int]:
+        """Cinder's absolute limits and usage of the credentials' project (``GET /limits``):
+        ``maxTotalVolumes``, ``totalVolumesUsed``, ``maxTotalVolumeGigabytes``... (-1:
+        unlimited)."""
+        return self._limits("block_storage", "read volume limits", _VOLUME_LIMITS)
+
+    def compute_limits(self) -> dict[str, int]:
+        """Nova's absolute limits and usage of the credentials' project (``GET /limits``):
+        ``maxTotalInstances``, ``totalInstancesUsed``, ``maxTotalCores``, ``maxTotalRAMSize``
+        (MiB)... (-1: unlimited)."""
+        return self._limits("compute", "read compute limits", _COMPUTE_LIMITS)
+
+    def _limits(self, service: str, what: str, keys: tuple[str, ...]) -> dict[str, int]:
+        try:
+            data = self._get_json(service, "/limits", what=what,
+                                  microversion=ATTACHMENTS_MICROVERSION
+                                  if service == "block_storage" else None)
+        except AuthFailed as exc:
+            raise self.error(str(exc)) from None
+        absolute = ((data or {}).get("limits") or {}).get("absolute") if isinstance(
+            data, dict) else None
+        if not isinstance(absolute, dict):
+            raise self.error(f"{what}: the answer has no absolute limits")
+        missing = [k for k in keys if k not in absolute]
+        if missing:
+            raise self.error(f"{what}: the answer lacks {', '.join(missing)}")
+        values = {k: absolute[k] for k in keys}
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in values.values()):
+            raise self.error(f"{what}: a limit is not an integer")
+        return values
+
     def _server_pages(self, *, all_tenants: bool) -> tuple[list[dict[str, Any]], int]:
         items: list[dict[str, Any]] = []
         seen: set[str] = set()
@@ -660,6 +691,11 @@ _VOLUME_FIELDS: dict[str, type | tuple[type, ...]] = {
     "attachments": list, "size": int, "multiattach": bool}
 _ATTACHMENT_FIELDS: dict[str, type | tuple[type, ...]] = {
     "volume_id": str, "status": str, "instance": str}
+#: The absolute limits the quotas check reads (Cinder's and Nova's ``/limits``).
+_VOLUME_LIMITS = ("maxTotalVolumes", "totalVolumesUsed", "maxTotalVolumeGigabytes",
+                  "totalGigabytesUsed", "maxTotalSnapshots", "totalSnapshotsUsed")
+_COMPUTE_LIMITS = ("maxTotalInstances", "totalInstancesUsed", "maxTotalCores", "totalCoresUsed",
+                   "maxTotalRAMSize", "totalRAMUsed")
 #: The fields of a Nova server the nodes check reads (2.1 detail view).
 _SERVER_FIELDS: dict[str, type | tuple[type, ...]] = {
     "name": str, "status": str, "OS-EXT-STS:vm_state": str, "OS-EXT-STS:task_state": str,
