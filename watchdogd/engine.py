@@ -273,6 +273,7 @@ class Engine:
             settings=check_target.settings,
             marks=self.store.marks(spec.name, check_target.name),
             server_now={n.key: clocks[n] for n in check_target.needs if n in clocks},
+            optional=check_target.optional,
         )
         implausible: ImplausibleData | None = None
         try:

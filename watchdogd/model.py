@@ -156,6 +156,10 @@ class CheckTarget:
     name: str
     needs: tuple[Need, ...]
     settings: Any = None
+    #: keys of needs that only enrich the verdicts: when one fails the target is still
+    #: judged (its ``detect()`` finds the cause in ``snapshot.errors`` and must say so);
+    #: every other need failing leaves the target in ``error``, as always
+    optional: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -163,7 +167,8 @@ class Snapshot:
     """What the sources saw for one check target, taken at one moment.
 
     ``errors`` maps a need's key to why it could not be collected; a check run
-    on a snapshot with errors is reported as ``error`` and acts on nothing.
+    on a snapshot with errors is reported as ``error`` and acts on nothing, unless
+    every failed need is one of the target's ``optional`` ones.
     """
 
     check: str
@@ -174,6 +179,8 @@ class Snapshot:
     marks: dict[str, datetime] = field(default_factory=dict)
     #: each observation's server clock (the first ``Date`` of its answer), when it sent one
     server_now: dict[str, datetime] = field(default_factory=dict)
+    #: the target's optional needs (:attr:`CheckTarget.optional`)
+    optional: frozenset[str] = frozenset()
 
     def __getitem__(self, key: str) -> Any:
         if key in self.errors:
@@ -189,8 +196,8 @@ class Snapshot:
 
     @property
     def complete(self) -> bool:
-        """True when every observation was collected."""
-        return not self.errors
+        """True when every observation was collected but perhaps optional ones."""
+        return not set(self.errors) - self.optional
 
 
 @dataclass(frozen=True)

@@ -108,7 +108,7 @@ class Kube(Protocol):
 
 
 class OpenStack(Protocol):
-    """One OpenStack cloud: Cinder and Keystone (``sources/openstack.py``)."""
+    """One OpenStack cloud: Cinder, Nova and Keystone (``sources/openstack.py``)."""
 
     def volumes(self) -> Obj:
         """Every volume of every project."""
@@ -120,6 +120,18 @@ class OpenStack(Protocol):
 
     def attachments(self) -> Obj:
         """Every attachment of every project."""
+        ...
+
+    def servers(self) -> Obj:
+        """Every Nova server the credentials may list, all pages, and that scope."""
+        ...
+
+    def volume_limits(self) -> dict[str, int]:
+        """Cinder's quotas and usage of the credentials' project."""
+        ...
+
+    def compute_limits(self) -> dict[str, int]:
+        """Nova's quotas and usage of the credentials' project."""
         ...
 
     def application_credentials(self) -> Obj:

@@ -261,9 +261,10 @@ DEMO_KINDS = {
     "volumes": {"volume-stuck", "attachment-stale", "volume-attach-failed",
                 "credential-expiring"},
     "orphans": {"orphan-volume", "foreign-volume", "released-pv", "orphan-extra-pvc"},
+    "quotas": {"quota-near"},
     "certs": {"cert-expiring", "cert-hostname-mismatch", "cert-unreadable"},
     "nodes": {"node-pressure", "node-not-ready", "failed-pods", "image-cache-pressure",
-              "core-pod-misplaced", "namespace-stuck-terminating"},
+              "core-pod-misplaced", "namespace-stuck-terminating", "node-shelved"},
 }
 #: The kinds the demo fixes (an orphaned volume: quarantines) within its four passes.
 FIXABLE = {kind for kind, action in EXPECTED_ACTION.items()
@@ -367,6 +368,12 @@ def test_watchdogd_demo_exits_0_and_explains(capsys: pytest.CaptureFixture[str],
     assert "checks.nodes.failed_pod_min_age = 10 minutes" in out
     assert "checks.volumes.stuck_after = 5 minutes" in out
     assert "not settled yet (try" not in out
+    # Nova behind the nodes: the crashed server is named, the shelved node is no page
+    assert "node-not-ready node-2" in out and "is ERROR" in out
+    assert "node-shelved node-4" in out and "SHELVED_OFFLOADED" in out
+    # the quota that runs out first, with its headroom
+    assert "quota-near volume/gigabytes" in out and "15 left" in out
+    assert "room for 1 (gigabytes runs out first)" in out
     assert ("3 server(s) of hub main idle longer than the culler's timeout (1h00m, from the "
             "command)") in out
     assert "DONE: lab deleted (204)" in out

@@ -22,7 +22,8 @@ def _config(tmp_path: Path, checks: dict[str, dict[str, object]]) -> Config:
 
 
 @pytest.mark.parametrize(("checks", "expected"), [
-    ({}, {"sessions": 30, "certs": 6 * 3600, "nodes": 300, "volumes": 180, "orphans": 3600}),
+    ({}, {"sessions": 30, "certs": 6 * 3600, "nodes": 300, "volumes": 180, "orphans": 3600,
+          "quotas": 900}),
     # A section that sets other keys keeps its check's own default interval (certs
     # used to fall back to the shared 5 minutes and open TLS connections 72 times as often).
     ({"certs": {"warn_days": 20}, "sessions": {"stuck_stop_after": "20m"}},

@@ -64,7 +64,8 @@ def kinds(findings: list[Any]) -> list[tuple[str, str, str]]:
 def test_registered_with_its_kinds() -> None:
     assert set(REGISTRY["nodes"].kinds) == {
         "node-pressure", "node-not-ready", "failed-pods", "image-cache-pressure",
-        "core-pod-misplaced", "namespace-stuck-terminating"}
+        "core-pod-misplaced", "namespace-stuck-terminating", "node-shelved",
+        "servers-unreadable"}
 
 
 @pytest.mark.parametrize("text, value", [

@@ -32,7 +32,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from watchdogd.checks import certs, culler, labs, nodes, orphans, sessions, volumes
+from watchdogd.checks import certs, culler, labs, nodes, orphans, quotas, sessions, volumes
 from watchdogd.config import CheckConfig, Config, Inventory
 from watchdogd.model import CheckTarget, Detection, Finding, Snapshot
 
@@ -73,7 +73,7 @@ REGISTRY: dict[str, CheckSpec] = {
     spec.name: spec for spec in (
         CheckSpec.of(sessions), CheckSpec.of(certs), CheckSpec.of(nodes),
         CheckSpec.of(volumes), CheckSpec.of(orphans), CheckSpec.of(culler),
-        CheckSpec.of(labs),
+        CheckSpec.of(labs), CheckSpec.of(quotas),
     )
 }
 

@@ -3,7 +3,13 @@
 =============================== ==============================================================
 kind                            when (planned action)
 =============================== ==============================================================
-``node-not-ready``              a node's Ready condition is False or Unknown (critical)
+``node-not-ready``              a node's Ready condition is False or Unknown (critical); for a
+                                node of a cloud's cluster, with its Nova server's state (ERROR,
+                                SHUTOFF, deleted...) when the server list says so
+``node-shelved``                a NotReady, cordoned node whose server is SHELVED or
+                                SHELVED_OFFLOADED: scaled down on purpose (info, no action)
+``servers-unreadable``          Nova's server list of a cloud that serves the cluster could not
+                                be read: NotReady nodes are judged without it (warning)
 ``node-pressure``               DiskPressure, MemoryPressure or PIDPressure is True: the kubelet
                                 is evicting pods (warning; subject ``node/Condition``)
 ``failed-pods``                 a pod in phase Failed, evicted or not (info; ``delete-pod``
@@ -27,6 +33,17 @@ reports at most 50, largest first, so the sum is a lower bound) against
 ``status.capacity["ephemeral-storage"]``. Other disk use (logs, emptyDirs,
 writable layers) only makes things worse, so the warning errs early, which is
 the point of a warning before an upgrade.
+
+Nova behind the nodes: for a cluster that a ``[clouds.X]`` lists in ``clusters``, the
+cloud's servers are read in one paged list (``OpenStack.servers``) and each node is mapped to
+its server by ``spec.providerID`` (``openstack:///<server id>``). That list is an *optional*
+need: the node verdicts never depend on it, so when it fails they are still made, without
+the server's state, and ``servers-unreadable`` says why. A node seen shelved before keeps its
+``node-shelved`` verdict while the list is unreadable, as long as it stays NotReady and
+cordoned (a mark remembers the sighting), so a Nova outage does not page for every shelved
+node. A server absent from the list is called deleted only when the list covered every
+project (admin credentials; Nova refuses ``all_tenants`` to others with a 403, and the source
+then lists the credentials' own project and says so): otherwise it is only "not visible".
 """
 
 from __future__ import annotations
@@ -50,14 +67,19 @@ from watchdogd.model import (
     Severity,
     Snapshot,
 )
-from watchdogd.ports import Kube, call
+from watchdogd.ports import Kube, OpenStack, call
 from watchdogd.times import parse_time
 
 NAME = "nodes"
 KINDS = (
     "node-pressure", "node-not-ready", "failed-pods", "image-cache-pressure",
-    "core-pod-misplaced", "namespace-stuck-terminating",
+    "core-pod-misplaced", "namespace-stuck-terminating", "node-shelved", "servers-unreadable",
 )
+#: Nova statuses of a server shelved on purpose (soft scaling)
+SHELVED = ("SHELVED", "SHELVED_OFFLOADED")
+#: a node of a cloud is ``openstack:///<server id>`` (``openstack://<region>/<id>`` too)
+_PROVIDER = re.compile(r"^openstack://[^/]*/([^/]+)$")
+_SHELVED_MARK = "shelved:"
 
 PRESSURE_CONDITIONS = ("DiskPressure", "MemoryPressure", "PIDPressure")
 #: kubelet's default ``nodeStatusMaxImages``: beyond it, status.images is truncated.
@@ -158,6 +180,10 @@ class Settings(CheckConfig):
     ``terminating_after``
         a namespace deleting for longer than this (30 min) is stuck: healthy
         deletes take seconds to a few minutes.
+    ``nova``
+        read the servers of every cloud that lists the cluster in its ``clusters``,
+        to tell shelved nodes from broken ones (on by default; off for a cloud whose
+        credentials have no compute access).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -171,6 +197,7 @@ class Settings(CheckConfig):
     core_selector: str = "component in (hub,proxy)"
     core_node_label: str = "hub.jupyter.org/node-purpose=core"
     terminating_after: Duration = timedelta(minutes=30)
+    nova: bool = True
 
     @field_validator("next_image_size", mode="before")
     @classmethod
@@ -211,7 +238,8 @@ class TargetSettings:
 
     cluster: str
     check: Settings
-
+    #: the clouds whose ``clusters`` list this cluster: their servers are its nodes'
+    clouds: tuple[str, ...] = ()
 
 
 def targets(check: Settings, inventory: Inventory) -> list[CheckTarget]:
@@ -235,7 +263,12 @@ def targets(check: Settings, inventory: Inventory) -> list[CheckTarget]:
         if check.dedicated_core:
             needs.append(Need.bind("core_pods", call(Kube.pods, cluster,
                                                      label_selector=check.core_selector)))
-        result.append(CheckTarget(cluster, tuple(needs), TargetSettings(cluster, check)))
+        clouds = tuple(name for name, cloud in inventory.clouds.items()
+                       if cluster in cloud.clusters) if check.nova else ()
+        for cloud in clouds:
+            needs.append(Need.bind(f"servers:{cloud}", call(OpenStack.servers, cloud)))
+        result.append(CheckTarget(cluster, tuple(needs), TargetSettings(cluster, check, clouds),
+                                  optional=frozenset(f"servers:{c}" for c in clouds)))
     return result
 
 
@@ -265,10 +298,13 @@ def detect(snapshot: Snapshot, now: datetime) -> Detection:
     by_name: dict[str, dict[str, Any]] = {}
     next_size = s.check.next_image_bytes()
     threshold = Threshold.parse(s.check.eviction_threshold)
+    nova = _nova_view(s, snapshot, nodes)
+    if nova is not None:
+        findings += nova.unreadable(s)
     for node in nodes:
         name = str((node.get("metadata") or {}).get("name") or "")
         by_name[name] = node
-        findings += _judge_node(s, node, name)
+        findings += _judge_node(s, node, name, nova, snapshot, marks)
         finding = _judge_images(s, node, name, threshold, next_size)
         if finding is not None:
             findings.append(finding)
@@ -291,7 +327,63 @@ def _conditions(node: dict[str, Any]) -> dict[str, dict[str, Any]]:
             if isinstance(c, dict)}
 
 
-def _judge_node(s: TargetSettings, node: dict[str, Any], name: str) -> list[Finding]:
+@dataclass
+class _Nova:
+    """What the clouds that serve a cluster say about its nodes' servers."""
+
+    #: every server read, by id, with the cloud that listed it
+    servers: dict[str, tuple[str, dict[str, Any]]]
+    #: cloud -> why its list could not be read
+    errors: dict[str, str]
+    #: clouds whose credentials only listed their own project
+    own_project: list[str]
+    #: whether any node's server is in the lists at all (else they are not this cluster's)
+    covers: bool
+
+    @property
+    def proves_absence(self) -> bool:
+        """A server missing from the lists is deleted: every list was read, covered every
+        project, and holds servers of this cluster's nodes."""
+        return not self.errors and not self.own_project and self.covers
+
+    def unreadable(self, s: TargetSettings) -> list[Finding]:
+        return [Finding(
+            NAME, s.cluster, "servers-unreadable", cloud, Severity.WARNING,
+            f"the server list of cloud {cloud} could not be read ({error}): NotReady nodes of "
+            f"cluster {s.cluster} are judged without their servers' state (shelved, ERROR, "
+            "SHUTOFF, deleted), and a newly shelved node pages as node-not-ready",
+            {"cloud": cloud, "error": error}) for cloud, error in sorted(self.errors.items())]
+
+
+def server_id(node: dict[str, Any]) -> str | None:
+    """The Nova server id of a node's ``spec.providerID`` (``openstack:///<id>``), or None."""
+    match = _PROVIDER.match(str((node.get("spec") or {}).get("providerID") or ""))
+    return match.group(1) if match else None
+
+
+def _nova_view(s: TargetSettings, snapshot: Snapshot,
+               nodes: list[dict[str, Any]]) -> _Nova | None:
+    if not s.clouds:
+        return None
+    servers: dict[str, tuple[str, dict[str, Any]]] = {}
+    errors: dict[str, str] = {}
+    own_project: list[str] = []
+    for cloud in s.clouds:
+        key = f"servers:{cloud}"
+        if key in snapshot.errors:
+            errors[cloud] = snapshot.errors[key]
+            continue
+        listed = snapshot.get(key) or {}
+        if listed.get("all_projects") is not True:
+            own_project.append(cloud)
+        for server in listed.get("items") or []:
+            servers.setdefault(str(server.get("id")), (cloud, server))
+    ids = [i for i in (server_id(n) for n in nodes) if i is not None]
+    return _Nova(servers, errors, own_project, any(i in servers for i in ids))
+
+
+def _judge_node(s: TargetSettings, node: dict[str, Any], name: str, nova: _Nova | None,
+                snapshot: Snapshot, marks: set[str]) -> list[Finding]:
     conditions = _conditions(node)
     unschedulable = bool((node.get("spec") or {}).get("unschedulable"))
     findings = []
@@ -305,14 +397,88 @@ def _judge_node(s: TargetSettings, node: dict[str, Any], name: str) -> list[Find
         else:
             why = f"is NotReady ({ready.get('reason') or 'no reason'})"
         since = ready.get("lastTransitionTime") if ready else None
+        evidence: dict[str, Any] = {"node": name, "condition": _condition_summary(ready),
+                                    "unschedulable": unschedulable}
+        sid = server_id(node)
+        note = ""
+        if nova is not None and sid is not None:
+            shelved, note = _server_verdict(s, name, sid, unschedulable, nova, snapshot, marks,
+                                            evidence)
+            if shelved is not None:
+                findings.append(shelved)
+                return findings + _judge_pressure(s, conditions, name, unschedulable)
         findings.append(Finding(
             NAME, s.cluster, "node-not-ready", name, Severity.CRITICAL,
             f"node {name} {why}" + (f" since {since}" if since else "")
             + (f": {str(ready.get('message'))[:200]}" if ready and ready.get("message") else "")
             + ("; it is cordoned" if unschedulable else "")
-            + ". Pods on it are not served and new ones cannot start there.",
-            {"node": name, "condition": _condition_summary(ready),
-             "unschedulable": unschedulable}))
+            + ". Pods on it are not served and new ones cannot start there."
+            + (f" {note}" if note else ""),
+            evidence))
+    return findings + _judge_pressure(s, conditions, name, unschedulable)
+
+
+def _server_verdict(s: TargetSettings, name: str, sid: str, unschedulable: bool, nova: _Nova,
+                    snapshot: Snapshot, marks: set[str],
+                    evidence: dict[str, Any]) -> tuple[Finding | None, str]:
+    """A NotReady node's server: ``node-shelved`` when it was shelved on purpose, else what
+    ``node-not-ready`` should add about it (and its evidence, filled in)."""
+    mark = f"{_SHELVED_MARK}{name}:{sid}"
+    found = nova.servers.get(sid)
+    if found is not None:
+        cloud, server = found
+        status = str(server.get("status") or "?")
+        evidence["server"] = {"cloud": cloud, **server}
+        evidence["server_state"] = status
+        if status in SHELVED and unschedulable:
+            marks.add(mark)
+            return Finding(
+                NAME, s.cluster, "node-shelved", name, Severity.INFO,
+                f"node {name} is NotReady and cordoned because its server {sid} is {status} "
+                f"(cloud {cloud}): scaled down on purpose; `openstack server unshelve {sid}` "
+                "and `kubectl uncordon` bring it back", evidence), ""
+        states = (f"vm_state {server.get('OS-EXT-STS:vm_state')}, task_state "
+                  f"{server.get('OS-EXT-STS:task_state')}")
+        advice = {
+            "ERROR": "Nova failed it: read its fault (`openstack server show "
+                     f"{sid}`), then rebuild or replace the node",
+            "SHUTOFF": f"it was stopped: start it (`openstack server start {sid}`) or remove "
+                       "the node",
+            "SHELVED": "it is shelved but the node is not cordoned, so pods are still "
+                       "scheduled there: cordon the node or unshelve the server",
+            "SHELVED_OFFLOADED": "it is shelved but the node is not cordoned, so pods are "
+                                 "still scheduled there: cordon the node or unshelve the server",
+        }.get(status, "")
+        return None, (f"Its server {sid} (cloud {cloud}) is {status} ({states})"
+                      + (f": {advice}." if advice else "."))
+    if nova.errors:
+        evidence["server_state"] = "unknown"
+        evidence["servers_error"] = dict(nova.errors)
+        if unschedulable and mark in snapshot.marks:
+            marks.add(mark)  # keep the sighting while the list cannot be read
+            evidence["shelved_since"] = snapshot.marks[mark].isoformat()
+            return Finding(
+                NAME, s.cluster, "node-shelved", name, Severity.INFO,
+                f"node {name} is NotReady and cordoned; its server {sid} was last seen shelved "
+                "(the server list cannot be read now: see servers-unreadable)", evidence), ""
+        return None, (f"Its server {sid}'s state is unknown: the server list could not be "
+                      "read (see servers-unreadable).")
+    if nova.proves_absence:
+        evidence["server_state"] = "deleted"
+        return None, (f"Its server {sid} is deleted: it is in no project of the complete "
+                      f"server list. Remove the node (`kubectl delete node {name}`) or "
+                      "replace it.")
+    evidence["server_state"] = "not-visible"
+    why = ("the credentials of " + ", ".join(nova.own_project) + " list their own project "
+           "only" if nova.own_project else "no node of the cluster has its server in the "
+           "list (is this the cloud, and the region, that runs it?)")
+    return None, (f"Its server {sid} is not in the server list, but {why}: whether it still "
+                  "exists is unknown.")
+
+
+def _judge_pressure(s: TargetSettings, conditions: dict[str, dict[str, Any]], name: str,
+                    unschedulable: bool) -> list[Finding]:
+    findings = []
     for kind in PRESSURE_CONDITIONS:
         condition = conditions.get(kind)
         if condition is None or condition.get("status") != "True":

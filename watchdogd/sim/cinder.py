@@ -19,8 +19,16 @@ remaining ones (attached > attaching > detaching > reserved, none: available) an
 has a connection (Cinder bug #2004555: 409). Metadata updates do not touch ``updated_at``. A
 volume without a host is deleted at once.
 
-Simplifications: one region; no volume types, snapshots, quotas or backends; created volumes
-are ``available`` at once; only reservations are made over the API (no connector).
+Quotas (``GET /limits``, ``GET /os-quota-sets/{project}[?usage=true]``, ``PUT`` for admins)
+count the project's volumes and their sizes (observed on cinder 29: ``in_use`` only, a create
+past a limit is a 413 ``overLimit`` with ``retryAfter`` and the ``VolumeLimitExceeded`` or
+``VolumeSizeExceedsAvailableQuota`` wording); defaults are Cinder's (10 volumes, 1000 GiB,
+10 snapshots) with ``OpenStackSim(default_quotas=True)``, else unlimited (-1), as the real
+test peer's are.
+
+Simplifications: one region; no volume types, snapshots or backends (snapshot and backup
+usage is 0, per-type quotas are not kept); created volumes are ``available`` at once; only
+reservations are made over the API (no connector).
 """
 
 from __future__ import annotations
@@ -68,6 +76,9 @@ ATTACH_STATUSES = frozenset({
     "attached", "attaching", "detached", "reserved", "detaching", "error_attaching",
     "error_detaching", "deleted",
 })
+#: Cinder's default quotas (cinder.conf ``quota_*``), in the order ``os-quota-sets`` lists them
+DEFAULT_QUOTAS = {"volumes": 10, "per_volume_gigabytes": -1, "snapshots": 10,
+                  "gigabytes": 1000, "backups": 10, "backup_gigabytes": 1000, "groups": 10}
 _FAULT_NAMES = {400: "badRequest", 403: "forbidden", 404: "itemNotFound", 409: "conflict",
                 413: "overLimit", 503: "serviceUnavailable"}
 _DELETABLE = ("available", "error", "error_restoring", "error_extending", "error_managing")
@@ -130,6 +141,8 @@ class Cinder(Service):
     def __init__(self, cloud: OpenStackSim, keystone: Keystone) -> None:
         super().__init__(cloud)
         self.keystone = keystone
+        #: project id -> its quota overrides; the rest is :data:`DEFAULT_QUOTAS`
+        self.quotas: dict[str, dict[str, int]] = {}
         self.volumes: dict[str, Volume] = {}
         self.attachments: dict[str, Attachment] = {}
         self._order: list[str] | None = None
@@ -362,8 +375,10 @@ class Cinder(Service):
         if code == 401:  # keystonemiddleware answers, in Keystone's format
             return keystone_error(code, message, self.keystone.auth_url, headers)
         name = _FAULT_NAMES.get(code, "computeFault")
-        return reply(code, {name: {"code": code, "message": message}},
-                     {**version_headers("3.0"), **(headers or {})})
+        fault: Obj = {"code": code, "message": message}
+        if code == 413:
+            fault["retryAfter"] = "0"
+        return reply(code, {name: fault}, {**version_headers("3.0"), **(headers or {})})
 
     def _versions(self) -> Obj:
         return {"versions": [{
@@ -413,7 +428,7 @@ class Cinder(Service):
         if caller is None:
             raise OpenStackError(401, UNAUTHENTICATED)
         head = rest.split("/", 2)[1] if rest else ""
-        if head and head not in ("volumes", "attachments"):
+        if head and head not in ("volumes", "attachments", "limits", "os-quota-sets"):
             if head != caller.project_id:
                 if head in self.keystone.projects:
                     raise OpenStackError(400, "Malformed request url")
@@ -542,6 +557,7 @@ class Cinder(Service):
             raise OpenStackError(400, "Invalid input received: size is required")
         now = self.clock()
         assert caller.project_id is not None
+        self._check_quota(caller.project_id, spec["size"])
         volume = Volume(str(uuid.uuid4()), str(spec.get("name") or ""), "available",
                         spec["size"], caller.project_id, caller.user_id, now, now,
                         {str(k): str(v) for k, v in (spec.get("metadata") or {}).items()},
@@ -620,6 +636,84 @@ class Cinder(Service):
         if self._visible_volume(caller, volume_id).metadata.pop(key, None) is None:
             raise OpenStackError(404, "Metadata item was not found")
         return Response(200, b"", None)
+
+    # -- quotas --------------------------------------------------------------------------------
+
+    def set_quota(self, project: str | None = None, **limits: int) -> None:
+        """Set quotas of a project (``volumes=3``, ``gigabytes=50``...; -1: none)."""
+        unknown = set(limits) - set(DEFAULT_QUOTAS)
+        if unknown:
+            raise ValueError(f"unknown Cinder quota {sorted(unknown)}")
+        with self.lock:
+            project_id = (self.keystone.project_by_name(project).id if project
+                          else self.cloud.admin_project_id)
+            self.quotas.setdefault(project_id, {}).update(limits)
+
+    def quota(self, project_id: str) -> dict[str, int]:
+        """A project's quotas: its overrides over the defaults (Cinder's shipped ones with the
+        cloud's ``default_quotas``, else unlimited as on the test peer of tests/peers)."""
+        base = (DEFAULT_QUOTAS if self.cloud.default_quotas
+                else dict.fromkeys(DEFAULT_QUOTAS, -1))
+        return {**base, **self.quotas.get(project_id, {})}
+
+    def usage(self, project_id: str) -> dict[str, int]:
+        """What a project uses: its volumes' count and sizes (no snapshots, no backups)."""
+        with self.lock:
+            mine = [v for v in self.volumes.values() if v.project_id == project_id]
+            return {"volumes": len(mine), "gigabytes": sum(v.size for v in mine),
+                    "snapshots": 0, "backups": 0, "backup_gigabytes": 0,
+                    "per_volume_gigabytes": 0, "groups": 0}
+
+    def _check_quota(self, project_id: str, size: int) -> None:
+        """Cinder's reservation on create: the 413s, worded as cinder 29 words them (with
+        both quotas over, cinder 29 names gigabytes)."""
+        quota, used = self.quota(project_id), self.usage(project_id)
+        if 0 <= quota["gigabytes"] < used["gigabytes"] + size:
+            raise OpenStackError(413, "VolumeSizeExceedsAvailableQuota: Requested volume or "
+                                      "snapshot exceeds allowed gigabytes quota. Requested "
+                                      f"{size}G, quota is {quota['gigabytes']}G and "
+                                      f"{used['gigabytes']}G has been consumed.")
+        if 0 <= quota["volumes"] < used["volumes"] + 1:
+            raise OpenStackError(413, "VolumeLimitExceeded: Maximum number of volumes allowed "
+                                      f"({quota['volumes']}) exceeded for quota 'volumes'.")
+
+    @routes.add("GET", r"/limits")
+    def _limits(self, req: Request, caller: Token) -> Response:
+        project_id = caller.project_id or ""
+        quota, used = self.quota(project_id), self.usage(project_id)
+        return reply(200, {"limits": {"rate": [], "absolute": {
+            "maxTotalVolumes": quota["volumes"], "maxTotalSnapshots": quota["snapshots"],
+            "maxTotalVolumeGigabytes": quota["gigabytes"], "maxTotalBackups": quota["backups"],
+            "maxTotalBackupGigabytes": quota["backup_gigabytes"],
+            "totalVolumesUsed": used["volumes"], "totalGigabytesUsed": used["gigabytes"],
+            "totalSnapshotsUsed": used["snapshots"], "totalBackupsUsed": used["backups"],
+            "totalBackupGigabytesUsed": used["backup_gigabytes"]}}})
+
+    @routes.add("GET", r"/os-quota-sets/(?P<project_id>[^/]+)")
+    def _show_quotas(self, req: Request, caller: Token, project_id: str) -> Response:
+        if project_id != caller.project_id and "admin" not in caller.roles:
+            raise OpenStackError(403, "Policy doesn't allow volume_extension:quotas:show to be "
+                                      "performed.")
+        quota, used = self.quota(project_id), self.usage(project_id)
+        if (req.arg("usage") or "").lower() in ("1", "true", "yes", "on", "t", "y"):
+            body: Obj = {k: {"limit": v, "in_use": used[k], "reserved": 0}
+                         for k, v in quota.items()}
+        else:
+            body = dict(quota)
+        return reply(200, {"quota_set": {**body, "id": project_id}})
+
+    @routes.add("PUT", r"/os-quota-sets/(?P<project_id>[^/]+)")
+    def _update_quotas(self, req: Request, caller: Token, project_id: str) -> Response:
+        if "admin" not in caller.roles:
+            raise OpenStackError(403, "Policy doesn't allow volume_extension:quotas:update to "
+                                      "be performed.")
+        changes = (body_of(req) or {}).get("quota_set")
+        if not isinstance(changes, dict) or not all(
+                k in DEFAULT_QUOTAS and isinstance(v, int) and v >= -1
+                for k, v in changes.items()):
+            raise OpenStackError(400, "Invalid input received: quota_set")
+        self.quotas.setdefault(project_id, {}).update(changes)
+        return reply(200, {"quota_set": self.quota(project_id)})
 
     # -- attachments ---------------------------------------------------------------------------
 

@@ -78,6 +78,7 @@ CHECKS = {
             "Kubernetes?",
     "volumes": "Cinder volumes stuck half way, dangling attachments, expiring credentials",
     "orphans": "volumes no PV uses, released PVs, claims of users who left",
+    "quotas": "the project's Cinder and Nova quotas: what runs out first, before a create fails",
     "certs": "certificates wherever they live (TLS secrets, served endpoints); report only",
     "nodes": "node health and disk, failed pods, misplaced core pods, stuck namespaces",
 }
@@ -102,10 +103,16 @@ LEFT_TO_PEOPLE = {
     "foreign-volume": "report only, never quarantined or deleted: another cluster on the "
                       "same cloud made it; add that cluster to clouds.X.clusters if watchdogd "
                       "should judge it",
+    "quota-near": "report only: raising a quota is the cloud operators' call; free unused "
+                  "volumes or ask them for more before new users' volumes fail",
+    "quota-exhausted": "report only: raising a quota is the cloud operators' call; until it "
+                       "is raised or something is freed, every create fails",
     "node-pressure": "report only: the kubelet is already evicting pods to relieve the node; "
                      "free disk or memory there",
     "node-not-ready": "report only: a node that stopped working needs a person (or the "
                       "autoscaler) to repair, reboot or replace it",
+    "node-shelved": "report only (info): shelved on purpose by the runbook's soft scaling; "
+                    "unshelve its server and uncordon it when the capacity is needed",
     "image-cache-pressure": "report only: prune images (crictl rmi --prune) or grow the disk "
                             "before the next upgrade pulls a new image",
     "core-pod-misplaced": "report only: moving the hub or the proxy interrupts every user; "
@@ -219,7 +226,7 @@ def build_world(passes: int = 4) -> DemoWorld:
     """
     clock = SimClock(datetime.now(UTC) - timedelta(minutes=MINUTES_PER_PASS * passes))
     cloud = CloudPart()
-    cluster = ClusterPart(checks={"nodes": {
+    cluster = ClusterPart(nodes=("node-1", "node-2", "node-3", "node-4"), checks={"nodes": {
         "failed_pod_min_age": f"{FAILED_POD_MIN_AGE_MINUTES}m"}})
     # A spawn is judged stuck on watchdogd's own sightings as well as the hub's clock: the
     # demo's 5 minutes (15 by default) let the planted one be seen for long enough.
@@ -293,6 +300,9 @@ def _plant_cloud(world: DemoWorld) -> None:
     world.plant("orphans", "foreign-volume", foreign["id"],
                 "a pvc-* volume no PV here references, made by cinder-csi of cluster "
                 "'other-team', which shares the cloud")
+    world.plant("quotas", "quota-near", cloud.quota_near(limit_gb=200, left_gb=15),
+                "the project's 200 GiB volume quota is 92% used (a scratch volume took most "
+                "of it): 15 GiB left, room for one more 10 GiB user volume")
     for claim in injected["extra_pvcs"]:
         user = claim.rsplit("-", 1)[-1]
         world.plant("orphans", "orphan-extra-pvc", f"{world.cluster_name}/{claim}",
@@ -312,8 +322,14 @@ def _plant_cluster(world: DemoWorld) -> None:
                 "a TLS secret whose tls.crt is garbage")
     world.plant("nodes", "node-pressure", part.node_pressure("node-1", "DiskPressure"),
                 "node-1's kubelet reports DiskPressure")
+    # The cloud under the cluster: every node is a Nova server (spec.providerID).
+    world.cloud.servers_for_nodes()
     world.plant("nodes", "node-not-ready", part.node_not_ready("node-2"),
-                "node-2 went NotReady (its container network is down)")
+                "node-2 went NotReady: its Nova server crashed into ERROR")
+    world.cloud.server_state("node-2", "error")
+    world.plant("nodes", "node-shelved", world.cloud.shelved_node("node-4"),
+                "node-4 was scaled down the runbook's way: cordoned, its server shelved "
+                "(`openstack server shelve`)")
     world.plant("nodes", "image-cache-pressure", part.image_cache_pressure("node-3"),
                 "node-3's images fill 80 of its 100 GiB: the next 8 GiB image would cross "
                 "the kubelet's eviction threshold")

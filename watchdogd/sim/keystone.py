@@ -379,6 +379,8 @@ class Keystone(Service):
              "endpoints": endpoints(volume_url)},
             {"id": "volumev3", "type": "volumev3", "name": "cinderv3",
              "endpoints": endpoints(volume_url)},
+            {"id": "compute", "type": "compute", "name": "nova",
+             "endpoints": endpoints(self.cloud.nova_url + "/v2.1")},
         ]
 
     def _app_cred_view(self, cred: AppCred) -> Obj:

@@ -1,4 +1,4 @@
-"""A fake OpenStack cloud, Keystone and Cinder over real HTTP, that openstacksdk and the
+"""A fake OpenStack cloud, Keystone, Cinder and Nova over real HTTP, that openstacksdk and the
 ``openstack`` CLI use unchanged.
 
 watchdogd's volume remediation depends on how Cinder answers: the JSON shapes, the microversion
@@ -11,10 +11,11 @@ need neither a virtualenv nor seconds of start-up, and so that faults the real s
 be asked for (Keystone down, a token revoked half way through a list, a 503 storm, a volume
 changing between two requests) are one method call away.
 
-:class:`OpenStackSim` composes :class:`~watchdogd.sim.keystone.Keystone` and
-:class:`~watchdogd.sim.cinder.Cinder`, each an :class:`~watchdogd.sim._http.HttpSim` on its own
-port (the catalog Keystone hands out points at Cinder's), and holds what they share: the lock,
-the clock, the settings, the request log, the hooks.
+:class:`OpenStackSim` composes :class:`~watchdogd.sim.keystone.Keystone`,
+:class:`~watchdogd.sim.cinder.Cinder` and :class:`~watchdogd.sim.nova.Nova` (the servers
+under a cluster's nodes), each an :class:`~watchdogd.sim._http.HttpSim` on its own
+port (the catalog Keystone hands out points at Cinder's and Nova's), and holds what they
+share: the lock, the clock, the settings, the request log, the hooks.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from typing import Any
 from watchdogd.sim._http import Request
 from watchdogd.sim.cinder import Cinder
 from watchdogd.sim.keystone import Keystone
+from watchdogd.sim.nova import Nova
 from watchdogd.sim.openstack_base import OpenStackError, Service
 
 __all__ = ["OpenStackError", "OpenStackSim"]
@@ -51,7 +53,7 @@ class _Hook:
 
 
 class OpenStackSim:
-    """Keystone and Cinder in threads: ``with OpenStackSim() as sim: ...``.
+    """Keystone, Cinder and Nova in threads: ``with OpenStackSim() as sim: ...``.
 
     The world is built directly (:meth:`add_volume`, :meth:`add_attachment`, the ``inject_*``
     helpers, bound from the service that owns that state) and changed over HTTP by the clients
@@ -63,10 +65,14 @@ class OpenStackSim:
 
     def __init__(self, *, page_max: int = 1000, clock: Clock | None = None,
                  region: str = "RegionOne", project_id_in_url: bool = True,
-                 token_ttl: timedelta = timedelta(hours=1)) -> None:
-        """``page_max`` is Cinder's ``osapi_max_limit``; ``clock`` gives the simulated "now"
-        (timestamps, token and credential expiry), so tests with a fake clock stay consistent."""
+                 token_ttl: timedelta = timedelta(hours=1), default_quotas: bool = False) -> None:
+        """``page_max`` is Cinder's ``osapi_max_limit`` (and Nova's ``max_limit``); ``clock``
+        gives the simulated "now" (timestamps, token and credential expiry), so tests with a
+        fake clock stay consistent. ``default_quotas``: projects without quotas of their own
+        get Cinder's and Nova's shipped defaults (10 volumes, 10 instances...) instead of
+        none, so that worlds of thousands of volumes are not over quota by accident."""
         self.page_max = page_max
+        self.default_quotas = default_quotas
         self.clock: Clock = clock or (lambda: datetime.now(UTC))
         self.region = region
         self.project_id_in_url = project_id_in_url
@@ -79,6 +85,7 @@ class OpenStackSim:
         self._revoke_after: int | None = None
         self.keystone = Keystone(self)
         self.cinder = Cinder(self, self.keystone)
+        self.nova = Nova(self, self.keystone)
         keystone, cinder = self.keystone, self.cinder
         # The world builder's vocabulary, from the service whose state each call changes.
         self.add_project = keystone.add_project
@@ -99,6 +106,12 @@ class OpenStackSim:
         self.inject_stuck_volume = cinder.inject_stuck_volume
         self.inject_dangling_attachment = cinder.inject_dangling_attachment
         self.inject_orphan_volume = cinder.inject_orphan_volume
+        self.add_server = self.nova.add_server
+        self.set_server = self.nova.set_server
+        self.remove_server = self.nova.remove_server
+        self.server = self.nova.server
+        self.set_volume_quota = cinder.set_quota
+        self.set_compute_quota = self.nova.set_quota
         self.admin_project_id = self.add_project("admin")
         self.admin_user_id = self.add_user("admin", self.ADMIN_PASSWORD, project="admin",
                                            roles=("admin", "member", "reader"))
@@ -107,24 +120,28 @@ class OpenStackSim:
 
     def _services(self, service: str | None) -> tuple[Service, ...]:
         if service is None:
-            return (self.keystone, self.cinder)
-        if service not in ("keystone", "cinder"):
-            raise ValueError("service is 'keystone' or 'cinder'")
-        return (self.keystone,) if service == "keystone" else (self.cinder,)
+            return (self.keystone, self.cinder, self.nova)
+        by_name = {"keystone": self.keystone, "cinder": self.cinder, "nova": self.nova}
+        if service not in by_name:
+            raise ValueError("service is 'keystone', 'cinder' or 'nova'")
+        return (by_name[service],)
 
     def start(self) -> OpenStackSim:
-        """Listen on two free ports of 127.0.0.1 (the same ones again after :meth:`down`)."""
+        """Listen on three free ports of 127.0.0.1 (the same ones again after :meth:`down`)."""
         self.keystone.start()
         self.cinder.start()
+        self.nova.start()
         return self
 
     def stop(self) -> None:
-        """Stop both services (idempotent)."""
+        """Stop every service (idempotent)."""
         self.keystone.stop()
         self.cinder.stop()
+        self.nova.stop()
 
     def down(self, service: str = "keystone") -> None:
-        """Close ``keystone`` or ``cinder``'s socket and cut its connections (refused/reset)."""
+        """Close ``keystone``, ``cinder`` or ``nova``'s socket and cut its connections
+        (refused/reset)."""
         self._services(service)[0].down()
 
     def up(self, service: str = "keystone") -> None:
@@ -145,7 +162,7 @@ class OpenStackSim:
 
     @send_date.setter
     def send_date(self, value: bool) -> None:
-        self.keystone.send_date = self.cinder.send_date = value
+        self.keystone.send_date = self.cinder.send_date = self.nova.send_date = value
 
     @property
     def keystone_url(self) -> str:
@@ -161,6 +178,11 @@ class OpenStackSim:
     def cinder_url(self) -> str:
         """Cinder's root URL (what ``block_storage_endpoint_override`` takes)."""
         return self.cinder.base_url
+
+    @property
+    def nova_url(self) -> str:
+        """Nova's root URL (the catalog's compute endpoint is ``.../v2.1``)."""
+        return self.nova.base_url
 
     # -- clients -------------------------------------------------------------------------------
 

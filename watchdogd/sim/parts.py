@@ -52,14 +52,14 @@ class CloudPart:
 
     ``World(parts=[CloudPart()])`` starts an :class:`OpenStackSim` on the world's clock, seeds
     it with :func:`seed_cloud` against the world's cluster (unless ``seed=False``), and adds to
-    the configuration a ``[clouds.NAME]`` section, the ``volumes`` and ``orphans`` checks with
-    limits short enough for a pass every five simulated minutes, and the actions
+    the configuration a ``[clouds.NAME]`` section, the ``volumes``, ``orphans`` and ``quotas``
+    checks with limits short enough for a pass every five simulated minutes, and the actions
     ``delete-attachment``, ``reset-volume-status`` and ``quarantine`` (never
     ``delete-orphan-volume``: deleting data stays an operator's decision in a demo too).
     """
 
     name = "openstack"
-    checks = ("volumes", "orphans")
+    checks = ("volumes", "orphans", "quotas")
 
     def __init__(self, *, cloud: str = "sim-cloud", seed: bool = True, page_max: int = 1000,
                  volumes: Mapping[str, Any] | None = None,
@@ -99,6 +99,7 @@ class CloudPart:
                 "volumes": {"interval": "3m", "stuck_after": "5m",
                             "attachment_stale_after": "5m", **self.volume_settings},
                 "orphans": {"interval": "5m", **self.orphan_settings},
+                "quotas": {"interval": "5m"},
             },
         }
 
@@ -123,6 +124,65 @@ class CloudPart:
                                        expires_at=world.clock() + timedelta(days=days))
         self.injected.setdefault("credentials", []).append(name)
         return name
+
+    def quota_near(self, *, limit_gb: int = 200, left_gb: int = 15) -> str:
+        """The project's volume quota nearly used up: ``limit_gb`` GiB, of which only
+        ``left_gb`` are left once a scratch volume (not a ``pvc-*`` one: no orphan) takes what
+        the user volumes do not. The volumes quota is set high enough not to be near too.
+        Returns the subject of the ``quota-near`` finding."""
+        _, sim = self._started()
+        used = sim.cinder.usage(sim.admin_project_id)
+        scratch = limit_gb - left_gb - used["gigabytes"]
+        if scratch < 1 or (limit_gb - left_gb) / limit_gb < 0.9:
+            raise ValueError("choose limit_gb and left_gb so that usage is 90% or more")
+        sim.add_volume("project-scratch", size=scratch, age=timedelta(days=60))
+        sim.set_volume_quota(gigabytes=limit_gb, volumes=used["volumes"] * 4 + 10)
+        self.injected.setdefault("quota_near", []).append("volume/gigabytes")
+        return "volume/gigabytes"
+
+    def servers_for_nodes(self) -> dict[str, str]:
+        """Give every Node of the world's cluster whose ``spec.providerID`` is
+        ``openstack:///<id>`` its Nova server (``ACTIVE``, named after the node) if it has
+        none yet: the cloud under the cluster. Returns node name -> server id."""
+        world, sim = self._started()
+        found: dict[str, str] = {}
+        for obj in world.kube.list("Node"):
+            provider = str((obj.get("spec") or {}).get("providerID") or "")
+            if not provider.startswith("openstack:///"):
+                continue
+            sid = provider.rsplit("/", 1)[-1]
+            if sim.server(sid) is None:
+                sim.add_server(obj["metadata"]["name"], server_id=sid, age=timedelta(days=30))
+            found[obj["metadata"]["name"]] = sid
+        return found
+
+    def shelved_node(self, name: str) -> str:
+        """The runbook's soft scaling: ``kubectl cordon`` then ``openstack server shelve``.
+        The node's server is SHELVED_OFFLOADED (Nova's default offload time is 0), the node
+        is cordoned and NotReady (its kubelet went with the VM). Returns the node's name,
+        the subject of the ``node-shelved`` finding."""
+        world, sim = self._started()
+        sid = self.servers_for_nodes()[name]
+        sim.set_server(sid, vm_state="shelved_offloaded")
+        obj = world.kube.get("Node", name)
+        assert obj is not None
+        now = world.clock()
+        obj["spec"]["unschedulable"] = True
+        obj["spec"]["taints"] = [{"key": "node.kubernetes.io/unschedulable",
+                                  "effect": "NoSchedule", "timeAdded": rfc3339(now)}]
+        obj["status"]["conditions"] = node(name, now=now, ready=None,
+                                           not_ready_since=now)["status"]["conditions"]
+        world.kube.put(obj)
+        self.injected.setdefault("shelved", []).append(name)
+        return name
+
+    def server_state(self, node_name: str, vm_state: str) -> str:
+        """Put ``node_name``'s server in ``vm_state`` (``error``, ``stopped``...); returns its
+        id."""
+        _, sim = self._started()
+        sid = self.servers_for_nodes()[node_name]
+        sim.set_server(sid, vm_state=vm_state)
+        return sid
 
     def attach_failed(self, user: str, *, node: str = "node-gone", events: int = 5) -> str:
         """``user``'s home volume is still ``in-use``, attached on ``node`` (a node that died

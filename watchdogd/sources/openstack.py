@@ -1,4 +1,4 @@
-"""OpenStack Cinder (and Keystone), through openstacksdk's proxies, read as raw JSON.
+"""OpenStack Cinder, Nova (and Keystone), through openstacksdk's proxies, read as raw JSON.
 
 openstacksdk is used for what it is good at: clouds.yaml, authentication (password or
 application credential, re-authenticating on a 401), the service catalog and microversion
@@ -8,6 +8,7 @@ the objects cost 23x the client CPU of the raw pages. Instead every list is fetc
 
 * volumes follow Cinder's ``volumes_links`` (only the ``marker`` is taken from the link: behind a
   TLS-terminating proxy the link's scheme and host are often wrong);
+* servers follow Nova's ``servers_links`` the same way;
 * attachments have no links at all, so they are paged with ``marker`` until a page comes back
   shorter than the pages before it, or empty (Cinder caps ``limit`` at ``osapi_max_limit``
   without saying so, so a short *first* page proves nothing and is confirmed by one more
@@ -424,6 +425,102 @@ class OpenStackSource:
         except AuthFailed as exc:
             return {"auth_error": str(exc)}
 
+    def servers(self) -> dict[str, Any]:
+        """Every Nova server (``all_tenants``) with details, all pages, at microversion 2.1.
+
+        Returns ``{"items": [...], "pages": n, "all_projects": bool}``: each item only the
+        fields the checks read (``id``, ``name``, ``status``, ``OS-EXT-STS:vm_state``,
+        ``OS-EXT-STS:task_state``, ``updated``, ``tenant_id``). Nova answers ``all_tenants``
+        from a non-admin with a 403 (it never ignores it silently, as Cinder does): the list
+        is then read again without it, for the token's project only, and ``all_projects`` is
+        False, so that a server missing from it is never taken for a deleted one. Anything
+        short of every page, a refused credential included, raises SourceError.
+        """
+        try:
+            try:
+                items, pages = self._server_pages(all_tenants=True)
+                return {"items": items, "pages": pages, "all_projects": True}
+            except _Forbidden:
+                items, pages = self._server_pages(all_tenants=False)
+                return {"items": items, "pages": pages, "all_projects": False}
+        except AuthFailed as exc:
+            raise self.error(str(exc)) from None
+        except _Forbidden as exc:
+            raise self.error(str(exc)) from None
+
+    def volume_limits(self) -> dict[str, int]:
+        """Cinder's absolute limits and usage of the credentials' project (``GET /limits``):
+        ``maxTotalVolumes``, ``totalVolumesUsed``, ``maxTotalVolumeGigabytes``... (-1:
+        unlimited)."""
+        return self._limits("block_storage", "read volume limits", _VOLUME_LIMITS)
+
+    def compute_limits(self) -> dict[str, int]:
+        """Nova's absolute limits and usage of the credentials' project (``GET /limits``):
+        ``maxTotalInstances``, ``totalInstancesUsed``, ``maxTotalCores``, ``maxTotalRAMSize``
+        (MiB)... (-1: unlimited)."""
+        return self._limits("compute", "read compute limits", _COMPUTE_LIMITS)
+
+    def _limits(self, service: str, what: str, keys: tuple[str, ...]) -> dict[str, int]:
+        try:
+            data = self._get_json(service, "/limits", what=what,
+                                  microversion=ATTACHMENTS_MICROVERSION
+                                  if service == "block_storage" else None)
+        except AuthFailed as exc:
+            raise self.error(str(exc)) from None
+        absolute = ((data or {}).get("limits") or {}).get("absolute") if isinstance(
+            data, dict) else None
+        if not isinstance(absolute, dict):
+            raise self.error(f"{what}: the answer has no absolute limits")
+        missing = [k for k in keys if k not in absolute]
+        if missing:
+            raise self.error(f"{what}: the answer lacks {', '.join(missing)}")
+        values = {k: absolute[k] for k in keys}
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in values.values()):
+            raise self.error(f"{what}: a limit is not an integer")
+        return values
+
+    def _server_pages(self, *, all_tenants: bool) -> tuple[list[dict[str, Any]], int]:
+        items: list[dict[str, Any]] = []
+        seen: set[str] = set()
+        marker: str | None = None
+        pages = 0
+        while True:
+            query = {"all_tenants": "1"} if all_tenants else {}
+            query["limit"] = str(self.page_size)
+            if marker:
+                query["marker"] = marker
+            response = self._request("compute", "GET", "/servers/detail?" + urlencode(query),
+                                     what="list servers", retry=True, ok=(200, 403),
+                                     microversion=None)
+            if response.status_code == 403:
+                what = "list servers" + (" of every project" if all_tenants else "")
+                raise _Forbidden(f"{what}: " + describe_status(
+                    403, _error_text(response), credential=self._credential,
+                    need="the admin role to list every project's servers" if all_tenants
+                    else "a role on the project (member or reader)"))
+            try:
+                data = response.json()
+            except (ValueError, RecursionError):
+                raise self.error("list servers: the answer is not JSON") from None
+            page = _items(data, "servers")
+            if page is None:
+                raise self.error("list servers: the answer has no servers list")
+            pages += 1
+            for server in page:
+                sid = server.get("id")
+                if not isinstance(sid, str) or sid in seen:
+                    raise self.error("list servers: a server without id, or seen twice: the "
+                                     "list changed while paging")
+                if not _well_formed(server, _SERVER_FIELDS):
+                    raise self.error(f"list servers: server {sid[:64]} is malformed")
+                seen.add(sid)
+                items.append({k: server.get(k) for k in _SERVER_FIELDS} | {"id": sid})
+            marker = _next_marker(data.get("servers_links"))
+            if marker is None and len(page) >= self.page_size:
+                marker = str(page[-1]["id"])  # a full page without a link: ask once more
+            if marker is None or not page:
+                return items, pages
+
     def volume(self, volume_id: str) -> dict[str, Any] | None:
         """One volume's detail, or None when it does not exist (any more)."""
         data = self._get_json("block_storage", f"/volumes/{volume_id}",
@@ -579,6 +676,10 @@ class _Retriable(Exception):
     """A connection failure worth one more try."""
 
 
+class _Forbidden(Exception):
+    """A 403: the credentials may not list that scope."""
+
+
 def _count_response(response: Any, *args: Any, **kwargs: Any) -> None:
     """requests hook: every HTTP response (Keystone and discovery included) is a request."""
     count_request()
@@ -590,6 +691,15 @@ _VOLUME_FIELDS: dict[str, type | tuple[type, ...]] = {
     "attachments": list, "size": int, "multiattach": bool}
 _ATTACHMENT_FIELDS: dict[str, type | tuple[type, ...]] = {
     "volume_id": str, "status": str, "instance": str}
+#: The absolute limits the quotas check reads (Cinder's and Nova's ``/limits``).
+_VOLUME_LIMITS = ("maxTotalVolumes", "totalVolumesUsed", "maxTotalVolumeGigabytes",
+                  "totalGigabytesUsed", "maxTotalSnapshots", "totalSnapshotsUsed")
+_COMPUTE_LIMITS = ("maxTotalInstances", "totalInstancesUsed", "maxTotalCores", "totalCoresUsed",
+                   "maxTotalRAMSize", "totalRAMUsed")
+#: The fields of a Nova server the nodes check reads (2.1 detail view).
+_SERVER_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "name": str, "status": str, "OS-EXT-STS:vm_state": str, "OS-EXT-STS:task_state": str,
+    "updated": str, "tenant_id": str}
 
 
 def _well_formed(item: dict[str, Any], fields: dict[str, type | tuple[type, ...]]) -> bool:

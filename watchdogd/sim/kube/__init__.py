@@ -2,8 +2,9 @@
 
 Modules by job: ``resources`` (the resource table), ``errors`` (Status answers),
 ``selectors``, ``store`` (versions, watches, paged lists), ``patch``, ``tables`` (kubectl),
-``tls``, ``verbs`` (the write rules) and ``apiserver`` (KubeSim: lifecycle, routing,
-discovery, and the direct test API).  HTTP itself is the shared base, ``watchdogd.sim._http``.
+``tls``, ``verbs`` (the write rules), ``routes`` (paths, verbs, RBAC, discovery documents)
+and ``apiserver`` (KubeSim: lifecycle, dispatch to the store, and the direct test API).
+HTTP itself is the shared base, ``watchdogd.sim._http``.
 """
 
 from watchdogd.sim._http import Response as _Response

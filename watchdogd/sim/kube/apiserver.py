@@ -1,4 +1,4 @@
-"""The simulated Kubernetes API server: lifecycle, routing, and the public test API.
+"""The simulated Kubernetes API server: lifecycle, request dispatch, and the public test API.
 
 No API server can run on the machines this project is built and tested on, yet watchdogd's
 Kubernetes source must be exercised through the *official* ``kubernetes`` client and ``kubectl``
@@ -31,13 +31,12 @@ import re
 import ssl
 import traceback
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote
 
 from watchdogd.sim._http import Fault, HttpBase, Request, Response
 from watchdogd.sim.kube.errors import ApiError, details, not_found
-from watchdogd.sim.kube.resources import BY_PATH, RESOURCES, Obj, ResourceType, resource
+from watchdogd.sim.kube.resources import Obj, ResourceType, resource
+from watchdogd.sim.kube.routes import PUBLIC_PATHS, Identity, forbidden, parse_path, resolve
 from watchdogd.sim.kube.selectors import (
     FieldRequirement,
     Query,
@@ -51,35 +50,12 @@ from watchdogd.sim.kube.verbs import Verbs, json_response, now_rfc3339
 
 __all__ = ["KubeSim"]
 
-SIM_VERSION: Obj = {
-    "major": "1", "minor": "32", "gitVersion": "v1.32.4", "gitCommit": "0" * 40,
-    "gitTreeState": "clean", "buildDate": "2025-04-22T00:00:00Z", "goVersion": "go1.23.6",
-    "compiler": "gc", "platform": "linux/amd64",
-}
-
 _FAULT_MESSAGES: dict[int, str] = {
     429: "Too many requests, please try again later.",
     500: "Internal error occurred: simulated fault",
     503: "the server is currently unable to handle the request",
     504: "Timeout: request did not complete within the allotted timeout",
 }
-
-
-@dataclass(frozen=True)
-class _Identity:
-    user: str
-    allow: frozenset[tuple[str, str]] | None  # None: everything (cluster-admin)
-
-    def may(self, verb: str, rt: ResourceType, sub: str | None) -> bool:
-        if self.allow is None:
-            return True
-        names = {rt.plural, rt.qualified, "*"}
-        if sub:
-            names = {f"{rt.plural}/{sub}", f"{rt.qualified}/{sub}", "*"}
-        return any((v, r) in self.allow for v in (verb, "*") for r in names)
-
-
-_PUBLIC_PATHS = frozenset({"/version", "/healthz", "/livez", "/readyz"})
 
 
 class KubeSim(HttpBase):
@@ -110,7 +86,7 @@ class KubeSim(HttpBase):
         self.errors: builtins.list[str] = []
         self._store = Store()
         self._verbs = Verbs(self._store, strict_namespaces=strict_namespaces)
-        self._tokens: dict[str, _Identity] = {token: _Identity("kubernetes-admin", None)}
+        self._tokens: dict[str, Identity] = {token: Identity("kubernetes-admin", None)}
 
     @property
     def strict_namespaces(self) -> bool:
@@ -188,7 +164,7 @@ class KubeSim(HttpBase):
         """Accept another bearer token; ``allow`` limits it to (verb, resource) pairs such as
         ``("list", "pods")`` (``*`` wildcards, ``pods/eviction`` for subresources) to simulate
         RBAC; anything else is a 403 with the real message."""
-        self._tokens[token] = _Identity(user, None if allow is None else frozenset(allow))
+        self._tokens[token] = Identity(user, None if allow is None else frozenset(allow))
 
     # -- direct store access -----------------------------------------------------------------
 
@@ -326,10 +302,10 @@ class KubeSim(HttpBase):
             bug = ApiError(500, "Internal error occurred: simulator bug (see KubeSim.errors)")
             return json_response(500, bug.status())
 
-    def _authenticate(self, req: Request) -> _Identity:
+    def _authenticate(self, req: Request) -> Identity:
         auth = req.headers.get("Authorization")
-        if auth is None and req.path in _PUBLIC_PATHS:
-            return _Identity("system:anonymous", frozenset())
+        if auth is None and req.path in PUBLIC_PATHS:
+            return Identity("system:anonymous", frozenset())
         scheme, _, token = (auth or "").partition(" ")
         ident = self._tokens.get(token.strip()) if scheme.lower() == "bearer" else None
         if ident is None:
@@ -342,80 +318,14 @@ class KubeSim(HttpBase):
         return req.params.get("watch") in ("true", "1") or bool(
             re.match(r"^/(api/v1|apis/[^/]+/[^/]+)/watch/", req.path))
 
-    # -- routing ---------------------------------------------------------------------------
+    # -- dispatch ----------------------------------------------------------------------------
 
-    def _parse_path(self, path: str) -> tuple[ResourceType, str | None, str | None,
-                                               str | None] | None:
-        """Split a resource path into (type, namespace, name, subresource); None if unknown."""
-        parts = [unquote(p) for p in path.strip("/").split("/")]
-        if parts[:2] == ["api", "v1"]:
-            gv, rest = "v1", parts[2:]
-        elif parts[0] == "apis" and len(parts) >= 3:
-            gv, rest = f"{parts[1]}/{parts[2]}", parts[3:]
-        else:
-            return None
-        if rest and rest[0] == "watch":
-            rest = rest[1:]
-        namespace: str | None = None
-        if (len(rest) >= 3 and rest[0] == "namespaces"
-                and (gv, rest[2]) in BY_PATH and BY_PATH[(gv, rest[2])].namespaced):
-            namespace, rest = rest[1], rest[2:]
-        if not rest or not 1 <= len(rest) <= 3:
-            return None
-        rt = BY_PATH.get((gv, rest[0]))
-        if rt is None or (rt.namespaced and namespace is None and len(rest) > 1):
-            return None
-        name = rest[1] if len(rest) > 1 else None
-        sub = rest[2] if len(rest) > 2 else None
-        if sub is not None and sub not in rt.subresources:
-            return None
-        return rt, namespace, name, sub
-
-    def _route(self, req: Request, ident: _Identity) -> Response:
-        path = req.path.rstrip("/") or "/"
-        if path in _PUBLIC_PATHS:
-            if path == "/version":
-                return json_response(200, SIM_VERSION)
-            return Response(200, b"ok", "text/plain; charset=utf-8")
-        if path in ("/api", "/apis") or path.startswith(("/api/", "/apis/")):
-            discovery = self._discovery(path)
-            if discovery is not None:
-                return json_response(200, discovery)
-        parsed = self._parse_path(path)
-        if parsed is None:
-            return Response(404, b"404 page not found\n", "text/plain; charset=utf-8")
-        rt, namespace, name, sub = parsed
-        verb = self._verb(req.method, name, sub)
-        if verb is None or (sub is None and verb not in rt.verbs):
-            raise ApiError(405, "the server does not allow this method on the requested resource",
-                           details=details(rt, name))
-        if not ident.may(verb, rt, sub):
-            raise self._forbidden(ident, verb, rt, namespace, name, sub)
-        return self._handle(req, verb, rt, namespace, name, sub)
-
-    @staticmethod
-    def _verb(method: str, name: str | None, sub: str | None) -> str | None:
-        if name is None:
-            return {"GET": "list", "POST": "create", "DELETE": "deletecollection"}.get(method)
-        if sub == "eviction":
-            return "create" if method == "POST" else None
-        if sub == "finalize":
-            return "update" if method == "PUT" else None
-        verbs = {"GET": "get", "PUT": "update", "PATCH": "patch"}
-        if sub is None:
-            verbs["DELETE"] = "delete"
-        return verbs.get(method)
-
-    @staticmethod
-    def _forbidden(ident: _Identity, verb: str, rt: ResourceType, namespace: str | None,
-                   name: str | None, sub: str | None) -> ApiError:
-        what = f'{rt.qualified} "{name}"' if name else rt.qualified
-        resource = f"{rt.plural}/{sub}" if sub else rt.plural
-        where = f'in the namespace "{namespace}"' if namespace else "at the cluster scope"
-        return ApiError(
-            403, f'{what} is forbidden: User "{ident.user}" cannot {verb} resource '
-                 f'"{resource}" in API group "{rt.group}" {where}',
-            details=details(rt, name))
+    def _route(self, req: Request, ident: Identity) -> Response:
+        target = resolve(req.method, req.path, ident, self._port)
+        if isinstance(target, Response):
+            return target
+        return self._handle(req, target.verb, target.rt, target.namespace, target.name,
+                            target.sub)
 
     def _handle(self, req: Request, verb: str, rt: ResourceType, namespace: str | None,
                 name: str | None, sub: str | None) -> Response:
@@ -469,59 +379,6 @@ class KubeSim(HttpBase):
                                              req.params.get("includeObject", "Metadata")))
         return Response(code, entry.full_json.encode())
 
-    # -- discovery ---------------------------------------------------------------------------
-
-    def _discovery(self, path: str) -> Obj | None:
-        """The legacy discovery documents; kubectl falls back to them when the response is not
-        the aggregated (application/json;g=apidiscovery.k8s.io) form."""
-        groups: dict[str, builtins.list[ResourceType]] = {}
-        for rt in RESOURCES:
-            groups.setdefault(rt.api_version, []).append(rt)
-        if path == "/api":
-            return {"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": [
-                {"clientCIDR": "0.0.0.0/0", "serverAddress": f"127.0.0.1:{self._port}"}]}
-        named = sorted(gv for gv in groups if "/" in gv)
-
-        def group_doc(gv: str) -> Obj:
-            g, v = gv.split("/")
-            version = {"groupVersion": gv, "version": v}
-            return {"name": g, "versions": [version], "preferredVersion": version}
-
-        if path == "/apis":
-            return {"kind": "APIGroupList", "apiVersion": "v1",
-                    "groups": [group_doc(gv) for gv in named]}
-        parts = path.strip("/").split("/")
-        if parts[0] == "apis" and len(parts) == 2:
-            for gv in named:
-                if gv.split("/")[0] == parts[1]:
-                    return {"kind": "APIGroup", "apiVersion": "v1", **group_doc(gv)}
-            return None
-        gv = "v1" if parts == ["api", "v1"] else "/".join(parts[1:]) if len(parts) == 3 else ""
-        if gv not in groups:
-            return None
-        resources: builtins.list[Obj] = []
-        for rt in groups[gv]:
-            doc: Obj = {"name": rt.plural, "singularName": rt.singular, "namespaced": rt.namespaced,
-                        "kind": rt.kind, "verbs": list(rt.verbs)}
-            if rt.short_names:
-                doc["shortNames"] = list(rt.short_names)
-            if rt.categories:
-                doc["categories"] = list(rt.categories)
-            resources.append(doc)
-            for sub in rt.subresources:
-                sdoc: Obj = {"name": f"{rt.plural}/{sub}", "singularName": "",
-                             "namespaced": rt.namespaced, "kind": rt.kind,
-                             "verbs": ["get", "patch", "update"]}
-                if sub == "eviction":
-                    sdoc.update(group="policy", version="v1", kind="Eviction", verbs=["create"])
-                elif sub == "finalize":
-                    sdoc["verbs"] = ["update"]
-                resources.append(sdoc)
-        out: Obj = {"kind": "APIResourceList", "groupVersion": gv, "resources": resources}
-        if gv != "v1":
-            out["apiVersion"] = "v1"
-        return out
-
     # -- list, watch -------------------------------------------------------------------------
 
     def _query(self, req: Request, rt: ResourceType, namespace: str | None) -> Query:
@@ -540,15 +397,15 @@ class KubeSim(HttpBase):
                 f'"metadata":{dumps(meta)},"items":[')
         return Response(200, (head + ",".join(e.item_json for e in items) + "]}").encode())
 
-    def _watch(self, req: Request, ident: _Identity) -> Response:
+    def _watch(self, req: Request, ident: Identity) -> Response:
         """Stream watch events as chunked newline-delimited JSON until timeoutSeconds,
         the client hanging up, or the server going down."""
-        parsed = self._parse_path(req.path)
+        parsed = parse_path(req.path)
         if parsed is None or parsed[3] is not None:
             return Response(404, b"404 page not found\n", "text/plain; charset=utf-8")
         rt, namespace, name, _ = parsed
         if not ident.may("watch", rt, None):
-            raise self._forbidden(ident, "watch", rt, namespace, name, None)
+            raise forbidden(ident, "watch", rt, namespace, name, None)
         query = self._query(req, rt, namespace)
         if name is not None:  # GET .../pods/NAME?watch=true is metadata.name=NAME
             by_name = FieldRequirement("metadata.name", ("metadata", "name"), True, name)
