@@ -260,6 +260,25 @@ class MaintenanceWindow(Section):
         return days
 
 
+#: the annotation that exempts a pod or claim from every action (still reported)
+IGNORE_ANNOTATION = "watchdogd.io/ignore"
+
+
+class ExclusionsConfig(Section):
+    """``[exclusions]``: subjects no action may touch; their findings are still reported.
+
+    ``users``, ``server_names`` and ``namespaces`` are shell patterns (``test-*``);
+    ``volume_ids`` exact; ``volume_metadata`` key = value pairs, any of which exempts a
+    Cinder volume. A pod or claim annotated ``watchdogd.io/ignore: "true"`` is exempt too.
+    """
+
+    users: list[str] = Field(default_factory=list)
+    server_names: list[str] = Field(default_factory=list)
+    namespaces: list[str] = Field(default_factory=list)
+    volume_ids: list[str] = Field(default_factory=list)
+    volume_metadata: dict[str, str] = Field(default_factory=dict)
+
+
 class ClusterConfig(Section):
     """A Kubernetes cluster: a kubeconfig context, or the in-cluster service account."""
 
@@ -401,6 +420,7 @@ class Config(BaseSettings):
     #: the raw ``[checks.NAME]`` tables, validated by the check registry
     checks: dict[str, dict[str, Any]] = Field(default_factory=dict)
     maintenance: dict[str, MaintenanceWindow] = Field(default_factory=dict)
+    exclusions: ExclusionsConfig = ExclusionsConfig()
 
     _toml_path: ClassVar[Path | None] = None
 

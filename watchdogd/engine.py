@@ -405,7 +405,8 @@ class Engine:
         repeats = {t.finding.key: done_before.get(store_key(t.finding.key), 0) for t in tracked}
         decisions, breaker = decide(tracked, policy=policy, dry_run=self.dry_run,
                                     subjects=subjects, budget=budget, now=now, repeats=repeats,
-                                    acting=acting, silenced={
+                                    acting=acting, exclusions=self.config.exclusions,
+                                    silenced={
                                         key: s.describe() for key, s in silenced.items()
                                         if not s.allow_actions})
         marks = set(detection.marks)

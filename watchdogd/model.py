@@ -74,6 +74,8 @@ class ActionStatus(enum.StrEnum):
     HELD = "held"
     #: an operator's silence covers the finding and does not allow actions
     SILENCED = "silenced"
+    #: the subject is exempt from actions (``[exclusions]`` or the ignore annotation)
+    EXCLUDED = "excluded"
 
 
 class SourceError(Exception):
@@ -209,6 +211,9 @@ class Action:
     ``before`` is the before-image written to the audit log so that a human can
     undo what was done.
 
+    ``about`` and the parameters (``user``, ``server_name``, ``namespace``, ``volume_id``)
+    are what the operator's ``[exclusions]`` are judged on.
+
     ``verify`` names the targeted re-reads (by name: one pod, one user's server)
     that the engine makes right before acting; the check's ``verify()`` function
     then says whether the finding still holds on them. An action is never run on
@@ -223,13 +228,17 @@ class Action:
     destructive: bool = True
     before: Mapping[str, Any] = field(default_factory=dict)
     verify: tuple[Need, ...] = ()
+    #: what the action touches beyond its parameters, for the operator's exclusions:
+    #: ``annotations`` (of the pod or claim), ``volume_metadata`` (of the Cinder volume)
+    about: Mapping[str, Any] = field(default_factory=dict)
 
     @staticmethod
     def bind(name: str, bound: Call, *, destructive: bool = True,
-             before: Mapping[str, Any] | None = None, verify: tuple[Need, ...] = ()) -> Action:
+             before: Mapping[str, Any] | None = None, verify: tuple[Need, ...] = (),
+             about: Mapping[str, Any] | None = None) -> Action:
         """The remediation ``name``, run as ``bound`` (a :func:`watchdogd.ports.call`)."""
         return Action(name, bound.source, bound.target, bound.method, dict(bound.params),
-                      destructive, before or {}, verify)
+                      destructive, before or {}, verify, about or {})
 
 
 @dataclass

@@ -1,6 +1,7 @@
 """The remediation policy: whether a planned action may run, and if not, why.
 
-The gates apply in a fixed order an operator can predict: enabled, not silenced
+The gates apply in a fixed order an operator can predict: enabled, not excluded
+(``[exclusions]``, or a pod or claim annotated ``watchdogd.io/ignore``), not silenced
 (an operator's silence that does not allow actions), not held (acted on too often
 lately), confirmed (sightings and age), the breaker, dry-run, the budgets. Every refusal carries a
 one-line reason that ends up in the report and the logs.
@@ -11,12 +12,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from fnmatch import fnmatchcase
 
-from watchdogd.config import RemediationConfig
-from watchdogd.model import ActionStatus, Tracked
+from watchdogd.config import IGNORE_ANNOTATION, ExclusionsConfig, RemediationConfig
+from watchdogd.model import Action, ActionStatus, Tracked
 from watchdogd.times import format_duration
 
-__all__ = ["Budget", "Decision", "breaker_trips", "decide"]
+__all__ = ["Budget", "Decision", "breaker_trips", "decide", "exclusion"]
 
 
 @dataclass
@@ -52,6 +54,33 @@ class Budget:
         return None
 
 
+def exclusion(action: Action, rules: ExclusionsConfig) -> str | None:
+    """Why ``[exclusions]`` (or the ignore annotation) exempt what ``action`` touches, or None.
+
+    Judged on the action's parameters (``user``, ``server_name``, ``namespace``,
+    ``volume_id``) and on what the check says it touches (``about``: the pod's or claim's
+    annotations, the volume's metadata), so one rule covers every check's actions.
+    """
+    params = action.params
+    annotations = action.about.get("annotations") or {}
+    if str(annotations.get(IGNORE_ANNOTATION, "")).strip().lower() == "true":
+        return f'annotated {IGNORE_ANNOTATION}: "true"'
+    for param, patterns, key in (("user", rules.users, "users"),
+                                 ("server_name", rules.server_names, "server_names"),
+                                 ("namespace", rules.namespaces, "namespaces")):
+        value = params.get(param)
+        if isinstance(value, str) and value and any(fnmatchcase(value, p) for p in patterns):
+            return f"{param.replace('_', ' ')} {value!r} is excluded (exclusions.{key})"
+    volume = params.get("volume_id")
+    if isinstance(volume, str) and volume in rules.volume_ids:
+        return f"volume {volume} is excluded (exclusions.volume_ids)"
+    metadata = action.about.get("volume_metadata") or {}
+    for key, value in rules.volume_metadata.items():
+        if str(metadata.get(key)) == value:
+            return f"volume metadata {key}={value} is excluded (exclusions.volume_metadata)"
+    return None
+
+
 def breaker_trips(planned: int, subjects: int, policy: RemediationConfig) -> str | None:
     """Why the breaker opens for ``planned`` destructive actions among ``subjects``, or None.
 
@@ -78,6 +107,7 @@ def decide(
     repeats: Mapping[str, int] | None = None,
     acting: bool = True,
     silenced: Mapping[str, str] | None = None,
+    exclusions: ExclusionsConfig | None = None,
 ) -> tuple[list[Decision], str | None]:
     """Decide every planned action of one check target's pass.
 
@@ -99,6 +129,11 @@ def decide(
         if action.name not in policy.enabled:
             decisions.append(Decision(item, ActionStatus.DISABLED,
                                       f"{action.name} is not in remediation.enabled"))
+            continue
+        excluded = exclusion(action, exclusions) if exclusions is not None else None
+        if excluded:
+            decisions.append(Decision(item, ActionStatus.EXCLUDED,
+                                      f"{excluded}: reported, never acted on"))
             continue
         if item.finding.key in silenced:
             decisions.append(Decision(item, ActionStatus.SILENCED,

@@ -17,6 +17,7 @@ from watchdogd.config import (
     ClusterConfig,
     Config,
     DaemonConfig,
+    ExclusionsConfig,
     HubConfig,
     MaintenanceWindow,
     NotifyConfig,
@@ -43,7 +44,8 @@ def fields(model: type[BaseModel]) -> set[str]:
 def test_every_key_is_documented() -> None:
     documented = documented_keys()
     models: list[type[BaseModel]] = [StateConfig, NotifyConfig, RemediationConfig, DaemonConfig,
-                                     ClusterConfig, HubConfig, CloudConfig, MaintenanceWindow]
+                                     ClusterConfig, HubConfig, CloudConfig, MaintenanceWindow,
+                                     ExclusionsConfig]
     models += [spec.settings_model for spec in REGISTRY.values()]
     missing = {f"{m.__name__}.{k}" for m in models for k in fields(m) - documented}
     # Secrets are documented through their *_file keys.
@@ -54,7 +56,7 @@ def test_every_key_is_documented() -> None:
         assert f"[checks.{name}]" in EXAMPLE.read_text(), name
     assert fields(Config) <= documented | {"state", "notify", "remediation", "daemon",
                                            "clusters", "hubs", "clouds", "checks",
-                                           "maintenance"}
+                                           "maintenance", "exclusions"}
     assert fields(CheckConfig) <= documented
 
 

@@ -582,7 +582,8 @@ def _judge_failed_pod(s: TargetSettings, pod: dict[str, Any], snapshot: Snapshot
     if age >= s.check.failed_pod_min_age and uid:
         action = Action.bind("delete-pod", call(Kube.delete_pod, s.cluster, namespace=namespace,
                                                 name=name, uid=uid),
-                             destructive=True, before={"pod": summary})
+                             destructive=True, before={"pod": summary},
+                             about={"annotations": metadata.get("annotations")})
         message += "; it only holds its record now: delete it"
     else:
         message += (f"; it is deleted once failed for {_ago(s.check.failed_pod_min_age)} "

@@ -279,7 +279,8 @@ def _orphan_volumes(d: _Detector, volumes: list[dict[str, Any]],
                           observed_updated_at=volume.get("updated_at"),
                           key=s.quarantine_key, value=cloud.strftime("%Y-%m-%dT%H:%M:%SZ")),
                           destructive=False, before={"volume": summary},
-                          verify=_rereads(d, volume, full=False)))
+                          verify=_rereads(d, volume, full=False),
+                          about={"volume_metadata": volume.get("metadata")}))
             continue
         marked = parse_time(quarantine)
         if marked is None:
@@ -325,7 +326,8 @@ def _orphan_volumes(d: _Detector, volumes: list[dict[str, Any]],
                       quarantine_key=s.quarantine_key,
                       quarantine_value=str((volume.get("metadata") or {}).get(s.quarantine_key))),
                       destructive=True, before={"volume": volume},
-                      verify=_rereads(d, volume, full=True)))
+                      verify=_rereads(d, volume, full=True),
+                      about={"volume_metadata": volume.get("metadata")}))
     return len(candidates)
 
 

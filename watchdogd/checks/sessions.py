@@ -265,7 +265,8 @@ class _Detector(Detector):
                                               namespace=summary["namespace"],
                                               name=summary["name"], uid=summary["uid"]),
                            destructive=True, before={"pod": pod_before_image(pod)},
-                           verify=self.rereads(key, (summary["namespace"], summary["name"])))
+                           verify=self.rereads(key, (summary["namespace"], summary["name"])),
+                           about={"annotations": (pod.get("metadata") or {}).get("annotations")})
 
 
 def _hub_since(marks: dict[str, datetime], mark: str) -> tuple[str, datetime] | None:

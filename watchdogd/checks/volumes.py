@@ -366,7 +366,8 @@ def _judge(d: _Detector, volume: dict[str, Any], atts: list[dict[str, Any]],
                     volume_id=vid, observed_status="reserved", observed_volume_status=status,
                     observed_volume_updated_at=updated_at),
                     destructive=True,
-                    before={"attachment": attachment, "volume": volume_summary(volume)}))
+                    before={"attachment": attachment, "volume": volume_summary(volume)},
+                    about={"volume_metadata": volume.get("metadata")}))
 
     if status not in s.stuck_statuses:
         return bool(dangling)
@@ -393,7 +394,8 @@ def _judge(d: _Detector, volume: dict[str, Any], atts: list[dict[str, Any]],
         action = Action.bind("reset-volume-status", call(
             OpenStack.reset_volume_status, d.s.cloud, volume_id=vid, status=target,
             observed_status=status, observed_updated_at=updated_at),
-            destructive=True, before={"volume": volume_summary(volume), "attachments": atts})
+            destructive=True, before={"volume": volume_summary(volume), "attachments": atts},
+            about={"volume_metadata": volume.get("metadata")})
     d.finding("volume-stuck", vid, severity, message, evidence, action)
     return True
 
