@@ -224,16 +224,48 @@ class KubeSource:
             raise self.error(f"delete pod {namespace}/{name}: {_net(exc, self.timeout)}") from None
         return f"deleted pod {namespace}/{name}"
 
+    def deployment_replicas(self, namespace: str, name: str) -> int:
+        """A Deployment's desired replicas, read through its ``scale`` subresource.
+
+        Used by ``watchdogd repair-session --stop-hub`` only (an operator command: the
+        daemon never scales anything).
+        """
+        data = self._get(f"read deployments/scale {namespace}/{name}",
+                         "/apis/apps/v1/namespaces/{namespace}/deployments/{name}/scale",
+                         {"namespace": namespace, "name": name}, [])
+        return _replicas(self, data, f"deployments/scale {namespace}/{name}")
+
+    def scale_deployment(self, namespace: str, name: str, replicas: int) -> int:
+        """Set a Deployment's replicas (merge patch of its ``scale``); the new value."""
+        data = self._send("PATCH", f"patch deployments/scale {namespace}/{name}",
+                          "/apis/apps/v1/namespaces/{namespace}/deployments/{name}/scale",
+                          {"namespace": namespace, "name": name}, [],
+                          body={"spec": {"replicas": replicas}},
+                          content_type="application/merge-patch+json",
+                          need="patch on deployments/scale")
+        return _replicas(self, data, f"deployments/scale {namespace}/{name}")
+
     def _get(self, what: str, path: str, path_params: dict[str, str],
              query: list[tuple[str, Any]], *, missing_ok: bool = False) -> Any:
+        return self._send("GET", what, path, path_params, query, missing_ok=missing_ok,
+                          need=f"list on {what.split()[1]}")
+
+    def _send(self, method: str, what: str, path: str, path_params: dict[str, str],
+              query: list[tuple[str, Any]], *, body: Any = None, content_type: str | None = None,
+              missing_ok: bool = False, need: str = "") -> Any:
+        """One request by path, its answer parsed as a JSON object (None: a NotFound with
+        ``missing_ok``)."""
         count_request()
         api = self.client
+        headers_in = {"Accept": "application/json"}
+        if content_type:
+            headers_in["Content-Type"] = content_type
         try:
-            method, url, headers, _payload, _post = api.param_serialize(
-                "GET", path, path_params=path_params, query_params=query,
-                header_params={"Accept": "application/json"}, auth_settings=["BearerToken"])
+            method, url, headers, payload, _post = api.param_serialize(
+                method, path, path_params=path_params, query_params=query, body=body,
+                header_params=headers_in, auth_settings=["BearerToken"])
             with self._limited(what):
-                response = api.call_api(method, url, header_params=headers,
+                response = api.call_api(method, url, header_params=headers, body=payload,
                                         _request_timeout=self.timeout)
                 raw = response.read()  # type: ignore[no-untyped-call]
             if not 200 <= response.status < 300:
@@ -247,7 +279,7 @@ class KubeSource:
                                  "it is read again next pass") from None
             raise self.error(f"{what}: " + describe_status(
                 exc.status or 0, _body(exc), credential=self._credential(),
-                need=f"list on {what.split()[1]}")) from None
+                need=need)) from None
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise self.error(f"{what}: {_net(exc, self.timeout)}") from None
         try:
@@ -279,6 +311,13 @@ class KubeSource:
         """Close the client's connection pool."""
         if self._client is not None:
             self._client.close()  # type: ignore[no-untyped-call]
+
+
+def _replicas(source: KubeSource, data: dict[str, Any], what: str) -> int:
+    replicas = (data.get("spec") or {}).get("replicas", 0)
+    if data.get("kind") != "Scale" or not isinstance(replicas, int) or isinstance(replicas, bool):
+        raise source.error(f"{what}: answer is not a Scale")
+    return replicas
 
 
 def _is_not_found(exc: ApiException) -> bool:

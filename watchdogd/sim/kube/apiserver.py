@@ -437,6 +437,9 @@ class KubeSim(HttpBase):
         ns = namespace or ""
         if sub == "eviction":
             return self._verbs.evict(rt, ns, name, dry)
+        if sub == "scale":
+            ctype = (req.headers.get("Content-Type") or "").split(";")[0].strip()
+            return self._verbs.scale(verb, ctype, rt, ns, name, body, dry)
         if verb == "get":
             with self._store.lock:
                 entry = self._store.buckets[rt].get(object_key(ns, name))
