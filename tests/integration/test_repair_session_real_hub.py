@@ -39,7 +39,7 @@ def table_rows(db_url: str) -> dict[str, list[tuple[Any, ...]]]:
     engine = sa.create_engine(db_url.replace("postgresql://", "postgresql+psycopg://"))
     try:
         with engine.connect() as conn:
-            return {t: [tuple(r) for r in conn.execute(sa.text(f"SELECT * FROM {t} ORDER BY id"))]
+            return {t: [tuple(r) for r in conn.execute(sa.text(f"SELECT * FROM {t} ORDER BY id"))]  # noqa: S608
                     for t in TABLES}
     finally:
         engine.dispose()
