@@ -18,6 +18,11 @@
   exists in the hub database of the hub that owns that namespace. Users are matched by the
   claim's ``hub.jupyter.org/username`` annotation, else by the name in the pattern compared
   with the users' KubeSpawner slugs (``safe`` and ``escape`` schemes).
+* ``pvc-stuck-terminating`` (warning): a claim deleted ``stuck_terminating_after`` ago or
+  more (on the API server's clock, its ``Date``) that the ``kubernetes.io/pvc-protection``
+  finalizer keeps, because pods still mount it. The pods are named: the claim's namespace
+  is listed (a lookup, only for such claims) and every pod whose volumes use the claim is
+  in the finding.
 
 Everything is reported only. Two opt-in actions exist for orphaned volumes (enable them in
 ``remediation.enabled``):
@@ -75,7 +80,8 @@ from watchdogd.slugs import escape_slug, safe_slug
 from watchdogd.times import parse_time
 
 NAME = "orphans"
-KINDS = ("orphan-volume", "foreign-volume", "released-pv", "orphan-extra-pvc")
+KINDS = ("orphan-volume", "foreign-volume", "released-pv", "orphan-extra-pvc",
+         "pvc-stuck-terminating")
 # cinder-csi writes these into the metadata of every volume it creates (--cluster and the
 # CSI provisioner's extra-create-metadata).
 CSI_CLUSTER_KEY = "cinder.csi.openstack.org/cluster"
@@ -83,6 +89,7 @@ CSI_PV_KEY = "csi.storage.k8s.io/pv/name"
 CSI_PVC_KEY = "csi.storage.k8s.io/pvc/name"
 
 ANNOTATION_USER = "hub.jupyter.org/username"
+PVC_PROTECTION = "kubernetes.io/pvc-protection"
 
 
 class Settings(CheckConfig):
@@ -100,6 +107,8 @@ class Settings(CheckConfig):
     extra_pvc_patterns: list[str] = Field(default_factory=lambda: ["postgres-{username}"])
     #: ``key=value[,key=value]``: claims with these labels are extra per-user claims too
     extra_pvc_selector: str = "component=extra-pvc"
+    #: a deleted claim still held by pvc-protection this long after its deletion is stuck
+    stuck_terminating_after: Duration = timedelta(minutes=10)
 
 
 @dataclass(frozen=True)
@@ -152,8 +161,8 @@ def targets(check: Settings, inventory: Inventory) -> list[CheckTarget]:
         needs: list[Need] = [volumes_need(cloud_name)] if cloud_name else []
         for cluster in clusters:
             needs.append(pvs_need(cluster))
-            if any(h.cluster == cluster and h.layout == "kubespawner" for h in hubs):
-                needs.append(pvcs_need(cluster))
+            # every cluster's claims: extra claims of gone users, claims stuck terminating
+            needs.append(pvcs_need(cluster))
         needs += [hub_need(h.name) for h in hubs if h.layout == "kubespawner"]
         result.append(CheckTarget(name, tuple(needs),
                                   TargetSettings(name, cloud_name, clusters, hubs, check)))
@@ -199,6 +208,9 @@ class _Detector(Detector):
 def detect(snapshot: Snapshot, now: datetime) -> Detection:
     """Orphaned volumes (union over clusters), released PVs, extra claims of gone users."""
     d = _Detector(snapshot, now)
+    lookups = _stuck_claims(d)
+    if lookups:
+        return Detection([], 0, lookups=lookups)
     pvs = {cluster: snapshot[f"pvs:{cluster}"] for cluster in d.s.clusters}
     subjects = 0
     if d.s.cloud is not None:
@@ -477,3 +489,54 @@ def _extra_pvcs(d: _Detector) -> int:
                        "phase": (claim.get("status") or {}).get("phase"),
                        "created": metadata.get("creationTimestamp")})
     return examined
+
+
+def _stuck_claims(d: _Detector) -> tuple[Need, ...]:
+    """``pvc-stuck-terminating`` findings; first the pod lists of their namespaces to read.
+
+    A claim counts once its ``deletionTimestamp`` is ``stuck_terminating_after`` old on the
+    API server's clock (the ``Date`` of the claims list; watchdogd's clock only when the
+    server sent none). The pods come from a complete list of the claim's namespace, read
+    as a lookup only for namespaces that have such a claim.
+    """
+    lookups: list[Need] = []
+    after = d.s.check.stuck_terminating_after
+    for cluster in d.s.clusters:
+        key = f"pvcs:{cluster}"
+        clock = d.snapshot.server_now.get(key) or d.now
+        for claim in d.snapshot[key]:
+            metadata = claim.get("metadata") or {}
+            deleted = parse_time(metadata.get("deletionTimestamp"))
+            if deleted is None or PVC_PROTECTION not in (metadata.get("finalizers") or []):
+                continue
+            if clock - deleted < after:
+                continue
+            namespace, name = str(metadata.get("namespace")), str(metadata.get("name"))
+            pods_key = f"pods:{cluster}/{namespace}"
+            if pods_key not in d.snapshot.observations:
+                if pods_key not in {n.key for n in lookups}:
+                    lookups.append(Need.bind(pods_key, call(Kube.pods, cluster,
+                                                            namespace=namespace)))
+                continue
+            holders = sorted(str((p.get("metadata") or {}).get("name"))
+                             for p in d.snapshot[pods_key] if _mounts(p, name))
+            minutes = int((clock - deleted).total_seconds() // 60)
+            d.finding("pvc-stuck-terminating", f"{cluster}/{namespace}/{name}",
+                      Severity.WARNING,
+                      f"claim {namespace}/{name} in cluster {cluster} was deleted {minutes} "
+                      f"min ago and is kept by {PVC_PROTECTION}: "
+                      + (f"pod(s) {', '.join(holders)} still mount it" if holders else
+                         "no pod mounts it now; the protection controller should release it"),
+                      {"cluster": cluster, "namespace": namespace, "claim": name,
+                       "deleted": metadata.get("deletionTimestamp"), "pods": holders,
+                       "volume_name": (claim.get("spec") or {}).get("volumeName")})
+    return tuple(lookups)
+
+
+def _mounts(pod: dict[str, Any], claim: str) -> bool:
+    """Whether ``pod`` uses the claim ``claim`` (of its own namespace) as a volume."""
+    for volume in (pod.get("spec") or {}).get("volumes") or []:
+        source = volume.get("persistentVolumeClaim") if isinstance(volume, dict) else None
+        if isinstance(source, dict) and source.get("claimName") == claim:
+            return True
+    return False

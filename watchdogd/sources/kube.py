@@ -24,7 +24,13 @@ from kubernetes.client.exceptions import ApiException
 
 from watchdogd.config import ClusterConfig, file_problem
 from watchdogd.model import PreconditionFailed, SourceError
-from watchdogd.sources.base import count_request, describe_status, scrub, secret_values
+from watchdogd.sources.base import (
+    count_request,
+    describe_status,
+    note_server_date,
+    scrub,
+    secret_values,
+)
 from watchdogd.sources.bounded import bound_pools, limits
 
 __all__ = ["KIND_LISTS", "KubeSource", "api_client"]
@@ -268,6 +274,8 @@ class KubeSource:
                 response = api.call_api(method, url, header_params=headers, body=payload,
                                         _request_timeout=self.timeout)
                 raw = response.read()  # type: ignore[no-untyped-call]
+            # The API server's clock, for ages judged on it (Snapshot.server_now).
+            note_server_date(response.getheader("Date"))  # type: ignore[no-untyped-call]
             if not 200 <= response.status < 300:
                 raise ApiException.from_response(
                     http_resp=response, body=raw.decode("utf-8", "replace"), data=None)
