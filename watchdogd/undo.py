@@ -100,10 +100,50 @@ def _undo_quarantine(ctx: UndoContext, record: ActionRecord) -> str:
         source.close()
 
 
+#: annotations the API server's controllers write on a claim: a recreated claim starts without
+_CONTROLLER_ANNOTATIONS = ("pv.kubernetes.io/", "volume.kubernetes.io/",
+                           "volume.beta.kubernetes.io/")
+
+
+def _undo_delete_extra_pvc(ctx: UndoContext, record: ActionRecord) -> str:
+    """Recreate the deleted claim from its archived manifest on the retained PV."""
+    from watchdogd.sources.kube import KubeSource  # noqa: PLC0415
+
+    cluster = record.target
+    if cluster not in ctx.config.clusters:
+        raise Refused(f"the action's cluster {safe_text(cluster)} is not configured",
+                      EXIT_CONFIG)
+    try:
+        manifest = dict(record.before["claim"])
+        volume_name = str(record.before["pv"]["name"])
+        metadata = dict(manifest["metadata"])
+    except (KeyError, TypeError):
+        raise Refused(f"action {record.id} has no claim manifest to recreate",
+                      EXIT_CANNOT) from None
+    # Without watchdogd's mark (the quarantine starts again on both clocks) and without
+    # the controllers' binding annotations of the old claim.
+    key = record.params.get("key")
+    metadata["annotations"] = {
+        k: v for k, v in (metadata.get("annotations") or {}).items()
+        if k != key and not k.startswith(_CONTROLLER_ANNOTATIONS)}
+    manifest["metadata"] = metadata
+    where = f"{metadata.get('namespace')}/{metadata.get('name')}"
+    ctx.console.confirm(f"Recreate claim {safe_text(where)} on PV {safe_text(volume_name)} "
+                        f"in cluster {safe_text(cluster)}?")
+    source = KubeSource(cluster, ctx.config.clusters[cluster])
+    try:
+        return source.restore_claim(manifest, volume_name)
+    except SourceError as exc:
+        raise Refused(str(exc), EXIT_UNAVAILABLE) from None
+    finally:
+        source.close()
+
+
 #: action name -> its undo. One line per undoable action.
 UNDO: dict[str, UndoFn] = {
     "repair-session": _undo_repair_session,
     "quarantine": _undo_quarantine,
+    "delete-extra-pvc": _undo_delete_extra_pvc,
 }
 
 #: action name -> why it has no undo (said to the operator as it is)
@@ -119,6 +159,8 @@ NO_UNDO: dict[str, str] = {
     "delete-orphan-volume": "a deleted volume is gone; it was quarantined for "
                             "quarantine_days first",
     "undo": "an undo is not undone; run the original action again",
+    "quarantine-extra-pvc": "the mark is one annotation: kubectl annotate pvc NAME "
+                            "watchdogd-orphaned-since- (with the claim's namespace)",
 }
 
 

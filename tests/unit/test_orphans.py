@@ -343,3 +343,85 @@ def test_stuck_terminating_ages_on_the_api_servers_clock() -> None:
     # The API server's clock says only 5 minutes have passed: not stuck yet.
     snap.server_now["pvcs:c1"] = NOW - timedelta(minutes=7)
     assert not kinds(orphans.detect(snap, NOW), "pvc-stuck-terminating")
+
+
+def _claim(name: str, user: str, *, mark: datetime | None = None, uid: str = "u-1") -> Obj:
+    claim = pvc(name, user=user, labels={"component": "extra-pvc"})
+    claim["metadata"]["uid"] = uid
+    if mark is not None:
+        claim["metadata"]["annotations"]["watchdogd-orphaned-since"] = mark.strftime(
+            "%Y-%m-%dT%H:%M:%SZ")
+    return claim
+
+
+def _bound_pv(claim: Obj, policy: str = "Delete") -> Obj:
+    return {"metadata": {"name": claim["spec"]["volumeName"]},
+            "spec": {"persistentVolumeReclaimPolicy": policy,
+                     "claimRef": {"namespace": "jhub", "name": claim["metadata"]["name"],
+                                  "uid": claim["metadata"]["uid"]}},
+            "status": {"phase": "Bound"}}
+
+
+def test_an_orphaned_extra_claim_is_marked_on_the_api_servers_clock() -> None:
+    claim = _claim("scratch-bob", "bob")
+    snap = snapshot([], pvcs=[claim], users=["alice"])
+    [finding] = kinds(orphans.detect(snap, NOW), "orphan-extra-pvc").values()
+    assert finding.action is None  # no Date from the API server: no clock, no mark
+    snap.server_now["pvcs:c1"] = NOW - timedelta(minutes=3)
+    [finding] = kinds(orphans.detect(snap, NOW), "orphan-extra-pvc").values()
+    assert finding.action is not None and finding.action.name == "quarantine-extra-pvc"
+    assert finding.action.params["value"] == "2026-11-22T02:57:00Z"
+    assert finding.action.destructive is False
+
+
+def _ready(**kw: Any) -> tuple[Snapshot, Obj]:
+    claim = _claim("scratch-bob", "bob", mark=NOW - timedelta(days=15))
+    pvs = {"c1": [_bound_pv(claim)]}
+    snap = snapshot([], pvs, pvcs=[claim], users=["alice"],
+                    marks={"extra-pvc:c1/jhub/scratch-bob:u-1": NOW - timedelta(days=15)}, **kw)
+    snap.server_now["pvcs:c1"] = NOW
+    return snap, claim
+
+
+def test_delete_waits_for_both_clocks_and_for_no_pod_mounting_it() -> None:
+    snap, claim = _ready()
+    first = orphans.detect(snap, NOW)
+    assert [n.key for n in first.lookups] == ["pods:c1/jhub"]
+    snap.observations["pods:c1/jhub"] = [_pod("db-bob", "scratch-bob")]
+    [finding] = kinds(orphans.detect(snap, NOW), "orphan-extra-pvc").values()
+    assert finding.action is None and "db-bob mount it" in finding.message
+    snap.observations["pods:c1/jhub"] = [_pod("other", "scratch-carol")]
+    [finding] = kinds(orphans.detect(snap, NOW), "orphan-extra-pvc").values()
+    assert finding.action is not None and finding.action.name == "delete-extra-pvc"
+    assert finding.action.params["volume_name"] == "pv-scratch-bob"
+    assert finding.action.before["claim"]["spec"]["volumeName"] == "pv-scratch-bob"
+    assert finding.action.before["pv"]["reclaim_policy"] == "Delete"
+    # watchdogd's own sighting is one day old (a new state file): it waits.
+    snap.marks["extra-pvc:c1/jhub/scratch-bob:u-1"] = NOW - timedelta(days=1)
+    [finding] = kinds(orphans.detect(snap, NOW), "orphan-extra-pvc").values()
+    assert finding.action is None
+    # the API server's clock is 14 days behind the mark's: it waits too.
+    snap, _ = _ready()
+    snap.observations["pods:c1/jhub"] = []
+    snap.server_now["pvcs:c1"] = NOW - timedelta(days=14)
+    [finding] = kinds(orphans.detect(snap, NOW), "orphan-extra-pvc").values()
+    assert finding.action is None
+
+
+def test_delete_is_verified_on_fresh_reads() -> None:
+    snap, claim = _ready()
+    snap.observations["pods:c1/jhub"] = []
+    [finding] = kinds(orphans.detect(snap, NOW), "orphan-extra-pvc").values()
+    pv = _bound_pv(claim)
+    reads = {"claim": claim, "hub_db:main": {"users": ["alice"]}, "pods": [], "pv": pv}
+    assert orphans.verify(finding, reads, NOW) is None
+    assert "a user of the hub again" in str(orphans.verify(
+        finding, {**reads, "hub_db:main": {"users": ["alice", "bob"]}}, NOW))
+    assert "no users" in str(orphans.verify(finding, {**reads, "hub_db:main": {"users": []}},
+                                            NOW))
+    assert "mounted by pod(s) late" in str(orphans.verify(
+        finding, {**reads, "pods": [_pod("late", "scratch-bob")]}, NOW))
+    replaced = _claim("scratch-bob", "bob", mark=NOW - timedelta(days=15), uid="u-2")
+    assert "replaced" in str(orphans.verify(finding, {**reads, "claim": replaced}, NOW))
+    other = {**pv, "spec": {**pv["spec"], "claimRef": {"uid": "u-9"}}}
+    assert "another claim" in str(orphans.verify(finding, {**reads, "pv": other}, NOW))
