@@ -384,7 +384,7 @@ def _ready(**kw: Any) -> tuple[Snapshot, Obj]:
 
 
 def test_delete_waits_for_both_clocks_and_for_no_pod_mounting_it() -> None:
-    snap, claim = _ready()
+    snap, _ = _ready()
     first = orphans.detect(snap, NOW)
     assert [n.key for n in first.lookups] == ["pods:c1/jhub"]
     snap.observations["pods:c1/jhub"] = [_pod("db-bob", "scratch-bob")]

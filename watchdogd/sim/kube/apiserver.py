@@ -134,8 +134,10 @@ class KubeSim(HttpBase):
         self._store.wake_watchers()
 
     def default_headers(self) -> builtins.list[tuple[str, str]]:
-        """What the API server sends with every answer (no Date: the simulator has no clock)."""
-        return [("Cache-Control", "no-cache, private")]
+        """What the API server sends with every answer: Go's net/http adds ``Date`` (the
+        simulator's clock; none with ``send_date = False``, a proxy that strips it)."""
+        head = [("Cache-Control", "no-cache, private")]
+        return head + [h for h in super().default_headers() if h[0] == "Date"]
 
     @property
     def url(self) -> str:
