@@ -159,6 +159,7 @@ NO_UNDO: dict[str, str] = {
     "delete-orphan-volume": "a deleted volume is gone; it was quarantined for "
                             "quarantine_days first",
     "undo": "an undo is not undone; run the original action again",
+    "delete-lab": "a deleted lab is started again by its user",
     "quarantine-extra-pvc": "the mark is one annotation: kubectl annotate pvc NAME "
                             "watchdogd-orphaned-since- (with the claim's namespace)",
 }
