@@ -1,12 +1,16 @@
-"""The command line: ``check``, ``run``, ``demo``, ``config check``, ``findings``, ``actions``.
+"""The command line: ``check``, ``run``, ``demo``, ``config check``, ``findings``, ``actions``,
+and the operator commands ``repair-session`` and ``undo``.
 
 Exit codes (stable, for cron jobs and CI):
 
 == ==========================================================
-0  the pass completed (with or without findings)
-1  ``--exit-code`` was given and there are findings
+0  the pass completed (with or without findings); an operator command did its work
+1  ``--exit-code`` was given and there are findings; an operator answered no
 2  a check could not complete (a source failed, data implausible)
 64 bad usage
+65 an operator command cannot do it (no such user or action, rows changed, no undo)
+69 a peer that decides whether it is safe did not answer clearly
+75 refused: the hub is running (``repair-session``, ``undo`` of one)
 78 bad configuration
 == ==========================================================
 """
@@ -400,6 +404,81 @@ def demo(passes: int, as_json: bool, keep: bool) -> None:
 
     sys.exit(run_demo(passes=passes, as_json=as_json, keep=keep))
 
+
+
+def _console(yes: bool) -> Any:
+    from watchdogd.repair import Console  # noqa: PLC0415
+
+    return Console(echo=click.echo,
+                   ask=lambda question: click.confirm(question, default=False),
+                   yes=yes)
+
+
+@cli.command("repair-session")
+@config_option
+@click.argument("user")
+@click.option("--server", "server_name", default="", metavar="NAME",
+              help="A named server of the user (default: the default server).")
+@click.option("--hub", required=True, metavar="HUB", help="The [hubs.HUB] to repair.")
+@click.option("--stop-hub", is_flag=True,
+              help="Scale the hub Deployment to 0 for the repair, and back afterwards.")
+@click.option("--deployment", default="hub", show_default=True, metavar="NAME",
+              help="The hub's Deployment (in the hub's namespace), for --stop-hub.")
+@click.option("--wait", default=120.0, show_default=True, metavar="SECONDS",
+              help="How long to wait for the hub to stop and a deleted pod to vanish.")
+@click.option("--yes", is_flag=True, help="Answer yes to every question.")
+def repair_session_command(config_path: str | None, user: str, server_name: str, hub: str,
+                           stop_hub: bool, deployment: str, wait: float, yes: bool) -> None:
+    """Clear USER's stuck session in the hub database (the runbook's last resort).
+
+    Refuses while the hub runs (exit 75); changes only the session (the servers row,
+    the spawner's server_id, started and process keys of state), never users rows;
+    shows the SQL and asks first; archives every changed row in the audit log, so
+    that ``watchdogd undo ACTION_ID`` can put them back.
+    """
+    from watchdogd.repair import Refused, RepairOptions, repair_session  # noqa: PLC0415
+
+    config = _load(config_path)
+    store = _store_of(config)
+    try:
+        sys.exit(repair_session(config, store, RepairOptions(
+            hub, user, server_name, stop_hub=stop_hub, deployment=deployment, wait=wait),
+            _console(yes)))
+    except Refused as exc:
+        raise Fatal(str(exc), exc.code) from None
+    finally:
+        store.close()
+
+
+@cli.command("undo")
+@config_option
+@click.argument("action_id", type=int)
+@click.option("--yes", is_flag=True, help="Answer yes to every question.")
+def undo_command(config_path: str | None, action_id: int, yes: bool) -> None:
+    """Undo the audited action ACTION_ID (see ``watchdogd actions``).
+
+    Each kind of action has its own undo (repair-session: the hub rows put back, the hub
+    must be down; quarantine: the volume's mark removed); others are refused with the
+    reason. The undo is audited, and an action is undone once.
+    """
+    from watchdogd.repair import Refused  # noqa: PLC0415
+    from watchdogd.undo import UndoContext, undo  # noqa: PLC0415
+
+    config = _load(config_path)
+    store = _store_of(config)
+    try:
+        sys.exit(undo(UndoContext(config, store, _console(yes)), action_id))
+    except Refused as exc:
+        raise Fatal(str(exc), exc.code) from None
+    finally:
+        store.close()
+
+
+def _store_of(config: Config) -> Store:
+    try:
+        return open_store(config)
+    except BuildError as exc:
+        raise Fatal(str(exc), EXIT_CONFIG) from None
 
 
 def _listing(as_json: list[Any] | None, empty: str | None, headers: list[str],

@@ -140,6 +140,8 @@ RemediationName = Literal[
     "reset-volume-status",
     "quarantine",
     "delete-orphan-volume",
+    "quarantine-extra-pvc",
+    "delete-extra-pvc",
     "restart-hub",
     "delete-lab",
 ]

@@ -106,6 +106,23 @@ class Kube(Protocol):
         """Delete one pod if it is still the one observed."""
         ...
 
+    def claim(self, namespace: str, name: str) -> Obj | None:
+        """One PersistentVolumeClaim read by name."""
+        ...
+
+    def volume(self, name: str) -> Obj | None:
+        """One PersistentVolume read by name."""
+        ...
+
+    def mark_claim(self, namespace: str, name: str, uid: str, key: str, value: str) -> str:
+        """Annotate a claim with the quarantine mark."""
+        ...
+
+    def delete_extra_claim(self, namespace: str, name: str, uid: str, volume_name: str,
+                           key: str, value: str) -> str:
+        """Delete a quarantined claim, its PV switched to Retain first."""
+        ...
+
 
 class OpenStack(Protocol):
     """One OpenStack cloud: Cinder, Nova and Keystone (``sources/openstack.py``)."""

@@ -713,21 +713,23 @@ class Store:
         """Actions whose intent was written but whose result never was: a crash in between."""
         return self.actions(status="started")
 
-    def actions(self, *, status: str | None = None, limit: int = 200) -> list[ActionRecord]:
-        """The audit log, newest first."""
+    def actions(self, *, status: str | None = None, limit: int = 200,
+                name: str | None = None) -> list[ActionRecord]:
+        """The audit log, newest first (only actions called ``name``, when given)."""
         query = sa.select(actions_table).order_by(actions_table.c.id.desc()).limit(limit)
         if status:
             query = query.where(actions_table.c.status == status)
+        if name:
+            query = query.where(actions_table.c.name == name)
         with self._begin() as conn:
-            return [
-                ActionRecord(
-                    r.id, r.pass_id, unstore_key(r.finding_key), r.name, r.target,
-                    json.loads(r.params),
-                    json.loads(r.before), bool(r.destructive), r.status, r.detail,
-                    r.started_at, r.finished_at,
-                )
-                for r in conn.execute(query)
-            ]
+            return [_action_record(r) for r in conn.execute(query)]
+
+    def action(self, action_id: int) -> ActionRecord | None:
+        """One row of the audit log by id; None when there is none."""
+        query = sa.select(actions_table).where(actions_table.c.id == action_id)
+        with self._begin() as conn:
+            row = conn.execute(query).first()
+        return _action_record(row) if row is not None else None
 
     # -- outbox -----------------------------------------------------------------
 
@@ -956,6 +958,12 @@ class Store:
             for start in range(0, len(wanted), 500):
                 conn.execute(sa.delete(acks_table).where(
                     acks_table.c.finding_key.in_(wanted[start:start + 500])))
+
+
+def _action_record(r: Any) -> ActionRecord:
+    return ActionRecord(r.id, r.pass_id, unstore_key(r.finding_key), r.name, r.target,
+                        json.loads(r.params), json.loads(r.before), bool(r.destructive),
+                        r.status, r.detail, r.started_at, r.finished_at)
 
 
 def _safe_lines(value: Any) -> Any:

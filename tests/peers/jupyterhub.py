@@ -462,12 +462,16 @@ c.LocalProcessSpawner.kill_timeout = 3
             raise HubError(f"{exc}\n{_tail(self.hub_log)}") from exc
         self.timings["hub_start"] = time.monotonic() - t0
 
-    def stop_hub(self, timeout: float = 20.0) -> None:
-        """Stop only the hub process (SIGTERM, then SIGKILL). Servers and CHP stay up."""
+    def stop_hub(self, timeout: float = 20.0, *, kill: bool = False) -> None:
+        """Stop only the hub process (SIGTERM, then SIGKILL). Servers and CHP stay up.
+
+        ``kill``: SIGKILL at once, as a crash or an OOM kill does: the hub's shutdown does
+        not run (a SIGTERM cancels a pending stop, whose cleanup then clears the session).
+        """
         if self._hub is None:
             return
         if self._hub.poll() is None:
-            self._hub.send_signal(signal.SIGTERM)
+            self._hub.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
             try:
                 self._hub.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
@@ -677,6 +681,12 @@ c.LocalProcessSpawner.kill_timeout = 3
         """Remove a freeze flag set by :meth:`freeze` (``None``: the user-wide one)."""
         name = user if server_name is None else f"{user}:{server_name}"
         (self.freeze_dir / name).unlink(missing_ok=True)
+
+    def hang_stop(self, user: str, server_name: str = "") -> Path:
+        """Make the next stop of a server never finish (see simspawner); returns the flag."""
+        flag = self.freeze_dir / f"hang-stop:{user}:{server_name}"
+        flag.touch()
+        return flag
 
     def kill_server_behind_hubs_back(
         self, user: str, server_name: str = "", *, delete_pod: bool = True

@@ -18,7 +18,9 @@ configuration (a simulator: plain HTTP, ``Authorization: Bearer <token>``):
   and the local process; and it can be *frozen*: while ``$FREEZE_DIR/<username>`` (all
   of the user's servers) or ``$FREEZE_DIR/<username>:<servername>`` (one server; the
   default server is ``<username>:``) exists, ``poll()`` answers None (running) whatever
-  happened, as KubeSpawner does when its watch died and its cache froze.
+  happened, as KubeSpawner does when its watch died and its cache froze;
+- ``stop()`` never returns while ``$FREEZE_DIR/hang-stop:<username>:<servername>`` exists
+  (after it deleted the pod and ended the process): the hub's "pending stop" for ever.
 
 Each running server also has a record ``$PEER_DIR/servers/<username>:<servername>.json``
 (``user``, ``server_name``, ``pid``, ``port``, ``pod_name``, ``namespace``), written on
@@ -598,8 +600,20 @@ class SimSpawner(SimpleLocalProcessSpawner):  # type: ignore[misc]
             self.log.exception("Could not delete pod %s", self.pod_name)
         await self._end_process(now=now)
         self._remove_record()
+        hang = self._hang_flag()
+        if hang is not None and hang.exists():
+            # KubeSpawner waiting for its frozen watch to see the pod go: the stop never
+            # returns, and the hub shows "pending": "stop" for as long as the flag exists.
+            self.log.warning("SimSpawner stop of %s hangs (%s)", self._log_name, hang)
+            while hang.exists():
+                await asyncio.sleep(0.2)
         if self.freeze_dir:
             Path(self.freeze_dir, server_key(self.user.name, self.servername)).unlink(
                 missing_ok=True
             )
+
+    def _hang_flag(self) -> Path | None:
+        if not self.freeze_dir:
+            return None
+        return Path(self.freeze_dir) / f"hang-stop:{server_key(self.user.name, self.servername)}"
 

@@ -270,7 +270,7 @@ DEMO_KINDS = {
 FIXABLE = {kind for kind, action in EXPECTED_ACTION.items()
            if action and kind != "stuck-stop"} | {
     "volume-stuck", "attachment-stale", "orphan-volume", "failed-pods", "controller-stale-lab",
-    "lab-pod-missing"}
+    "lab-pod-missing", "orphan-extra-pvc"}
 
 
 def test_the_demo_plants_every_kind_and_fixes_the_fixable() -> None:
@@ -303,6 +303,12 @@ def test_the_demo_plants_every_kind_and_fixes_the_fixable() -> None:
         orphan = sim.volume(injected["orphans"][0])
         assert orphan is not None  # quarantined, never deleted
         assert "watchdogd-orphaned-since" in orphan["metadata"]
+        # The departed user's extra claim: marked, still there (delete-extra-pvc waits).
+        for claim in injected["extra_pvcs"]:
+            namespace, name = claim.split("/", 1) if "/" in claim else ("jhub", claim)
+            kept = world.kube.get("PersistentVolumeClaim", name, namespace)
+            assert kept is not None
+            assert "watchdogd-orphaned-since" in kept["metadata"]["annotations"]
         kube = world.kube
         assert kube.get("Pod", "failed-0", "staging") is None
         assert kube.get("Pod", "jupyter-tim", "jhub") is None
@@ -377,7 +383,8 @@ def test_watchdogd_demo_exits_0_and_explains(capsys: pytest.CaptureFixture[str],
     assert ("3 server(s) of hub main idle longer than the culler's timeout (1h00m, from the "
             "command)") in out
     assert "DONE: lab deleted (204)" in out
-    assert "The world converged: 13 of 13 fixable problems fixed" in out
+    assert "The world converged: 14 of 14 fixable problems fixed" in out
+    assert "delete-extra-pvc is on, and waits those 14 days too" in out
     # everything it started is gone
     [world] = worlds
     assert not world.workdir.exists()
@@ -396,11 +403,11 @@ def test_watchdogd_demo_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert all(c["status"] != "error" for r in reports for c in r["checks"])
     done = Counter(f["action"]["name"] for c in reports[1]["checks"] for f in c["findings"]
                    if f["action"] and f["action"]["status"] == "done")
-    # confirmed in pass 2: the sessions remedies and the orphan's quarantine; the stuck spawn,
+    # confirmed in pass 2: the sessions remedies and the orphans' quarantines; the stuck spawn,
     # the reservations and the failed pod are judged later (stuck_spawn_after, stuck_after,
     # failed_pod_min_age)
     # (and on the Nublado hub: the stale lab's delete, and sam's stop through the hub)
     assert done == {"stop-server": 3, "delete-pod": 1, "sync-routes": 3, "quarantine": 1,
-                    "delete-lab": 1}
+                    "delete-lab": 1, "quarantine-extra-pvc": 1}
     # the three route findings share one sync-routes run: it counts once, as in the audit log
-    assert reports[1]["summary"]["actions_done"] == 7
+    assert reports[1]["summary"]["actions_done"] == 8

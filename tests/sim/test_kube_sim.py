@@ -633,3 +633,34 @@ def test_kubectl_get_and_delete(sim: KubeSim, kubectl: Any) -> None:
     missing = kubectl("delete", "pod", "jupyter-alice", "-n", NS)
     assert missing.returncode != 0
     assert 'pods "jupyter-alice" not found' in missing.stderr
+
+
+def test_deployment_scale_subresource(sim: KubeSim, cfg: client.Configuration) -> None:
+    """GET/PATCH/PUT of deployments/scale, as kubectl scale and the client use it."""
+    sim.put({"apiVersion": "apps/v1", "kind": "Deployment",
+             "metadata": {"name": "hub", "namespace": NS},
+             "spec": {"replicas": 3, "selector": {"matchLabels": {"component": "hub"}},
+                      "template": {"metadata": {"labels": {"component": "hub"}},
+                                   "spec": {"containers": [{"name": "hub", "image": "h"}]}}}})
+    with client.ApiClient(cfg) as api_client:
+        apps = client.AppsV1Api(api_client)
+        scale = apps.read_namespaced_deployment_scale("hub", NS)
+        assert (scale.kind, scale.api_version) == ("Scale", "autoscaling/v1")
+        assert scale.spec.replicas == 3
+        assert scale.status.selector == "component=hub"
+        patched = apps.patch_namespaced_deployment_scale("hub", NS, {"spec": {"replicas": 0}})
+        assert patched.spec.replicas == 0
+        assert int(patched.metadata.resource_version) > int(scale.metadata.resource_version)
+        assert sim.get("Deployment", "hub", NS)["spec"]["replicas"] == 0
+        # A stale resourceVersion is a conflict, as on the real server.
+        stale = {"metadata": {"resourceVersion": scale.metadata.resource_version},
+                 "spec": {"replicas": 1}}
+        with pytest.raises(ApiException) as conflict:
+            apps.patch_namespaced_deployment_scale("hub", NS, stale)
+        assert conflict.value.status == 409
+        with pytest.raises(ApiException) as negative:
+            apps.patch_namespaced_deployment_scale("hub", NS, {"spec": {"replicas": -1}})
+        assert negative.value.status == 422
+        with pytest.raises(ApiException) as missing:
+            apps.read_namespaced_deployment_scale("nope", NS)
+        assert missing.value.status == 404

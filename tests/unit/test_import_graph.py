@@ -22,7 +22,7 @@ LAYERS: list[set[str]] = [
     {"sources"},
     {"checks", "policy", "store", "maintenance"},
     {"report", "notify"},
-    {"engine", "leader", "metrics"},
+    {"engine", "leader", "metrics", "repair", "undo"},
     {"daemon"},
     {"app"},
     {"cli", "__main__", "sim"},

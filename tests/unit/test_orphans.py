@@ -58,6 +58,7 @@ def snapshot(vols: list[Obj], pvs: dict[str, list[Obj]] | None = None, *,
                                            "running": []}}
     for cluster in CLUSTERS:
         obs[f"pvs:{cluster}"] = (pvs or {}).get(cluster, [])
+        obs.setdefault(f"pvcs:{cluster}", [])
     return Snapshot("orphans", "js2", obs, {}, settings, marks or {})
 
 
@@ -75,8 +76,8 @@ def test_targets_one_per_cloud_and_per_loose_cluster() -> None:
     by_name = {t.name: t for t in REGISTRY["orphans"].targets_for(config)}
     assert set(by_name) == {"js2", "lone"}  # a cloud without clusters gets no verdict
     keys = {n.key for n in by_name["js2"].needs}
-    assert keys == {"volumes", "pvs:c1", "pvs:c2", "pvcs:c1", "hub_db:main"}
-    assert {n.key for n in by_name["lone"].needs} == {"pvs:lone"}
+    assert keys == {"volumes", "pvs:c1", "pvs:c2", "pvcs:c1", "pvcs:c2", "hub_db:main"}
+    assert {n.key for n in by_name["lone"].needs} == {"pvs:lone", "pvcs:lone"}
 
 
 def test_union_over_clusters_by_handle_in_tree_id_and_name() -> None:
@@ -298,3 +299,129 @@ def test_a_delete_is_skipped_when_the_volume_changed_or_went() -> None:
     foreign = {**vol, "metadata": {**vol["metadata"],
                                    "cinder.csi.openstack.org/cluster": "other"}}
     assert "not configured" in (orphans.verify(finding, {"volume": foreign, **empty}, NOW) or "")
+
+
+def _terminating(name: str, deleted: timedelta, *, finalizers: list[str] | None = None) -> Obj:
+    claim = pvc(name)
+    claim["metadata"]["deletionTimestamp"] = (NOW - deleted).strftime("%Y-%m-%dT%H:%M:%SZ")
+    claim["metadata"]["finalizers"] = (["kubernetes.io/pvc-protection"] if finalizers is None
+                                       else finalizers)
+    return claim
+
+
+def _pod(name: str, claim: str, namespace: str = "jhub") -> Obj:
+    return {"metadata": {"name": name, "namespace": namespace},
+            "spec": {"volumes": [{"name": "v", "persistentVolumeClaim": {"claimName": claim}}]}}
+
+
+def test_claims_stuck_terminating_name_the_pods_that_hold_them() -> None:
+    claims = [_terminating("postgres-alice", timedelta(hours=2)),
+              _terminating("fresh", timedelta(minutes=3)),  # younger than the limit
+              _terminating("other-finalizer", timedelta(hours=2), finalizers=["x/y"]),
+              _terminating("released", timedelta(hours=1))]
+    snap = snapshot([], pvcs=claims, users=["alice"])
+    first = orphans.detect(snap, NOW)
+    # First the namespace's pods are asked for, nothing is judged without them.
+    assert first.findings == [] and [n.key for n in first.lookups] == ["pods:c1/jhub"]
+    snap.observations["pods:c1/jhub"] = [_pod("jupyter-alice", "postgres-alice"),
+                                         _pod("db-alice", "postgres-alice"),
+                                         _pod("other", "claim-bob")]
+    found = kinds(orphans.detect(snap, NOW), "pvc-stuck-terminating")
+    assert set(found) == {"c1/jhub/postgres-alice", "c1/jhub/released"}
+    held = found["c1/jhub/postgres-alice"]
+    assert held.evidence["pods"] == ["db-alice", "jupyter-alice"]
+    assert "db-alice, jupyter-alice still mount it" in held.message
+    assert found["c1/jhub/released"].evidence["pods"] == []
+    assert all(f.action is None for f in found.values())  # reported only
+
+
+def test_stuck_terminating_ages_on_the_api_servers_clock() -> None:
+    claims = [_terminating("postgres-alice", timedelta(minutes=12))]
+    snap = snapshot([], pvcs=claims, users=["alice"])
+    snap.observations["pods:c1/jhub"] = []
+    assert kinds(orphans.detect(snap, NOW), "pvc-stuck-terminating")
+    # The API server's clock says only 5 minutes have passed: not stuck yet.
+    snap.server_now["pvcs:c1"] = NOW - timedelta(minutes=7)
+    assert not kinds(orphans.detect(snap, NOW), "pvc-stuck-terminating")
+
+
+def _claim(name: str, user: str, *, mark: datetime | None = None, uid: str = "u-1") -> Obj:
+    claim = pvc(name, user=user, labels={"component": "extra-pvc"})
+    claim["metadata"]["uid"] = uid
+    if mark is not None:
+        claim["metadata"]["annotations"]["watchdogd-orphaned-since"] = mark.strftime(
+            "%Y-%m-%dT%H:%M:%SZ")
+    return claim
+
+
+def _bound_pv(claim: Obj, policy: str = "Delete") -> Obj:
+    return {"metadata": {"name": claim["spec"]["volumeName"]},
+            "spec": {"persistentVolumeReclaimPolicy": policy,
+                     "claimRef": {"namespace": "jhub", "name": claim["metadata"]["name"],
+                                  "uid": claim["metadata"]["uid"]}},
+            "status": {"phase": "Bound"}}
+
+
+def test_an_orphaned_extra_claim_is_marked_on_the_api_servers_clock() -> None:
+    claim = _claim("scratch-bob", "bob")
+    snap = snapshot([], pvcs=[claim], users=["alice"])
+    [finding] = kinds(orphans.detect(snap, NOW), "orphan-extra-pvc").values()
+    assert finding.action is None  # no Date from the API server: no clock, no mark
+    snap.server_now["pvcs:c1"] = NOW - timedelta(minutes=3)
+    [finding] = kinds(orphans.detect(snap, NOW), "orphan-extra-pvc").values()
+    assert finding.action is not None and finding.action.name == "quarantine-extra-pvc"
+    assert finding.action.params["value"] == "2026-11-22T02:57:00Z"
+    assert finding.action.destructive is False
+
+
+def _ready(**kw: Any) -> tuple[Snapshot, Obj]:
+    claim = _claim("scratch-bob", "bob", mark=NOW - timedelta(days=15))
+    pvs = {"c1": [_bound_pv(claim)]}
+    snap = snapshot([], pvs, pvcs=[claim], users=["alice"],
+                    marks={"extra-pvc:c1/jhub/scratch-bob:u-1": NOW - timedelta(days=15)}, **kw)
+    snap.server_now["pvcs:c1"] = NOW
+    return snap, claim
+
+
+def test_delete_waits_for_both_clocks_and_for_no_pod_mounting_it() -> None:
+    snap, _ = _ready()
+    first = orphans.detect(snap, NOW)
+    assert [n.key for n in first.lookups] == ["pods:c1/jhub"]
+    snap.observations["pods:c1/jhub"] = [_pod("db-bob", "scratch-bob")]
+    [finding] = kinds(orphans.detect(snap, NOW), "orphan-extra-pvc").values()
+    assert finding.action is None and "db-bob mount it" in finding.message
+    snap.observations["pods:c1/jhub"] = [_pod("other", "scratch-carol")]
+    [finding] = kinds(orphans.detect(snap, NOW), "orphan-extra-pvc").values()
+    assert finding.action is not None and finding.action.name == "delete-extra-pvc"
+    assert finding.action.params["volume_name"] == "pv-scratch-bob"
+    assert finding.action.before["claim"]["spec"]["volumeName"] == "pv-scratch-bob"
+    assert finding.action.before["pv"]["reclaim_policy"] == "Delete"
+    # watchdogd's own sighting is one day old (a new state file): it waits.
+    snap.marks["extra-pvc:c1/jhub/scratch-bob:u-1"] = NOW - timedelta(days=1)
+    [finding] = kinds(orphans.detect(snap, NOW), "orphan-extra-pvc").values()
+    assert finding.action is None
+    # the API server's clock is 14 days behind the mark's: it waits too.
+    snap, _ = _ready()
+    snap.observations["pods:c1/jhub"] = []
+    snap.server_now["pvcs:c1"] = NOW - timedelta(days=14)
+    [finding] = kinds(orphans.detect(snap, NOW), "orphan-extra-pvc").values()
+    assert finding.action is None
+
+
+def test_delete_is_verified_on_fresh_reads() -> None:
+    snap, claim = _ready()
+    snap.observations["pods:c1/jhub"] = []
+    [finding] = kinds(orphans.detect(snap, NOW), "orphan-extra-pvc").values()
+    pv = _bound_pv(claim)
+    reads = {"claim": claim, "hub_db:main": {"users": ["alice"]}, "pods": [], "pv": pv}
+    assert orphans.verify(finding, reads, NOW) is None
+    assert "a user of the hub again" in str(orphans.verify(
+        finding, {**reads, "hub_db:main": {"users": ["alice", "bob"]}}, NOW))
+    assert "no users" in str(orphans.verify(finding, {**reads, "hub_db:main": {"users": []}},
+                                            NOW))
+    assert "mounted by pod(s) late" in str(orphans.verify(
+        finding, {**reads, "pods": [_pod("late", "scratch-bob")]}, NOW))
+    replaced = _claim("scratch-bob", "bob", mark=NOW - timedelta(days=15), uid="u-2")
+    assert "replaced" in str(orphans.verify(finding, {**reads, "claim": replaced}, NOW))
+    other = {**pv, "spec": {**pv["spec"], "claimRef": {"uid": "u-9"}}}
+    assert "another claim" in str(orphans.verify(finding, {**reads, "pv": other}, NOW))

@@ -18,6 +18,11 @@
   exists in the hub database of the hub that owns that namespace. Users are matched by the
   claim's ``hub.jupyter.org/username`` annotation, else by the name in the pattern compared
   with the users' KubeSpawner slugs (``safe`` and ``escape`` schemes).
+* ``pvc-stuck-terminating`` (warning): a claim deleted ``stuck_terminating_after`` ago or
+  more (on the API server's clock, its ``Date``) that the ``kubernetes.io/pvc-protection``
+  finalizer keeps, because pods still mount it. The pods are named: the claim's namespace
+  is listed (a lookup, only for such claims) and every pod whose volumes use the claim is
+  in the finding.
 
 Everything is reported only. Two opt-in actions exist for orphaned volumes (enable them in
 ``remediation.enabled``):
@@ -75,7 +80,8 @@ from watchdogd.slugs import escape_slug, safe_slug
 from watchdogd.times import parse_time
 
 NAME = "orphans"
-KINDS = ("orphan-volume", "foreign-volume", "released-pv", "orphan-extra-pvc")
+KINDS = ("orphan-volume", "foreign-volume", "released-pv", "orphan-extra-pvc",
+         "pvc-stuck-terminating")
 # cinder-csi writes these into the metadata of every volume it creates (--cluster and the
 # CSI provisioner's extra-create-metadata).
 CSI_CLUSTER_KEY = "cinder.csi.openstack.org/cluster"
@@ -83,6 +89,7 @@ CSI_PV_KEY = "csi.storage.k8s.io/pv/name"
 CSI_PVC_KEY = "csi.storage.k8s.io/pvc/name"
 
 ANNOTATION_USER = "hub.jupyter.org/username"
+PVC_PROTECTION = "kubernetes.io/pvc-protection"
 
 
 class Settings(CheckConfig):
@@ -100,6 +107,8 @@ class Settings(CheckConfig):
     extra_pvc_patterns: list[str] = Field(default_factory=lambda: ["postgres-{username}"])
     #: ``key=value[,key=value]``: claims with these labels are extra per-user claims too
     extra_pvc_selector: str = "component=extra-pvc"
+    #: a deleted claim still held by pvc-protection this long after its deletion is stuck
+    stuck_terminating_after: Duration = timedelta(minutes=10)
 
 
 @dataclass(frozen=True)
@@ -152,8 +161,8 @@ def targets(check: Settings, inventory: Inventory) -> list[CheckTarget]:
         needs: list[Need] = [volumes_need(cloud_name)] if cloud_name else []
         for cluster in clusters:
             needs.append(pvs_need(cluster))
-            if any(h.cluster == cluster and h.layout == "kubespawner" for h in hubs):
-                needs.append(pvcs_need(cluster))
+            # every cluster's claims: extra claims of gone users, claims stuck terminating
+            needs.append(pvcs_need(cluster))
         needs += [hub_need(h.name) for h in hubs if h.layout == "kubespawner"]
         result.append(CheckTarget(name, tuple(needs),
                                   TargetSettings(name, cloud_name, clusters, hubs, check)))
@@ -199,6 +208,11 @@ class _Detector(Detector):
 def detect(snapshot: Snapshot, now: datetime) -> Detection:
     """Orphaned volumes (union over clusters), released PVs, extra claims of gone users."""
     d = _Detector(snapshot, now)
+    lookups = list(_stuck_claims(d))
+    extra_subjects = _extra_pvcs(d, lookups)
+    if lookups:
+        # the pods of some namespaces first; every verdict is made again with them
+        return Detection([], 0, lookups=tuple(dict.fromkeys(lookups)))
     pvs = {cluster: snapshot[f"pvs:{cluster}"] for cluster in d.s.clusters}
     subjects = 0
     if d.s.cloud is not None:
@@ -210,7 +224,7 @@ def detect(snapshot: Snapshot, now: datetime) -> Detection:
                      if d.s.cloud is not None else {})
     for cluster, items in pvs.items():
         subjects += _released(d, cluster, items, volumes_by_id)
-    subjects += _extra_pvcs(d)
+    subjects += extra_subjects
     return Detection(d.findings, subjects, d.marks)
 
 
@@ -357,6 +371,8 @@ def verify(finding: Finding, reads: dict[str, Any], first_seen: datetime) -> str
     configured cluster. Returns None to act, or why not.
     """
     action = finding.action
+    if action is not None and action.name in ("quarantine-extra-pvc", "delete-extra-pvc"):
+        return _verify_claim(finding, reads)
     if action is None or action.name not in ("quarantine", "delete-orphan-volume"):
         return None
     vid = str(action.params["volume_id"])
@@ -426,7 +442,7 @@ def _released(d: _Detector, cluster: str, pvs: list[dict[str, Any]],
     return len(pvs)
 
 
-def _extra_pvcs(d: _Detector) -> int:
+def _extra_pvcs(d: _Detector, lookups: list[Need]) -> int:
     s = d.s.check
     patterns = [_pattern_regex(p) for p in s.extra_pvc_patterns]
     selector = _selector(s.extra_pvc_selector)
@@ -467,15 +483,195 @@ def _extra_pvcs(d: _Detector) -> int:
         for claim, owner in extra:
             if owner in keys or owner.lower() in keys:
                 continue
-            metadata = claim.get("metadata") or {}
-            name = str(metadata.get("name"))
-            volume_name = (claim.get("spec") or {}).get("volumeName")
-            d.finding("orphan-extra-pvc", f"{cluster}/{namespace}/{name}", Severity.INFO,
-                      f"claim {namespace}/{name} in cluster {cluster} belongs to {owner!r}, who "
-                      f"is no longer a user of hub {', '.join(hubs_by_place[(cluster, namespace)])}"
-                      + (f" (volume {volume_name})" if volume_name else ""),
-                      {"cluster": cluster, "namespace": namespace, "claim": name,
-                       "user": owner, "volume_name": volume_name,
-                       "phase": (claim.get("status") or {}).get("phase"),
-                       "created": metadata.get("creationTimestamp")})
+            _orphan_claim(d, cluster, namespace, hubs_by_place[(cluster, namespace)], claim,
+                          owner, lookups)
     return examined
+
+
+def _orphan_claim(d: _Detector, cluster: str, namespace: str, hubs: list[str],
+                  claim: dict[str, Any], owner: str, lookups: list[Need]) -> None:
+    """One ``orphan-extra-pvc`` finding, with its next step when the actions are enabled:
+    the quarantine mark (``quarantine-extra-pvc``), then, ``quarantine_days`` later on the
+    API server's clock and on watchdogd's own sightings, with no pod mounting the claim,
+    ``delete-extra-pvc`` (the PV switched to Retain first)."""
+    s = d.s.check
+    metadata = claim.get("metadata") or {}
+    name, uid = str(metadata.get("name")), str(metadata.get("uid") or "")
+    volume_name = (claim.get("spec") or {}).get("volumeName")
+    since = d.seen_since(f"extra-pvc:{cluster}/{namespace}/{name}:{uid}")
+    mark = (metadata.get("annotations") or {}).get(s.quarantine_key)
+    evidence: dict[str, Any] = {
+        "cluster": cluster, "namespace": namespace, "claim": name, "uid": uid, "user": owner,
+        "hubs": hubs, "volume_name": volume_name,
+        "phase": (claim.get("status") or {}).get("phase"),
+        "created": metadata.get("creationTimestamp"), "orphaned_since": since.isoformat(),
+        "quarantined_since": mark}
+    text = (f"claim {namespace}/{name} in cluster {cluster} belongs to {owner!r}, who is no "
+            f"longer a user of hub {', '.join(hubs)}"
+            + (f" (volume {volume_name})" if volume_name else ""))
+    subject = f"{cluster}/{namespace}/{name}"
+    api_now = d.snapshot.server_now.get(f"pvcs:{cluster}")
+    if not uid or metadata.get("deletionTimestamp"):
+        d.finding("orphan-extra-pvc", subject, Severity.INFO,
+                  text + ("; it is being deleted" if uid else ""), evidence)
+        return
+    claim_need = Need.bind("claim", call(Kube.claim, cluster, namespace=namespace, name=name))
+    users_needs = tuple(hub_need(h) for h in hubs)
+    if not mark:
+        if api_now is None:
+            d.finding("orphan-extra-pvc", subject, Severity.INFO,
+                      text + "; the API server sent no Date, so its clock is unknown: not "
+                             "marked", evidence)
+            return
+        d.finding("orphan-extra-pvc", subject, Severity.INFO, text, evidence,
+                  Action.bind("quarantine-extra-pvc", call(
+                      Kube.mark_claim, cluster, namespace=namespace, name=name, uid=uid,
+                      key=s.quarantine_key, value=api_now.strftime("%Y-%m-%dT%H:%M:%SZ")),
+                      destructive=False, before={"claim": _claim_manifest(claim)},
+                      verify=(claim_need, *users_needs)))
+        return
+    marked = parse_time(str(mark))
+    if marked is None:
+        d.finding("orphan-extra-pvc", subject, Severity.INFO,
+                  text + f"; its mark {str(mark)[:64]!r} is not a date: left alone", evidence)
+        return
+    # Two clocks, each compared only with itself: the API server's mark against the API
+    # server's now, watchdogd's first sighting against watchdogd's now.
+    period = timedelta(days=s.quarantine_days)
+    api_ready, own_ready = marked + period, since + period
+    evidence.update(api_now=api_now.isoformat() if api_now else None,
+                    api_ready=api_ready.isoformat(), own_ready=own_ready.isoformat())
+    if api_now is None or api_now < api_ready or d.now < own_ready:
+        d.finding("orphan-extra-pvc", subject, Severity.INFO,
+                  text + f"; marked since {marked:%Y-%m-%d}, deletable once the API server's "
+                         f"clock reaches {api_ready:%Y-%m-%d %H:%M} and watchdogd's reaches "
+                         f"{own_ready:%Y-%m-%d %H:%M}", evidence)
+        return
+    pods_key = f"pods:{cluster}/{namespace}"
+    if pods_key not in d.snapshot.observations:
+        lookups.append(Need.bind(pods_key, call(Kube.pods, cluster, namespace=namespace)))
+        return
+    holders = sorted(str((p.get("metadata") or {}).get("name"))
+                     for p in d.snapshot[pods_key] if _mounts(p, name))
+    pv = next((v for v in d.snapshot[f"pvs:{cluster}"]
+               if (v.get("metadata") or {}).get("name") == volume_name), None)
+    claim_ref = ((pv or {}).get("spec") or {}).get("claimRef") or {}
+    why_not = (f"pod(s) {', '.join(holders)} mount it" if holders else
+               "it is bound to no PV" if not volume_name or pv is None else
+               f"PV {volume_name} is bound to another claim" if claim_ref.get("uid") != uid
+               else None)
+    if why_not is not None:
+        evidence["pods"] = holders
+        d.finding("orphan-extra-pvc", subject, Severity.INFO,
+                  text + f"; quarantined since {marked:%Y-%m-%d}, not deleted: {why_not}",
+                  evidence)
+        return
+    assert pv is not None and volume_name
+    spec = pv.get("spec") or {}
+    d.finding("orphan-extra-pvc", subject, Severity.INFO,
+              text + f"; quarantined since {marked:%Y-%m-%d}: the claim is deleted, PV "
+                     f"{volume_name} and its disk are kept (reclaim policy Retain)", evidence,
+              Action.bind("delete-extra-pvc", call(
+                  Kube.delete_extra_claim, cluster, namespace=namespace, name=name, uid=uid,
+                  volume_name=str(volume_name), key=s.quarantine_key, value=str(mark)),
+                  before={"claim": _claim_manifest(claim),
+                          "pv": {"name": volume_name, "cluster": cluster,
+                                 "reclaim_policy": spec.get("persistentVolumeReclaimPolicy"),
+                                 "claim_ref": claim_ref}},
+                  verify=(claim_need, *users_needs,
+                          Need.bind("pods", call(Kube.pods, cluster, namespace=namespace)),
+                          Need.bind("pv", call(Kube.volume, cluster, name=str(volume_name))))))
+
+
+def _claim_manifest(claim: dict[str, Any]) -> dict[str, Any]:
+    """What recreating a claim needs: identity, labels, annotations, spec (and its uid)."""
+    metadata = claim.get("metadata") or {}
+    return {"metadata": {k: metadata[k] for k in ("name", "namespace", "uid", "labels",
+                                                  "annotations", "creationTimestamp")
+                         if k in metadata},
+            "spec": claim.get("spec") or {}}
+
+
+def _verify_claim(finding: Finding, reads: dict[str, Any]) -> str | None:
+    """Whether an orphaned extra claim is still one, on the objects read again just now."""
+    action = finding.action
+    assert action is not None
+    params = action.params
+    where = f"claim {params['namespace']}/{params['name']}"
+    claim = reads.get("claim")
+    if claim is None or (claim.get("metadata") or {}).get("uid") != params["uid"]:
+        return f"{where} is gone or was replaced"
+    users: list[str] = []
+    for key, value in reads.items():
+        if key.startswith("hub_db:"):
+            users.extend(value.get("users") or [])
+    if not users:
+        return "the hub lists no users now: no verdict"
+    owner = str(finding.evidence.get("user"))
+    keys = _user_keys(users)
+    if owner in keys or owner.lower() in keys:
+        return f"{owner!r} is a user of the hub again"
+    if action.name != "delete-extra-pvc":
+        return None
+    annotations = (claim.get("metadata") or {}).get("annotations") or {}
+    if annotations.get(params["key"]) != params["value"]:
+        return f"{where} is no longer marked {params['key']}={params['value']}"
+    holders = [str(p["metadata"].get("name")) for p in reads.get("pods") or []
+               if _mounts(p, str(params["name"]))]
+    if holders:
+        return f"{where} is mounted by pod(s) {', '.join(holders)}"
+    pv = reads.get("pv")
+    if pv is None or ((pv.get("spec") or {}).get("claimRef") or {}).get("uid") != params["uid"]:
+        return f"PV {params['volume_name']} is gone or bound to another claim"
+    return None
+
+
+def _stuck_claims(d: _Detector) -> tuple[Need, ...]:
+    """``pvc-stuck-terminating`` findings; first the pod lists of their namespaces to read.
+
+    A claim counts once its ``deletionTimestamp`` is ``stuck_terminating_after`` old on the
+    API server's clock (the ``Date`` of the claims list; watchdogd's clock only when the
+    server sent none). The pods come from a complete list of the claim's namespace, read
+    as a lookup only for namespaces that have such a claim.
+    """
+    lookups: list[Need] = []
+    after = d.s.check.stuck_terminating_after
+    for cluster in d.s.clusters:
+        key = f"pvcs:{cluster}"
+        clock = d.snapshot.server_now.get(key) or d.now
+        for claim in d.snapshot[key]:
+            metadata = claim.get("metadata") or {}
+            deleted = parse_time(metadata.get("deletionTimestamp"))
+            if deleted is None or PVC_PROTECTION not in (metadata.get("finalizers") or []):
+                continue
+            if clock - deleted < after:
+                continue
+            namespace, name = str(metadata.get("namespace")), str(metadata.get("name"))
+            pods_key = f"pods:{cluster}/{namespace}"
+            if pods_key not in d.snapshot.observations:
+                if pods_key not in {n.key for n in lookups}:
+                    lookups.append(Need.bind(pods_key, call(Kube.pods, cluster,
+                                                            namespace=namespace)))
+                continue
+            holders = sorted(str((p.get("metadata") or {}).get("name"))
+                             for p in d.snapshot[pods_key] if _mounts(p, name))
+            minutes = int((clock - deleted).total_seconds() // 60)
+            d.finding("pvc-stuck-terminating", f"{cluster}/{namespace}/{name}",
+                      Severity.WARNING,
+                      f"claim {namespace}/{name} in cluster {cluster} was deleted {minutes} "
+                      f"min ago and is kept by {PVC_PROTECTION}: "
+                      + (f"pod(s) {', '.join(holders)} still mount it" if holders else
+                         "no pod mounts it now; the protection controller should release it"),
+                      {"cluster": cluster, "namespace": namespace, "claim": name,
+                       "deleted": metadata.get("deletionTimestamp"), "pods": holders,
+                       "volume_name": (claim.get("spec") or {}).get("volumeName")})
+    return tuple(lookups)
+
+
+def _mounts(pod: dict[str, Any], claim: str) -> bool:
+    """Whether ``pod`` uses the claim ``claim`` (of its own namespace) as a volume."""
+    for volume in (pod.get("spec") or {}).get("volumes") or []:
+        source = volume.get("persistentVolumeClaim") if isinstance(volume, dict) else None
+        if isinstance(source, dict) and source.get("claimName") == claim:
+            return True
+    return False

@@ -98,8 +98,6 @@ LEFT_TO_PEOPLE = {
                            "secret wherever it is used; credentials are an operator's to issue",
     "released-pv": "report only: deleting the PV and its volume, or binding it again, decides "
                    "about someone's data",
-    "orphan-extra-pvc": "report only: the claim may hold data its departed user wants back; "
-                        "keeping or deleting it is an operator's call",
     "foreign-volume": "report only, never quarantined or deleted: another cluster on the "
                       "same cloud made it; add that cluster to clouds.X.clusters if watchdogd "
                       "should judge it",
@@ -141,6 +139,11 @@ STAYS_AFTER = {
                   "after checks.orphans.quarantine_days = {quarantine_days} days, by "
                   "delete-orphan-volume, which the demo leaves off (deleting data is an "
                   "operator's call)",
+    "quarantine-extra-pvc": "marked ({detail}); it stays reported, and delete-extra-pvc "
+                            "deletes the claim only after checks.orphans.quarantine_days = "
+                            "{quarantine_days} days on the API server's clock and on "
+                            "watchdogd's, while no pod mounts it, its PV switched to Retain "
+                            "first so the disk survives (watchdogd undo recreates the claim)",
 }
 
 _HELD = {
@@ -535,7 +538,9 @@ class Demo:
         result.append(
             "An orphaned volume is only quarantined (today's date in its metadata, from pass "
             f"{confirm}): deleting it waits checks.orphans.quarantine_days = {days} days and "
-            "needs delete-orphan-volume, off here.")
+            "needs delete-orphan-volume, off here. An extra claim of a departed user is "
+            "marked the same way (quarantine-extra-pvc, an annotation on the API server's "
+            f"clock); delete-extra-pvc is on, and waits those {days} days too.")
         node_settings = nodes.Settings.section(config.checks, nodes.NAME)
         min_age = int(node_settings.failed_pod_min_age.total_seconds() // 60)
         ready = _pass_reaching(min_age, FAILED_POD_MINUTES)

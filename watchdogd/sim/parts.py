@@ -88,7 +88,8 @@ class CloudPart:
     def config(self, world: World) -> Obj:
         """``[clouds.NAME]``, ``[checks.volumes]``, ``[checks.orphans]``, enabled actions."""
         enabled = list(world.remediation.get("enabled") or [])
-        enabled += [a for a in ("delete-attachment", "reset-volume-status", "quarantine")
+        enabled += [a for a in ("delete-attachment", "reset-volume-status", "quarantine",
+                                "quarantine-extra-pvc", "delete-extra-pvc")
                     if a not in enabled]
         return {
             "clouds": {self.cloud: {"cloud": self.cloud, "clouds_yaml": self.clouds_yaml,

@@ -11,16 +11,22 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import quote
 
+import requests
+
 from watchdogd.config import HubConfig
 from watchdogd.model import PreconditionFailed
-from watchdogd.sources.base import HttpClient
+from watchdogd.sources.base import HttpClient, count_request
+from watchdogd.sources.bounded import limits
 
-__all__ = ["HubApiSource"]
+__all__ = ["HubApiSource", "hub_api_answers"]
 
 #: Asked for per page. The hub clamps it to c.JupyterHub.api_page_max_limit (200 by
 #: default); an operator who raises that limit gets fewer, larger pages.
 PAGE_SIZE = 1000
 PAGINATION = "application/jupyterhub-pagination+json"
+#: what a connection error says when nothing listens at the address (or no such host)
+_NOTHING_LISTENS = ("Connection refused", "Name or service not known",
+                    "nodename nor servname", "No address associated")
 
 
 class HubApiSource:
@@ -167,6 +173,38 @@ class HubApiSource:
     def close(self) -> None:
         """Close pooled connections."""
         self.http.close()
+
+
+def hub_api_answers(target: str, config: HubConfig) -> int | None:
+    """Whether anything answers at the hub API's URL: the HTTP status of ``GET {api_url}/``
+    (any status: a hub that refuses the request is still running), None when the
+    connection is refused or the name does not resolve (nothing listens).
+
+    For ``watchdogd repair-session``, which must never write while the hub runs; no token
+    is sent. A timeout, a reset or a TLS failure is not proof of absence: SourceError.
+    """
+    http = HttpClient("hubapi", target, config.api_url, headers={},
+                      timeout=config.timeout.total_seconds(), credential="",
+                      max_bytes=int(config.max_response_bytes))
+    url = f"{http.base_url}/"
+    count_request()
+    try:
+        with limits(http.timeout, http.max_bytes) as bound:
+            try:
+                response = http.session.get(url, timeout=http.timeout, allow_redirects=False)
+            except requests.ConnectionError as exc:
+                if not bound.exceeded and not isinstance(exc, requests.Timeout) and any(
+                        marker in str(exc) for marker in _NOTHING_LISTENS):
+                    return None
+                cause = bound.describe() if bound.exceeded else type(exc).__name__
+                raise http.error(f"GET {url}: no clear answer ({cause}); cannot tell "
+                                 "whether the hub is down") from None
+            except requests.RequestException as exc:
+                raise http.error(f"GET {url}: {type(exc).__name__}; cannot tell whether "
+                                 "the hub is down") from None
+            return int(response.status_code)
+    finally:
+        http.close()
 
 
 def _servers_of(user: Any, http: HttpClient) -> list[dict[str, Any]]:

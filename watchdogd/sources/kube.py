@@ -24,7 +24,13 @@ from kubernetes.client.exceptions import ApiException
 
 from watchdogd.config import ClusterConfig, file_problem
 from watchdogd.model import PreconditionFailed, SourceError
-from watchdogd.sources.base import count_request, describe_status, scrub, secret_values
+from watchdogd.sources.base import (
+    count_request,
+    describe_status,
+    note_server_date,
+    scrub,
+    secret_values,
+)
 from watchdogd.sources.bounded import bound_pools, limits
 
 __all__ = ["KIND_LISTS", "KubeSource", "api_client"]
@@ -224,30 +230,196 @@ class KubeSource:
             raise self.error(f"delete pod {namespace}/{name}: {_net(exc, self.timeout)}") from None
         return f"deleted pod {namespace}/{name}"
 
+    def claim(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """One PersistentVolumeClaim read by name; None when it does not exist."""
+        return self._object("PersistentVolumeClaim", f"read pvc {namespace}/{name}",
+                            "/api/v1/namespaces/{namespace}/persistentvolumeclaims/{name}",
+                            {"namespace": namespace, "name": name})
+
+    def volume(self, name: str) -> dict[str, Any] | None:
+        """One PersistentVolume read by name; None when it does not exist."""
+        return self._object("PersistentVolume", f"read pv {name}",
+                            "/api/v1/persistentvolumes/{name}", {"name": name})
+
+    def mark_claim(self, namespace: str, name: str, uid: str, key: str, value: str) -> str:
+        """Annotate a claim ``key: value`` (the quarantine mark), only the claim of ``uid``."""
+        claim = self.claim(namespace, name)
+        if claim is None or claim["metadata"].get("uid") != uid:
+            raise PreconditionFailed(f"claim {namespace}/{name} is gone or was replaced")
+        current = (claim["metadata"].get("annotations") or {}).get(key)
+        if current:
+            return f"claim {namespace}/{name} was already marked ({key}={current})"
+        patch = [{"op": "test", "path": "/metadata/uid", "value": uid},
+                 {"op": "add", "path": "/metadata/annotations",
+                  "value": {**(claim["metadata"].get("annotations") or {}), key: value}}]
+        self._write("PATCH", f"mark pvc {namespace}/{name}",
+                    "/api/v1/namespaces/{namespace}/persistentvolumeclaims/{name}",
+                    {"namespace": namespace, "name": name}, patch,
+                    "application/json-patch+json", "patch on persistentvolumeclaims")
+        return f"claim {namespace}/{name} marked {key}={value}"
+
+    def delete_extra_claim(self, namespace: str, name: str, uid: str, volume_name: str,
+                           key: str, value: str) -> str:
+        """Delete a quarantined claim, its PV switched to ``Retain`` first.
+
+        Verified right before, by name: the claim (same uid, still marked ``key: value``,
+        not being deleted), every pod of its namespace (none may mount it) and the PV
+        (bound to this claim's uid). The disk survives as the PV and its volume.
+        """
+        where = f"claim {namespace}/{name}"
+        claim = self.claim(namespace, name)
+        if claim is None or claim["metadata"].get("uid") != uid:
+            raise PreconditionFailed(f"{where} is gone or was replaced")
+        meta = claim["metadata"]
+        if (meta.get("annotations") or {}).get(key) != value:
+            raise PreconditionFailed(f"{where} is no longer marked {key}={value}")
+        if meta.get("deletionTimestamp"):
+            raise PreconditionFailed(f"{where} is already being deleted")
+        if (claim.get("spec") or {}).get("volumeName") != volume_name:
+            raise PreconditionFailed(f"{where} is not bound to PV {volume_name} any more")
+        holders = [str(p["metadata"].get("name")) for p in self.pods(namespace)
+                   if _mounts(p, name)]
+        if holders:
+            raise PreconditionFailed(f"{where} is mounted by pod(s) {', '.join(holders)}")
+        pv = self.volume(volume_name)
+        claim_ref = ((pv or {}).get("spec") or {}).get("claimRef") or {}
+        if pv is None or claim_ref.get("uid") != uid:
+            raise PreconditionFailed(f"PV {volume_name} is gone or bound to another claim")
+        if (pv.get("spec") or {}).get("persistentVolumeReclaimPolicy") != "Retain":
+            self._write("PATCH", f"retain pv {volume_name}", "/api/v1/persistentvolumes/{name}",
+                        {"name": volume_name},
+                        [{"op": "test", "path": "/spec/claimRef/uid", "value": uid},
+                         {"op": "replace", "path": "/spec/persistentVolumeReclaimPolicy",
+                          "value": "Retain"}],
+                        "application/json-patch+json", "patch on persistentvolumes")
+        self._write("DELETE", f"delete {where}",
+                    "/api/v1/namespaces/{namespace}/persistentvolumeclaims/{name}",
+                    {"namespace": namespace, "name": name},
+                    {"kind": "DeleteOptions", "apiVersion": "v1",
+                     "preconditions": {"uid": uid}}, "application/json",
+                    "delete on persistentvolumeclaims")
+        return f"deleted {where}; PV {volume_name} kept (reclaim policy Retain)"
+
+    def restore_claim(self, manifest: dict[str, Any], volume_name: str) -> str:
+        """Recreate a claim from its archived manifest, bound by name to ``volume_name``,
+        and free the retained PV's ``claimRef`` (uid, resourceVersion) so it can bind again.
+
+        The undo of :meth:`delete_extra_claim`. Idempotent: a claim of that name already
+        bound to the PV is success.
+        """
+        meta = manifest.get("metadata") or {}
+        namespace, name = str(meta.get("namespace")), str(meta.get("name"))
+        where = f"claim {namespace}/{name}"
+        pv = self.volume(volume_name)
+        if pv is None:
+            raise PreconditionFailed(f"PV {volume_name} no longer exists: nothing to bind to")
+        claim_ref = (pv.get("spec") or {}).get("claimRef") or {}
+        if claim_ref and (claim_ref.get("namespace"), claim_ref.get("name")) != (namespace, name):
+            raise PreconditionFailed(f"PV {volume_name} is claimed by "
+                                     f"{claim_ref.get('namespace')}/{claim_ref.get('name')} now")
+        existing = self.claim(namespace, name)
+        if existing is not None and (existing.get("spec") or {}).get("volumeName") != volume_name:
+            raise PreconditionFailed(f"{where} exists again, for another volume")
+        if existing is None:
+            body = {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                    "metadata": {k: meta[k] for k in ("name", "namespace", "labels",
+                                                      "annotations") if meta.get(k)},
+                    "spec": {**(manifest.get("spec") or {}), "volumeName": volume_name}}
+            self._write("POST", f"create {where}",
+                        "/api/v1/namespaces/{namespace}/persistentvolumeclaims",
+                        {"namespace": namespace}, body, "application/json",
+                        "create on persistentvolumeclaims")
+        if claim_ref.get("uid") or claim_ref.get("resourceVersion"):
+            self._write("PATCH", f"free pv {volume_name}", "/api/v1/persistentvolumes/{name}",
+                        {"name": volume_name},
+                        {"spec": {"claimRef": {"uid": None, "resourceVersion": None}}},
+                        "application/merge-patch+json", "patch on persistentvolumes")
+        return f"recreated {where} on PV {volume_name} (the PV stays Retain)"
+
+    def _object(self, kind: str, what: str, path: str,
+                params: dict[str, str]) -> dict[str, Any] | None:
+        data = self._send("GET", what, path, params, [], missing_ok=True,
+                          need=f"get on {what.split()[1]}s")
+        if data is None:
+            return None
+        metadata = data.get("metadata")
+        if not isinstance(metadata, dict) or data.get("kind", kind) != kind:
+            raise self.error(f"{what}: answer is not a {kind}")
+        for key in _DROP_METADATA:
+            metadata.pop(key, None)
+        result: dict[str, Any] = data
+        return result
+
+    def _write(self, method: str, what: str, path: str, params: dict[str, str], body: Any,
+               content_type: str, need: str) -> Any:
+        """A write; 404, 409 and 422 (gone, replaced, a failed ``test`` op) are
+        PreconditionFailed: the object is not the one that was verified."""
+        return self._send(method, what, path, params, [], body=body,
+                          content_type=content_type, need=need,
+                          precondition=(404, 409, 422))
+
+    def deployment_replicas(self, namespace: str, name: str) -> int:
+        """A Deployment's desired replicas, read through its ``scale`` subresource.
+
+        Used by ``watchdogd repair-session --stop-hub`` only (an operator command: the
+        daemon never scales anything).
+        """
+        data = self._get(f"read deployments/scale {namespace}/{name}",
+                         "/apis/apps/v1/namespaces/{namespace}/deployments/{name}/scale",
+                         {"namespace": namespace, "name": name}, [])
+        return _replicas(self, data, f"deployments/scale {namespace}/{name}")
+
+    def scale_deployment(self, namespace: str, name: str, replicas: int) -> int:
+        """Set a Deployment's replicas (merge patch of its ``scale``); the new value."""
+        data = self._send("PATCH", f"patch deployments/scale {namespace}/{name}",
+                          "/apis/apps/v1/namespaces/{namespace}/deployments/{name}/scale",
+                          {"namespace": namespace, "name": name}, [],
+                          body={"spec": {"replicas": replicas}},
+                          content_type="application/merge-patch+json",
+                          need="patch on deployments/scale")
+        return _replicas(self, data, f"deployments/scale {namespace}/{name}")
+
     def _get(self, what: str, path: str, path_params: dict[str, str],
              query: list[tuple[str, Any]], *, missing_ok: bool = False) -> Any:
+        return self._send("GET", what, path, path_params, query, missing_ok=missing_ok,
+                          need=f"list on {what.split()[1]}")
+
+    def _send(self, method: str, what: str, path: str, path_params: dict[str, str],
+              query: list[tuple[str, Any]], *, body: Any = None, content_type: str | None = None,
+              missing_ok: bool = False, need: str = "",
+              precondition: tuple[int, ...] = ()) -> Any:
+        """One request by path, its answer parsed as a JSON object (None: a NotFound with
+        ``missing_ok``; PreconditionFailed for a status in ``precondition``)."""
         count_request()
         api = self.client
+        headers_in = {"Accept": "application/json"}
+        if content_type:
+            headers_in["Content-Type"] = content_type
         try:
-            method, url, headers, _payload, _post = api.param_serialize(
-                "GET", path, path_params=path_params, query_params=query,
-                header_params={"Accept": "application/json"}, auth_settings=["BearerToken"])
+            method, url, headers, payload, _post = api.param_serialize(
+                method, path, path_params=path_params, query_params=query, body=body,
+                header_params=headers_in, auth_settings=["BearerToken"])
             with self._limited(what):
-                response = api.call_api(method, url, header_params=headers,
+                response = api.call_api(method, url, header_params=headers, body=payload,
                                         _request_timeout=self.timeout)
                 raw = response.read()  # type: ignore[no-untyped-call]
+            # The API server's clock, for ages judged on it (Snapshot.server_now).
+            note_server_date(response.getheader("Date"))  # type: ignore[no-untyped-call]
             if not 200 <= response.status < 300:
                 raise ApiException.from_response(
                     http_resp=response, body=raw.decode("utf-8", "replace"), data=None)
         except ApiException as exc:
             if exc.status == 404 and missing_ok and _is_not_found(exc):
                 return None
+            if exc.status in precondition:
+                raise PreconditionFailed(f"{what}: " + describe_status(
+                    exc.status or 0, _body(exc), credential=self._credential())) from None
             if exc.status == 410:
                 raise self.error(f"{what}: the list expired while paging (410 Gone); "
                                  "it is read again next pass") from None
             raise self.error(f"{what}: " + describe_status(
                 exc.status or 0, _body(exc), credential=self._credential(),
-                need=f"list on {what.split()[1]}")) from None
+                need=need)) from None
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise self.error(f"{what}: {_net(exc, self.timeout)}") from None
         try:
@@ -279,6 +451,21 @@ class KubeSource:
         """Close the client's connection pool."""
         if self._client is not None:
             self._client.close()  # type: ignore[no-untyped-call]
+
+
+def _mounts(pod: dict[str, Any], claim: str) -> bool:
+    for volume in (pod.get("spec") or {}).get("volumes") or []:
+        source = volume.get("persistentVolumeClaim") if isinstance(volume, dict) else None
+        if isinstance(source, dict) and source.get("claimName") == claim:
+            return True
+    return False
+
+
+def _replicas(source: KubeSource, data: dict[str, Any], what: str) -> int:
+    replicas = (data.get("spec") or {}).get("replicas", 0)
+    if data.get("kind") != "Scale" or not isinstance(replicas, int) or isinstance(replicas, bool):
+        raise source.error(f"{what}: answer is not a Scale")
+    return replicas
 
 
 def _is_not_found(exc: ApiException) -> bool:

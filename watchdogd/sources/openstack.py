@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
-from urllib.parse import parse_qs, urlencode, urlsplit
+from urllib.parse import parse_qs, quote, urlencode, urlsplit
 
 from keystoneauth1 import exceptions as ks_exc
 
@@ -643,6 +643,22 @@ class OpenStackSource:
         self._write("POST", f"/volumes/{volume_id}/metadata", what=f"mark volume {volume_id}",
                     json={"metadata": {key: value}}, ok=(200,))
         return f"volume {volume_id} quarantined: {key}={value}"
+
+    def unquarantine_volume(self, volume_id: str, key: str, value: str) -> str:
+        """Remove the quarantine mark ``key`` (the undo of :meth:`quarantine_volume`), only
+        when it still holds ``value``, the mark watchdogd wrote."""
+        volume = self.volume(volume_id)
+        if volume is None:
+            raise PreconditionFailed(f"volume {volume_id} no longer exists")
+        mark = (volume.get("metadata") or {}).get(key)
+        if mark is None:
+            return f"volume {volume_id} has no {key} mark (already removed)"
+        if mark != value:
+            raise PreconditionFailed(f"volume {volume_id} mark {key} is {mark!r} now, not the "
+                                     f"{value!r} watchdogd wrote: left as it is")
+        self._write("DELETE", f"/volumes/{volume_id}/metadata/{quote(key, safe='')}",
+                    what=f"unmark volume {volume_id}", ok=(200, 204))
+        return f"volume {volume_id}: quarantine mark {key}={value} removed"
 
     def delete_volume(self, volume_id: str, observed_status: str,
                       observed_updated_at: str | None, quarantine_key: str,

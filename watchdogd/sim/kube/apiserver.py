@@ -110,8 +110,10 @@ class KubeSim(HttpBase):
         self._store.wake_watchers()
 
     def default_headers(self) -> builtins.list[tuple[str, str]]:
-        """What the API server sends with every answer (no Date: the simulator has no clock)."""
-        return [("Cache-Control", "no-cache, private")]
+        """What the API server sends with every answer: Go's net/http adds ``Date`` (the
+        simulator's clock; none with ``send_date = False``, a proxy that strips it)."""
+        head = [("Cache-Control", "no-cache, private")]
+        return head + [h for h in super().default_headers() if h[0] == "Date"]
 
     @property
     def url(self) -> str:
@@ -347,6 +349,9 @@ class KubeSim(HttpBase):
         ns = namespace or ""
         if sub == "eviction":
             return self._verbs.evict(rt, ns, name, dry)
+        if sub == "scale":
+            ctype = (req.headers.get("Content-Type") or "").split(";")[0].strip()
+            return self._verbs.scale(verb, ctype, rt, ns, name, body, dry)
         if verb == "get":
             with self._store.lock:
                 entry = self._store.buckets[rt].get(object_key(ns, name))

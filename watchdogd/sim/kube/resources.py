@@ -36,7 +36,8 @@ class ResourceType:
     categories: tuple[str, ...] = ()
     #: field selector labels beyond metadata.name / metadata.namespace (real per-type lists)
     field_labels: tuple[str, ...] = ()
-    #: subresources served: "status", "eviction" (pods), "finalize" (namespaces)
+    #: subresources served: "status", "eviction" (pods), "finalize" (namespaces),
+    #: "scale" (deployments: an ``autoscaling/v1`` Scale over ``spec.replicas``)
     subresources: tuple[str, ...] = ("status",)
     #: single-object DELETE answers the deleted object (pods, PVs, PVCs) instead of a Status
     returns_deleted: bool = False
@@ -98,7 +99,7 @@ RESOURCES: tuple[ResourceType, ...] = (
     ResourceType("batch", "v1", "Job", "jobs", True, (), ("all",), ("status.successful",),
                  initial_status={}),
     ResourceType("apps", "v1", "Deployment", "deployments", True, ("deploy",), ("all",),
-                 initial_status={}),
+                 subresources=("status", "scale"), initial_status={}),
 )
 
 #: kind, lower-case kind, plural, plural.group and short names -> type

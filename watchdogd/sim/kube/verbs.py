@@ -287,6 +287,41 @@ class Verbs:
                 f'"metadata":{{"resourceVersion":"{rv}"}},"items":[')
         return Response(200, (head + ",".join(e.item_json for e in deleted) + "]}").encode())
 
+    def scale(self, verb: str, ctype: str, rt: ResourceType, ns: str, name: str, body: Any,
+              dry: bool) -> Response:
+        """The ``scale`` subresource: an ``autoscaling/v1`` Scale read from and written to
+        the object's ``spec.replicas`` (the apps controllers do the rest, not simulated)."""
+        with self.store.lock:
+            old = self.store.buckets[rt].get(object_key(ns, name))
+            if old is None:
+                raise not_found(rt, name)
+            current = _scale_of(old.full())
+            if verb == "get":
+                return json_response(200, current)
+            if verb == "patch":
+                if ctype in MERGE_PATCHES and isinstance(body, dict):
+                    wanted = (body.get("metadata") or {}).get("resourceVersion")
+                    if wanted is not None and wanted != current["metadata"]["resourceVersion"]:
+                        raise conflict(rt, name, _MODIFIED)
+                body = patched(ctype, current, body)
+            if not isinstance(body, dict) or body.get("kind") not in (None, "Scale"):
+                raise ApiError(400, "the body of the request was not a Scale object")
+            sent_rv = (body.get("metadata") or {}).get("resourceVersion")
+            if sent_rv not in (None, "") and sent_rv != current["metadata"]["resourceVersion"]:
+                raise conflict(rt, name, _MODIFIED)
+            replicas = (body.get("spec") or {}).get("replicas")
+            if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 0:
+                raise invalid(rt, name, [("spec.replicas",
+                                          "must be greater than or equal to 0"
+                                          if isinstance(replicas, int) else "must be an integer")])
+            new = old.full()
+            del new["kind"], new["apiVersion"]
+            new["spec"] = {**(new.get("spec") or {}), "replicas": replicas}
+            self.apply_update(rt, old, new, None, dry)
+            updated = self.store.buckets[rt].get(object_key(ns, name))
+            assert updated is not None
+            return json_response(200, _scale_of(new if dry else updated.full()))
+
     def evict(self, rt: ResourceType, ns: str, name: str, dry: bool) -> Response:
         """policy/v1 Eviction: without PodDisruptionBudgets it is a delete."""
         with self.store.lock:
@@ -296,3 +331,19 @@ class Verbs:
             self.delete_entry(rt, entry, {}, dry)
         return json_response(201, {"kind": "Status", "apiVersion": "v1", "metadata": {},
                                     "status": "Success", "code": 201})
+
+
+def _scale_of(obj: Obj) -> Obj:
+    """The ``autoscaling/v1`` Scale of a Deployment, as the real scale subresource shows it."""
+    meta = obj.get("metadata") or {}
+    spec = obj.get("spec") or {}
+    match = ((spec.get("selector") or {}).get("matchLabels") or {})
+    return {
+        "kind": "Scale", "apiVersion": "autoscaling/v1",
+        "metadata": {k: meta[k] for k in ("name", "namespace", "uid", "resourceVersion",
+                                          "creationTimestamp") if k in meta},
+        # the API defaults replicas to 1 when the Deployment does not say
+        "spec": {"replicas": spec.get("replicas", 1)},
+        "status": {"replicas": (obj.get("status") or {}).get("replicas", 0),
+                   "selector": ",".join(f"{k}={v}" for k, v in sorted(match.items()))},
+    }
