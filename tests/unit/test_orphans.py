@@ -425,3 +425,23 @@ def test_delete_is_verified_on_fresh_reads() -> None:
     assert "replaced" in str(orphans.verify(finding, {**reads, "claim": replaced}, NOW))
     other = {**pv, "spec": {**pv["spec"], "claimRef": {"uid": "u-9"}}}
     assert "another claim" in str(orphans.verify(finding, {**reads, "pv": other}, NOW))
+
+
+def test_an_ignored_extra_claim_is_never_marked_nor_deleted() -> None:
+    """``watchdogd.io/ignore: "true"`` on the claim exempts both of its actions."""
+    from watchdogd.config import ExclusionsConfig  # noqa: PLC0415
+    from watchdogd.policy import exclusion  # noqa: PLC0415
+
+    claim = _claim("scratch-bob", "bob")
+    claim["metadata"]["annotations"]["watchdogd.io/ignore"] = "true"
+    snap = snapshot([], pvcs=[claim], users=["alice"])
+    snap.server_now["pvcs:c1"] = NOW
+    [finding] = kinds(orphans.detect(snap, NOW), "orphan-extra-pvc").values()
+    assert finding.action is not None and finding.action.name == "quarantine-extra-pvc"
+    assert exclusion(finding.action, ExclusionsConfig()) == 'annotated watchdogd.io/ignore: "true"'
+    snap, ready = _ready()
+    ready["metadata"]["annotations"]["watchdogd.io/ignore"] = "true"
+    snap.observations["pods:c1/jhub"] = []
+    [finding] = kinds(orphans.detect(snap, NOW), "orphan-extra-pvc").values()
+    assert finding.action is not None and finding.action.name == "delete-extra-pvc"
+    assert exclusion(finding.action, ExclusionsConfig()) is not None

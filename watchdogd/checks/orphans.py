@@ -528,7 +528,8 @@ def _orphan_claim(d: _Detector, cluster: str, namespace: str, hubs: list[str],
                       Kube.mark_claim, cluster, namespace=namespace, name=name, uid=uid,
                       key=s.quarantine_key, value=api_now.strftime("%Y-%m-%dT%H:%M:%SZ")),
                       destructive=False, before={"claim": _claim_manifest(claim)},
-                      verify=(claim_need, *users_needs)))
+                      verify=(claim_need, *users_needs),
+                      about={"annotations": (claim.get("metadata") or {}).get("annotations")}))
         return
     marked = parse_time(str(mark))
     if marked is None:
@@ -580,7 +581,8 @@ def _orphan_claim(d: _Detector, cluster: str, namespace: str, hubs: list[str],
                                  "claim_ref": claim_ref}},
                   verify=(claim_need, *users_needs,
                           Need.bind("pods", call(Kube.pods, cluster, namespace=namespace)),
-                          Need.bind("pv", call(Kube.volume, cluster, name=str(volume_name))))))
+                          Need.bind("pv", call(Kube.volume, cluster, name=str(volume_name)))),
+                  about={"annotations": (claim.get("metadata") or {}).get("annotations")}))
 
 
 def _claim_manifest(claim: dict[str, Any]) -> dict[str, Any]:
