@@ -429,8 +429,8 @@ def test_delete_is_verified_on_fresh_reads() -> None:
 
 def test_an_ignored_extra_claim_is_never_marked_nor_deleted() -> None:
     """``watchdogd.io/ignore: "true"`` on the claim exempts both of its actions."""
-    from watchdogd.config import ExclusionsConfig  # noqa: PLC0415
-    from watchdogd.policy import exclusion  # noqa: PLC0415
+    from watchdogd.config import ExclusionsConfig
+    from watchdogd.policy import exclusion
 
     claim = _claim("scratch-bob", "bob")
     claim["metadata"]["annotations"]["watchdogd.io/ignore"] = "true"
