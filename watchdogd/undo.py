@@ -100,6 +100,32 @@ def _undo_quarantine(ctx: UndoContext, record: ActionRecord) -> str:
         source.close()
 
 
+def _undo_quarantine_extra_pvc(ctx: UndoContext, record: ActionRecord) -> str:
+    """Remove the quarantine mark from the claim, if it is still the one watchdogd wrote."""
+    from watchdogd.sources.kube import KubeSource  # noqa: PLC0415
+
+    cluster = record.target
+    if cluster not in ctx.config.clusters:
+        raise Refused(f"the action's cluster {safe_text(cluster)} is not configured",
+                      EXIT_CONFIG)
+    params = record.params
+    try:
+        namespace, name, uid = params["namespace"], params["name"], params["uid"]
+        key, value = params["key"], params["value"]
+    except KeyError:
+        raise Refused(f"action {record.id} has no claim and mark to undo", EXIT_CANNOT) from None
+    ctx.console.confirm(f"Remove the annotation {safe_text(key)}={safe_text(value)} from claim "
+                        f"{safe_text(namespace)}/{safe_text(name)} in cluster "
+                        f"{safe_text(cluster)}?")
+    source = KubeSource(cluster, ctx.config.clusters[cluster])
+    try:
+        return source.unmark_claim(namespace, name, uid, key, value)
+    except SourceError as exc:
+        raise Refused(str(exc), EXIT_UNAVAILABLE) from None
+    finally:
+        source.close()
+
+
 #: annotations the API server's controllers write on a claim: a recreated claim starts without
 _CONTROLLER_ANNOTATIONS = ("pv.kubernetes.io/", "volume.kubernetes.io/",
                            "volume.beta.kubernetes.io/")
@@ -144,6 +170,7 @@ UNDO: dict[str, UndoFn] = {
     "repair-session": _undo_repair_session,
     "quarantine": _undo_quarantine,
     "delete-extra-pvc": _undo_delete_extra_pvc,
+    "quarantine-extra-pvc": _undo_quarantine_extra_pvc,
 }
 
 #: action name -> why it has no undo (said to the operator as it is)
@@ -160,8 +187,6 @@ NO_UNDO: dict[str, str] = {
                             "quarantine_days first",
     "undo": "an undo is not undone; run the original action again",
     "delete-lab": "a deleted lab is started again by its user",
-    "quarantine-extra-pvc": "the mark is one annotation: kubectl annotate pvc NAME "
-                            "watchdogd-orphaned-since- (with the claim's namespace)",
 }
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from watchdogd.config import ClusterConfig, Config
 from watchdogd.model import Action, Finding, PreconditionFailed, Severity
-from watchdogd.repair import Console
+from watchdogd.repair import Console, Refused
 from watchdogd.sim.kube import KubeSim
 from watchdogd.sources.kube import KubeSource
 from watchdogd.store import Store
@@ -109,4 +109,46 @@ def test_undo_recreates_the_claim_on_the_retained_pv(world: Any, tmp_path: Path)
     ref = sim.get("PersistentVolume", "pv-1")["spec"]["claimRef"]
     assert ref["name"] == "scratch-bob" and "uid" not in ref and "resourceVersion" not in ref
     assert undo(ctx, action_id) == 0 and "already undone" in said[-1]
+    store.close()
+
+
+def set_mark(sim: KubeSim, value: str) -> None:
+    claim = sim.get("PersistentVolumeClaim", "scratch-bob", "jhub")
+    assert claim is not None
+    claim["metadata"]["annotations"][MARK[0]] = value
+    sim.put(claim)
+
+
+def test_undo_removes_the_claims_quarantine_mark_only_if_still_ours(
+        world: Any, tmp_path: Path) -> None:
+    sim, _source, claim, config = world
+    store = Store(f"sqlite:///{tmp_path}/state.db")
+    finding = Finding("orphans", "sim", "orphan-extra-pvc", "sim/jhub/scratch-bob",
+                      Severity.INFO, "m")
+    uid = claim["metadata"]["uid"]
+    params = {"namespace": "jhub", "name": "scratch-bob", "uid": uid, "key": MARK[0],
+              "value": MARK[1]}
+    now = datetime.now(UTC)
+    said: list[str] = []
+    ctx = UndoContext(config, store, Console(echo=said.append, ask=lambda q: True))
+
+    # A mark someone changed since is not watchdogd's to remove.
+    set_mark(sim, "2026-12-01T00:00:00Z")
+    changed = store.begin_action("p", finding, Action("quarantine-extra-pvc", "kube", "sim",
+                                                      "mark_claim", params), now)
+    store.finish_action(changed, "done", "marked", now)
+    with pytest.raises(Refused, match="is marked watchdogd-orphaned-since=2026-12-01"):
+        undo(ctx, changed)
+    annotations = sim.get("PersistentVolumeClaim", "scratch-bob", "jhub")["metadata"][
+        "annotations"]
+    assert annotations[MARK[0]] == "2026-12-01T00:00:00Z"
+
+    set_mark(sim, MARK[1])
+    action_id = store.begin_action("p2", finding, Action("quarantine-extra-pvc", "kube", "sim",
+                                                         "mark_claim", params), now)
+    store.finish_action(action_id, "done", "marked", now)
+    assert undo(ctx, action_id) == 0
+    annotations = sim.get("PersistentVolumeClaim", "scratch-bob", "jhub")["metadata"][
+        "annotations"]
+    assert MARK[0] not in annotations and annotations["hub.jupyter.org/username"] == "bob"
     store.close()

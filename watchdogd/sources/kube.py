@@ -258,6 +258,31 @@ class KubeSource:
                     "application/json-patch+json", "patch on persistentvolumeclaims")
         return f"claim {namespace}/{name} marked {key}={value}"
 
+    def unmark_claim(self, namespace: str, name: str, uid: str, key: str, value: str) -> str:
+        """Remove the quarantine mark ``key: value`` from the claim of ``uid`` (an undo).
+
+        Only the mark watchdogd wrote: a claim replaced since, or whose annotation now holds
+        another value, is left alone. The JSON patch tests both on the server's side too.
+        """
+        where = f"claim {namespace}/{name}"
+        claim = self.claim(namespace, name)
+        if claim is None or claim["metadata"].get("uid") != uid:
+            raise PreconditionFailed(f"{where} is gone or was replaced")
+        current = (claim["metadata"].get("annotations") or {}).get(key)
+        if current is None:
+            return f"{where} has no mark {key} any more"
+        if current != value:
+            raise PreconditionFailed(f"{where} is marked {key}={current}, not {value}")
+        pointer = "/metadata/annotations/" + key.replace("~", "~0").replace("/", "~1")
+        patch = [{"op": "test", "path": "/metadata/uid", "value": uid},
+                 {"op": "test", "path": pointer, "value": value},
+                 {"op": "remove", "path": pointer}]
+        self._write("PATCH", f"unmark pvc {namespace}/{name}",
+                    "/api/v1/namespaces/{namespace}/persistentvolumeclaims/{name}",
+                    {"namespace": namespace, "name": name}, patch,
+                    "application/json-patch+json", "patch on persistentvolumeclaims")
+        return f"{where}: mark {key} removed"
+
     def delete_extra_claim(self, namespace: str, name: str, uid: str, volume_name: str,
                            key: str, value: str) -> str:
         """Delete a quarantined claim, its PV switched to ``Retain`` first.
