@@ -130,6 +130,12 @@ class NotifyConfig(Section):
     timeout: Duration = timedelta(seconds=10)
     retry_after: Duration = timedelta(minutes=1)
     title_prefix: str = "watchdogd"
+    #: A check target that cannot complete (``error``) in ``error_after_passes`` passes in a
+    #: row *and* for ``error_after`` becomes a ``check-failing`` finding: both must hold, so
+    #: a 30 s check pages after 5 minutes and a 6 h one after three failed passes, never on
+    #: one failed pass.
+    error_after: Duration = timedelta(minutes=5)
+    error_after_passes: int = Field(3, ge=2)
 
 
 RemediationName = Literal[
@@ -313,6 +319,9 @@ class HubConfig(Section):
     proxy_api_url: str | None = None
     proxy_token: SecretStr | None = None
     proxy_token_file: str | None = None
+    #: the hub's public URL (through the proxy, as users reach it): the ``probes`` check
+    #: asks ``{public_url}/hub/health`` there; no probe without it
+    public_url: str | None = None
     timeout: Duration = timedelta(seconds=15)
     #: the largest answer read from the Hub API or the proxy (the proxy's table is one answer)
     max_response_bytes: ByteSize = Field(ByteSize(DEFAULT_MAX_BYTES), ge=1024)
@@ -340,7 +349,7 @@ class HubConfig(Section):
             return "nublado.lsst.io/category=lab"
         return "component=singleuser-server"
 
-    @field_validator("api_url", "proxy_api_url", "nublado_url")
+    @field_validator("api_url", "proxy_api_url", "nublado_url", "public_url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
         if value is not None and not re.match(r"^https?://[^/\s]+", value):

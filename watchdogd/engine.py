@@ -45,12 +45,16 @@ from watchdogd.sources import Sources
 from watchdogd.sources.base import counting, server_dates
 from watchdogd.sources.bounded import pass_deadline
 from watchdogd.store import LockHold, Store, StoreError
-from watchdogd.text import store_key
-from watchdogd.times import iso, utcnow
+from watchdogd.text import safe_text, store_key
+from watchdogd.times import format_duration, iso, utcnow
 
 __all__ = ["Engine"]
 
 log = structlog.get_logger("watchdogd.engine")
+
+#: The finding kinds the engine itself tracks for a target that did not complete.
+IMPLAUSIBLE = "view-implausible"
+FAILING = "check-failing"
 
 COLLECT_WORKERS = 8
 #: the store's marks remember which maintenance windows were open (check name of the marks)
@@ -299,6 +303,9 @@ class Engine:
             if implausible is not None:
                 self._track_implausible(spec, check_target, implausible, result, acting, started,
                                         controls)
+            else:
+                self._track_failing(spec, check_target, errors, result, acting, started,
+                                    controls)
         else:
             self._handle(spec, check_target, detection, result, budget, pass_id, acting,
                          started, controls)
@@ -369,7 +376,7 @@ class Engine:
 
         Nothing else of the target is resolved or acted on: the pass saw too little.
         """
-        finding = Finding(spec.name, check_target.name, "view-implausible", check_target.name,
+        finding = Finding(spec.name, check_target.name, IMPLAUSIBLE, check_target.name,
                           Severity.CRITICAL, str(exc), {"error": str(exc)})
         policy = self.config.remediation
         if not acting:
@@ -385,6 +392,51 @@ class Engine:
         if self.notifier is not None:
             self.store.enqueue(self.notifier.notices(result, [], None), now)
 
+    def _track_failing(self, spec: CheckSpec, check_target: CheckTarget,
+                       errors: dict[Need, str], result: CheckResult, acting: bool,
+                       now: datetime, controls: Controls) -> None:
+        """Track ``check-failing`` once the target has been in error long enough.
+
+        Silence must never mean "the hub is down". The passes come from the store (every
+        acting pass records one), so one ``watchdogd check`` per interval counts the
+        processes before it. ``notify.error_after_passes`` failed passes in a row *and*
+        ``notify.error_after`` since the first: a blip of one pass never pages. Never
+        acted on; resolved by the next pass that completes.
+        """
+        notify = self.config.notify
+        before, first = self.store.failing_since(spec.name, check_target.name)
+        passes, since = before + 1, first if first is not None else now
+        if passes < notify.error_after_passes or now - since < notify.error_after:
+            return
+        failed = [n for n in check_target.needs if n in errors]
+        if failed:
+            what = "could not read " + ", ".join(
+                f"{n.key} ({n.source} {n.target})" for n in failed)
+        elif result.error and result.error.startswith(f"check {spec.name} failed"):
+            what = "the check itself failed"
+        else:
+            what = "what it read could not be trusted"
+        error = safe_text(result.error or "", 500)
+        finding = Finding(
+            spec.name, check_target.name, FAILING, check_target.name, spec.failing_severity,
+            f"{spec.name} of {check_target.name} has not completed in {passes} passes "
+            f"since {since:%Y-%m-%d %H:%M:%S} UTC ({format_duration((now - since).total_seconds())}"
+            f"): it {what}; nothing of it is checked or repaired meanwhile. Last error: {error}",
+            {"failed": [{"need": n.key, "source": n.source, "target": n.target}
+                        for n in failed],
+             "error": error, "passes": passes, "since": iso(since)})
+        silence = controls.silence_for(finding)
+        # The threshold is the confirmation: announced at once, reminded after repeat_after.
+        tracked, _ = self.store.track(spec.name, check_target.name, [finding], now,
+                                      announce_after=1, repeat_after=notify.repeat_after,
+                                      resolve=False, write=acting,
+                                      muted={finding.key} if silence else (),
+                                      acked=controls.acks)
+        result.findings.append(FindingResult(tracked[0], silence=silence,
+                                             acked=store_key(finding.key) in controls.acks))
+        if self.notifier is not None and acting:
+            self.store.enqueue(self.notifier.notices(result, [], None), now)
+
     def _handle(self, spec: CheckSpec, check_target: CheckTarget, detection: Detection,
                 result: CheckResult, budget: Budget, pass_id: str, acting: bool,
                 now: datetime, controls: Controls) -> None:
@@ -398,14 +450,18 @@ class Engine:
             spec.name, check_target.name, findings, now,
             announce_after=policy.confirm_after, repeat_after=self.config.notify.repeat_after,
             resolve=not detection.partial, write=acting, muted=silenced.keys(),
-            acked=controls.acks)
+            acked=controls.acks, resolve_kinds=(FAILING, IMPLAUSIBLE))
         result.status = "findings" if findings else "ok"
         result.resolved = [r.key for r in resolved]
         done_before = self.store.done_actions_by_finding(now - policy.repeat_window)
         repeats = {t.finding.key: done_before.get(store_key(t.finding.key), 0) for t in tracked}
+        spaced = [t.finding.key for t in tracked
+                  if t.finding.action is not None and t.finding.action.min_interval]
+        last_done = self.store.last_done_by_finding(spaced) if spaced else {}
         decisions, breaker = decide(tracked, policy=policy, dry_run=self.dry_run,
                                     subjects=subjects, budget=budget, now=now, repeats=repeats,
-                                    acting=acting, exclusions=self.config.exclusions,
+                                    acting=acting, last_done=last_done,
+                                    exclusions=self.config.exclusions,
                                     silenced={
                                         key: s.describe() for key, s in silenced.items()
                                         if not s.allow_actions})

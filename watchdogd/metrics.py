@@ -231,7 +231,15 @@ class Metrics(Collector):
                         self.actions.labels(action.name, str(item.action_status)).inc()
                 if check.status == "error":
                     # Nothing is known about this target now: keep the last open findings,
-                    # exactly as the store does (an incomplete pass resolves nothing).
+                    # exactly as the store does (an incomplete pass resolves nothing), and
+                    # show what the engine tracks for the failure itself (check-failing,
+                    # view-implausible) in place of its previous count.
+                    kinds = {f.tracked.finding.kind for f in check.findings}
+                    kept = CountOf({item: n for item, n in self._open.get(key, {}).items()
+                                    if item[0] not in kinds})
+                    kept.update((f.tracked.finding.kind, f.tracked.finding.severity.label)
+                                for f in check.findings)
+                    self._open[key] = kept
                     continue
                 self._open[key] = CountOf(
                     (f.tracked.finding.kind, f.tracked.finding.severity.label)

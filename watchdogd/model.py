@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING, Any
 
@@ -231,14 +231,18 @@ class Action:
     #: what the action touches beyond its parameters, for the operator's exclusions:
     #: ``annotations`` (of the pod or claim), ``volume_metadata`` (of the Cinder volume)
     about: Mapping[str, Any] = field(default_factory=dict)
+    #: at most one ``done`` run of this action for its finding within this span (a hub
+    #: restart at most once an hour); the policy refuses more as ``over-budget``
+    min_interval: timedelta | None = None
 
     @staticmethod
     def bind(name: str, bound: Call, *, destructive: bool = True,
              before: Mapping[str, Any] | None = None, verify: tuple[Need, ...] = (),
-             about: Mapping[str, Any] | None = None) -> Action:
+             about: Mapping[str, Any] | None = None,
+             min_interval: timedelta | None = None) -> Action:
         """The remediation ``name``, run as ``bound`` (a :func:`watchdogd.ports.call`)."""
         return Action(name, bound.source, bound.target, bound.method, dict(bound.params),
-                      destructive, before or {}, verify, about or {})
+                      destructive, before or {}, verify, about or {}, min_interval)
 
 
 @dataclass

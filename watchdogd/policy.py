@@ -3,7 +3,8 @@
 The gates apply in a fixed order an operator can predict: enabled, not excluded
 (``[exclusions]``, or a pod or claim annotated ``watchdogd.io/ignore``), not silenced
 (an operator's silence that does not allow actions), not held (acted on too often
-lately), confirmed (sightings and age), the breaker, dry-run, the budgets. Every refusal carries a
+lately), confirmed (sightings and age), the breaker, dry-run, the action's own minimum
+interval (a hub restart at most once an hour), the budgets. Every refusal carries a
 one-line reason that ends up in the report and the logs.
 """
 
@@ -108,13 +109,16 @@ def decide(
     acting: bool = True,
     silenced: Mapping[str, str] | None = None,
     exclusions: ExclusionsConfig | None = None,
+    last_done: Mapping[str, datetime] | None = None,
 ) -> tuple[list[Decision], str | None]:
     """Decide every planned action of one check target's pass.
 
     ``repeats`` counts, per finding key, the actions done on it within
     ``remediation.repeat_window``. ``acting=False`` (a standby, or a process without
     the store's lock) decides like a dry run and says why. ``silenced`` maps the keys of
-    findings whose silence forbids actions to that silence's description. Returns the
+    findings whose silence forbids actions to that silence's description. ``last_done``
+    says, per finding key, when its action was last done: an action with a
+    ``min_interval`` is refused (``over-budget``) within that span of it. Returns the
     decisions and,
     when the breaker opened, the reason (the caller sends one critical notice for it).
     """
@@ -178,6 +182,16 @@ def decide(
             decision.status = ActionStatus.DRY_RUN
             decision.detail = (f"{'dry run' if acting else 'not acting'}: "
                                f"would run {action.name}")
+            continue
+        previous = (last_done or {}).get(decision.tracked.finding.key)
+        if action.min_interval is not None and previous is not None \
+                and now - previous < action.min_interval:
+            decision.status = ActionStatus.OVER_BUDGET
+            decision.detail = (
+                f"{action.name} was already done for this at {previous:%Y-%m-%d %H:%M:%S} "
+                f"UTC; at most once every "
+                f"{format_duration(action.min_interval.total_seconds())}, so not before "
+                f"{previous + action.min_interval:%H:%M:%S} UTC")
             continue
         if action.destructive:
             refusal = budget.take()

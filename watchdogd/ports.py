@@ -20,7 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Concatenate, ParamSpec, Protocol
 
-__all__ = ["SOURCES", "Call", "HubApi", "HubDb", "Kube", "Nublado", "OpenStack", "Proxy", "Tls",
+__all__ = ["SOURCES", "Call", "HubApi", "HubDb", "HubProbe", "Kube", "Nublado", "OpenStack",
+           "Proxy", "Tls",
            "call"]
 
 P = ParamSpec("P")
@@ -81,6 +82,14 @@ class Nublado(Protocol):
 
     def delete_lab(self, user: str) -> str:
         """Ask the controller to delete one user's lab (pod and namespace)."""
+        ...
+
+
+class HubProbe(Protocol):
+    """The hub as its users reach it: the public URL, through the proxy (``sources/probe.py``)."""
+
+    def health(self) -> Obj:
+        """``GET {public_url}/hub/health``: the status the proxy answered, or that none came."""
         ...
 
 
@@ -206,7 +215,7 @@ class Tls(Protocol):
 #: protocol -> the source name the engine's :class:`~watchdogd.sources.Sources` builds
 SOURCES: dict[type, str] = {
     HubDb: "hubdb", HubApi: "hubapi", Proxy: "proxy", Kube: "kube", OpenStack: "openstack",
-    Tls: "tls", Nublado: "nublado",
+    Tls: "tls", Nublado: "nublado", HubProbe: "probe",
 }
 _BY_NAME = {protocol.__name__: source for protocol, source in SOURCES.items()}
 

@@ -498,6 +498,7 @@ class Store:
         announce_after: int,
         repeat_after: timedelta,
         resolve: bool = True,
+        resolve_kinds: Collection[str] = (),
         write: bool = True,
         muted: Collection[str] = (),
         acked: Mapping[str, int] | None = None,
@@ -515,6 +516,9 @@ class Store:
         of them, so the silence's end announces a finding that is still open (``new``,
         or a reminder when one is due). ``acked`` (stored key -> the severity
         acknowledged) get no reminders; an escalation past that severity still pages.
+        ``resolve_kinds`` are resolved when not seen even with ``resolve=False``: what a
+        partial pass disproves (the target did complete, so it is no longer
+        ``check-failing``).
         """
         acked = acked or {}
         tracked: list[Tracked] = []
@@ -585,7 +589,8 @@ class Store:
                     findings_table.c.key == sa.bindparam("b_key")), updates, "finding", "b_key")
             gone: list[str] = []
             for key, row in rows.items():
-                if not resolve or key in seen or row.status != "open":
+                if (not resolve and row.kind not in resolve_kinds) or key in seen \
+                        or row.status != "open":
                     continue
                 gone.append(key)
                 resolved.append(Resolved(
@@ -708,6 +713,18 @@ class Store:
                  .group_by(actions_table.c.finding_key))
         with self._begin() as conn:
             return {str(key): int(count) for key, count in conn.execute(query)}
+
+    def last_done_by_finding(self, keys: Iterable[str]) -> dict[str, datetime]:
+        """When an action was last done for each of these finding keys (as given), if ever."""
+        stored = {store_key(k): k for k in keys}
+        if not stored:
+            return {}
+        query = (sa.select(actions_table.c.finding_key, sa.func.max(actions_table.c.started_at))
+                 .where(actions_table.c.finding_key.in_(list(stored)),
+                        actions_table.c.status == "done")
+                 .group_by(actions_table.c.finding_key))
+        with self._begin() as conn:
+            return {stored[str(key)]: when for key, when in conn.execute(query)}
 
     def interrupted_actions(self) -> list[ActionRecord]:
         """Actions whose intent was written but whose result never was: a crash in between."""
@@ -858,6 +875,26 @@ class Store:
                 error=None if error is None else safe_text(error)))
             conn.execute(sa.delete(passes_table).where(
                 passes_table.c.finished_at < finished - timedelta(days=30)))
+
+    def failing_since(self, check: str, target: str) -> tuple[int, datetime | None]:
+        """The passes of this check target in ``error`` since its last completed one.
+
+        Returns how many there were and when the first of them started (None when the
+        last recorded pass completed). Read from the store, so that one ``watchdogd check``
+        per interval (a CronJob, a timer) counts the passes of the processes before it.
+        """
+        completed = (sa.select(sa.func.max(passes_table.c.finished_at))
+                     .where(passes_table.c.check_name == check,
+                            passes_table.c.target == target,
+                            passes_table.c.status != "error")
+                     .scalar_subquery())
+        query = (sa.select(sa.func.count(), sa.func.min(passes_table.c.started_at))
+                 .where(passes_table.c.check_name == check, passes_table.c.target == target,
+                        passes_table.c.status == "error",
+                        sa.or_(completed.is_(None), passes_table.c.finished_at > completed)))
+        with self._begin() as conn:
+            count, first = conn.execute(query).one()
+        return int(count), first
 
     def last_pass(self, check: str, target: str) -> datetime | None:
         """When the last pass of this check target finished, if any."""

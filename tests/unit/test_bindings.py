@@ -14,12 +14,14 @@ from watchdogd.sources.hubdb import HubDbSource
 from watchdogd.sources.kube import KubeSource
 from watchdogd.sources.nublado import NubladoSource
 from watchdogd.sources.openstack import OpenStackSource
+from watchdogd.sources.probe import HubProbeSource
 from watchdogd.sources.proxy import ProxySource
 from watchdogd.sources.tls import TlsSource
 
 ADAPTERS: dict[str, type] = {
     "hubdb": HubDbSource, "hubapi": HubApiSource, "proxy": ProxySource, "kube": KubeSource,
     "openstack": OpenStackSource, "tls": TlsSource, "nublado": NubladoSource,
+    "probe": HubProbeSource,
 }
 
 PLANNED = planned_calls()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -550,3 +550,109 @@ def test_an_implausible_view_is_one_tracked_finding_and_no_action(
     assert check.status == "error" and "view is probably wrong" in (check.error or "")
     assert [f.tracked.finding.kind for f in check.findings] == ["view-implausible"]
     assert world.calls == []
+
+
+# -- check-failing: a target that cannot complete pages, through the store ----------------------
+
+FAILING = "sessions/main/check-failing/main"
+
+
+def notified_engine(tmp_path: Path, world: FakeWorld,
+                    clock: SimClock) -> tuple[Engine, list[tuple[str, str]]]:
+    """An engine whose notices go to a list of (finding key, title), in order."""
+    from tests.unit.test_notify_delivery import Scripted
+    from watchdogd.notify import Notifier
+
+    engine = make_engine(tmp_path, world, clock)
+    destination = Scripted({})
+    engine.notifier = Notifier(engine.config.notify, [destination])
+    return engine, destination.sent
+
+
+def failing(report: Any) -> Any:
+    [check] = report.checks
+    found = [f for f in check.findings if f.tracked.finding.kind == "check-failing"]
+    return found[0] if found else None
+
+
+def test_a_target_in_error_pages_after_three_passes_and_five_minutes(
+        tmp_path: Path, world: FakeWorld) -> None:
+    world.add("alice")
+    world.fail["hubapi"] = SourceError("hubapi", "main", "GET /users: HTTP 504: Gateway Timeout")
+    clock = SimClock(T0)
+    engine, sent = notified_engine(tmp_path, world, clock)
+    # Three failed passes within two minutes: not yet (both rules must hold).
+    for _ in range(3):
+        assert failing(engine.run_pass()) is None
+        clock.advance(minutes=1)
+    clock.advance(minutes=2)  # t+5m: the fourth failed pass, five minutes after the first
+    entry = failing(engine.run_pass())
+    finding = entry.tracked.finding
+    assert finding.severity.label == "critical"  # a hub's sessions
+    assert finding.action is None and entry.action_status is None
+    assert "hub_api (hubapi main)" in finding.message and "HTTP 504" in finding.message
+    assert finding.evidence["passes"] == 4
+    assert [key for key, _ in sent] == [FAILING]
+    assert "check-failing" in sent[0][1]
+    # Still failing: no new page until notify.repeat_after (6 h).
+    clock.advance(minutes=1)
+    assert failing(engine.run_pass()).tracked.event is None
+    clock.advance(hours=6)
+    assert failing(engine.run_pass()).tracked.event == "reminder"
+    assert [key for key, _ in sent] == [FAILING, FAILING]
+    # The hub answers again: resolved, with a notice, and never an action anywhere.
+    del world.fail["hubapi"]
+    clock.advance(minutes=1)
+    report = engine.run_pass()
+    assert report.checks[0].status == "ok" and FAILING in report.checks[0].resolved
+    assert [key for key, _ in sent] == [FAILING, FAILING, FAILING]
+    assert "[resolved]" in sent[-1][1]
+    assert engine.store.actions() == [] and world.calls == []
+
+
+def test_a_flapping_target_never_pages(tmp_path: Path, world: FakeWorld) -> None:
+    world.add("alice")
+    clock = SimClock(T0)
+    engine, sent = notified_engine(tmp_path, world, clock)
+    for i in range(20):
+        if i % 3 == 2:
+            world.fail.pop("kube", None)
+        else:
+            world.fail["kube"] = SourceError("kube", "js2", "no answer within 15s")
+        assert failing(engine.run_pass()) is None
+        clock.advance(minutes=3)
+    assert sent == []
+    assert engine.store.findings(status=None) == []
+
+
+def test_a_partial_pass_resolves_check_failing(tmp_path: Path) -> None:
+    """The target completed (if only for some subjects): it is no longer check-failing."""
+    from watchdogd.checks import CheckSpec
+    from watchdogd.model import CheckTarget, Detection, Need, Snapshot
+
+    state = {"fail": True}
+
+    class Source:
+        def read(self) -> int:
+            if state["fail"]:
+                raise SourceError("x", "t", "down")
+            return 1
+
+    def detect(snapshot: Snapshot, now: datetime) -> Detection:
+        return Detection([], 1, partial=True)
+
+    spec = CheckSpec("demo", (), REGISTRY["sessions"].settings_model,
+                     lambda _s, _i: [CheckTarget("t", (Need.of("n", "x", "t", "read"),))],
+                     detect)
+    config = make_config(tmp_path).model_copy(update={"notify": make_config(
+        tmp_path).notify.model_copy(update={"error_after": timedelta(0), "error_after_passes": 2})})
+    engine = Engine(config, Store(config.state.resolved_url()),
+                    Sources(config, {"x": lambda _c, _n: Source()}), clock=SimClock(T0),
+                    registry={"demo": spec})
+    engine.run_pass()
+    [check] = engine.run_pass().checks
+    assert [f.tracked.finding.key for f in check.findings] == ["demo/t/check-failing/t"]
+    assert check.findings[0].tracked.finding.severity.label == "warning"
+    state["fail"] = False
+    [check] = engine.run_pass().checks
+    assert check.resolved == ["demo/t/check-failing/t"]

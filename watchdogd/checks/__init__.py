@@ -15,7 +15,9 @@ A check module provides:
     the findings, each with its planned action: no I/O, deterministic;
 ``verify(finding, reads, first_seen)`` (optional)
     whether a finding still holds on the objects its action's ``verify`` needs
-    re-read right before acting: None, or why the action must be skipped.
+    re-read right before acting: None, or why the action must be skipped;
+``FAILING_SEVERITY`` (optional, warning by default)
+    the severity of the engine's ``check-failing`` finding for a target of this check.
 
 Adding a check is its module, one line in :data:`REGISTRY`, and its tests. A check never
 sees the whole configuration: the registry validates each ``[checks.NAME]`` section
@@ -32,9 +34,19 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from watchdogd.checks import certs, culler, labs, nodes, orphans, quotas, sessions, volumes
+from watchdogd.checks import (
+    certs,
+    culler,
+    labs,
+    nodes,
+    orphans,
+    probes,
+    quotas,
+    sessions,
+    volumes,
+)
 from watchdogd.config import CheckConfig, Config, Inventory
-from watchdogd.model import CheckTarget, Detection, Finding, Snapshot
+from watchdogd.model import CheckTarget, Detection, Finding, Severity, Snapshot
 
 __all__ = ["REGISTRY", "CheckSpec", "section_problems"]
 
@@ -49,6 +61,9 @@ class CheckSpec:
     targets: Callable[[Any, Inventory], list[CheckTarget]]
     detect: Callable[[Snapshot, datetime], Detection]
     verify: Callable[[Finding, dict[str, Any], datetime], str | None] | None = None
+    #: how urgent a ``check-failing`` finding of this check is (the module's
+    #: ``FAILING_SEVERITY``): a hub nobody can see into is critical, a cert scan warning
+    failing_severity: Severity = Severity.WARNING
 
     def settings(self, sections: Mapping[str, Any]) -> CheckConfig:
         """This check's section of ``[checks]`` validated; its defaults when there is none.
@@ -66,7 +81,8 @@ class CheckSpec:
     def of(cls, module: ModuleType) -> CheckSpec:
         """Read the interface off a check module."""
         return cls(module.NAME, tuple(module.KINDS), module.Settings, module.targets,
-                   module.detect, getattr(module, "verify", None))
+                   module.detect, getattr(module, "verify", None),
+                   getattr(module, "FAILING_SEVERITY", Severity.WARNING))
 
 
 REGISTRY: dict[str, CheckSpec] = {
@@ -74,6 +90,7 @@ REGISTRY: dict[str, CheckSpec] = {
         CheckSpec.of(sessions), CheckSpec.of(certs), CheckSpec.of(nodes),
         CheckSpec.of(volumes), CheckSpec.of(orphans), CheckSpec.of(culler),
         CheckSpec.of(labs), CheckSpec.of(quotas),
+        CheckSpec.of(probes),
     )
 }
 

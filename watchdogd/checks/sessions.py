@@ -55,6 +55,9 @@ KINDS = (
     "route-mismatch", "stuck-spawn", "stuck-stop", "invalid-username-label",
 )
 
+#: A hub whose sessions cannot be checked is a hub nobody can see into: page at once.
+FAILING_SEVERITY = Severity.CRITICAL
+
 ANNOTATION_USER = "hub.jupyter.org/username"
 ANNOTATION_SERVER = "hub.jupyter.org/servername"
 NUBLADO_USER_LABEL = "nublado.lsst.io/user"

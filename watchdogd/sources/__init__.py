@@ -52,6 +52,12 @@ def _nublado(config: Config, name: str) -> ports.Nublado:
     return NubladoSource(name, config.hubs[name])
 
 
+def _probe(config: Config, name: str) -> ports.HubProbe:
+    from watchdogd.sources.probe import HubProbeSource  # noqa: PLC0415
+
+    return HubProbeSource(name, config.hubs[name])
+
+
 def _tls(config: Config, name: str) -> ports.Tls:
     from watchdogd.sources.tls import TlsSource  # noqa: PLC0415
 
@@ -74,6 +80,7 @@ FACTORIES: dict[str, Factory] = {
     "openstack": _openstack,
     "tls": _tls,
     "nublado": _nublado,
+    "probe": _probe,
 }
 
 
