@@ -169,3 +169,40 @@ def test_proxy_source_reads_the_simulator(chp: ChpSim) -> None:
             source.routes()
     finally:
         source.close()
+
+
+# -- the public side: proxying as CHP 5 does, and the hub probe through it ---------------------
+
+
+def test_the_public_side_proxies_and_answers_like_chp(tmp_path: Any) -> None:
+    from watchdogd.sim.hub import HubSim
+    from watchdogd.sources.probe import HubProbeSource
+
+    with ChpSim() as chp, HubSim(tmp_path / "hub", chp=chp) as hub:
+        config = HubConfig.model_validate({"cluster": "x", "api_url": hub.api_url,
+                                           "public_url": chp.public_url + "/",
+                                           "timeout": "0.5s"})
+        source = HubProbeSource("main", config)
+        answer = requests.get(f"{chp.public_url}/hub/health", timeout=5)
+        assert (answer.status_code, answer.text) == (200, "")
+        assert source.health() == {"url": f"{chp.public_url}/hub/health", "status": 200,
+                                   "timed_out": False, "body": ""}
+        # The hub hangs: CHP has no upstream timeout, so neither does the request.
+        hub.freeze()
+        try:
+            assert source.health()["timed_out"] is True
+        finally:
+            hub.thaw()
+        # The hub refuses connections: handleProxyError's default 503.
+        hub.down()
+        answer = requests.get(f"{chp.public_url}/hub/health", timeout=5)
+        assert (answer.status_code, answer.text) == (503, "Service Unavailable")
+        assert source.health()["status"] == 503
+        # No route for the path: 404.
+        chp.delete_route("/")
+        assert requests.get(f"{chp.public_url}/hub/health", timeout=5).status_code == 404
+        # The proxy itself is gone: nothing is known about the hub.
+        chp.down()
+        with pytest.raises(SourceError, match="cannot connect"):
+            source.health()
+        source.close()

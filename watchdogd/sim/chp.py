@@ -17,23 +17,31 @@ Keys are cleaned like CHP's ``trimPrefix``: a leading ``/`` is added and a trail
 removed (``/user/alice/`` is stored as ``/user/alice``; the root stays ``/``).
 ``last_activity`` is serialized like a JavaScript ``Date`` (``2026-11-22T03:00:00.123Z``).
 
-The proxying itself is not simulated: only the routing table matters to watchdogd.
+The public side (:attr:`ChpSim.public_url`, CHP's ``--port``) proxies like CHP 5 without
+``--timeout``/``--proxy-timeout``: the longest route prefix of the path picks the target, the
+whole path is sent on (``includePrefix``); no route is a ``404 Not Found``; a target that
+refuses or drops the connection is a ``503 Service Unavailable`` (``handleProxyError``'s
+default body is the status text); a target that hangs keeps the request waiting, as CHP
+sets no upstream timeout by default. ``public.fail(504, ...)`` stands for an ingress in
+front of CHP that gives up first.
 """
 
 from __future__ import annotations
 
 import copy
+import http.client
 import re
 import secrets
+import select
 import threading
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import unquote, urlsplit
 
 from watchdogd.sim._http import Fault, HttpSim, Request, Response, isoformat_ms, parse_iso, utcnow
 
-__all__ = ["ChpSim", "clean_path"]
+__all__ = ["ChpPublic", "ChpSim", "clean_path"]
 
 _TOKEN = re.compile(r"token\s+(\S+)")
 _STATUS_TEXT = {400: "Bad Request", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
@@ -66,6 +74,8 @@ class ChpSim(HttpSim):
         self.token = token or secrets.token_hex(16)
         self._routes: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
+        #: the proxying side (CHP's public port); its ``fail()`` plays an ingress in front
+        self.public = ChpPublic(self)
         if default_target:
             self.add_route("/", default_target)
 
@@ -73,6 +83,33 @@ class ChpSim(HttpSim):
     def url(self) -> str:
         """The API's base URL (``http://127.0.0.1:PORT``; routes are at ``/api/routes``)."""
         return self.base_url
+
+    @property
+    def public_url(self) -> str:
+        """The public side's base URL (what users reach; ``hubs.X.public_url``)."""
+        return self.public.base_url
+
+    def start(self) -> ChpSim:
+        """Listen on the API port and the public port."""
+        super().start()
+        self.public.start()
+        return self
+
+    def down(self) -> None:
+        """Both ports go away, as when the CHP process dies."""
+        self.public.down()
+        super().down()
+
+    def target_for(self, path: str) -> str | None:
+        """CHP's ``targetForReq``: the target of the longest route prefix of ``path``."""
+        with self._lock:
+            routes = dict(self._routes)
+        parts = [p for p in path.split("/") if p]
+        for n in range(len(parts), -1, -1):
+            key = "/" + "/".join(parts[:n])
+            if key in routes:
+                return str(routes[key]["target"])
+        return None
 
     # -- Python API -----------------------------------------------------------------------
 
@@ -160,3 +197,57 @@ class ChpSim(HttpSim):
     def _delete(self, path: str | None) -> Response:
         status = 204 if self.delete_route(path or "/") else 404
         return Response(status, b"", None)
+
+
+#: request headers a proxy does not pass on (hop-by-hop)
+_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te",
+                  "upgrade", "trailer", "host", "content-length"})
+
+
+class ChpPublic(HttpSim):
+    """CHP's public port: proxies each request to its route's target (see the module doc)."""
+
+    kind = "chpsim-public"
+
+    def __init__(self, chp: ChpSim) -> None:
+        super().__init__(clock=chp.clock)
+        self.chp = chp
+
+    def fault_response(self, fault: Fault) -> Response:
+        """What an ingress in front says: the status and its reason phrase."""
+        return Response.text(fault.status, _STATUS_TEXT.get(fault.status, "Gateway Timeout"))
+
+    def handle(self, req: Request) -> Response:
+        """Forward to the target and relay its answer, or CHP's 404 / 503."""
+        target = self.chp.target_for(req.path)
+        if target is None:
+            return Response(404, b"Not Found", None)
+        where = urlsplit(target)
+        query = req.full_url.partition("?")[2]
+        path = (where.path.rstrip("/") + req.path) + (f"?{query}" if query else "")
+        conn = http.client.HTTPConnection(where.hostname or "127.0.0.1", where.port or 80,
+                                          timeout=10)
+        try:
+            conn.request(req.method, path, body=req.body or None, headers={
+                k: v for k, v in req.headers.items() if k.lower() not in _HOP})
+            # No upstream timeout (CHP's default): wait for the target as long as it takes,
+            # or until this simulator goes down.
+            while not self._closing.is_set():
+                assert conn.sock is not None
+                readable, _, _ = select.select([conn.sock], [], [], 0.05)
+                if readable:
+                    break
+            else:
+                return Response(503, b"Service Unavailable", None)
+            upstream = conn.getresponse()
+            body = upstream.read()
+        except OSError:  # ECONNREFUSED, ECONNRESET, a dropped connection: handleProxyError
+            return Response(503, b"Service Unavailable", None)
+        except http.client.HTTPException:
+            return Response(503, b"Service Unavailable", None)
+        finally:
+            conn.close()
+        headers = {k: v for k, v in upstream.getheaders()
+                   if k.lower() not in _HOP and k.lower() not in ("date", "server",
+                                                                  "content-type")}
+        return Response(upstream.status, body, upstream.getheader("Content-Type"), headers)

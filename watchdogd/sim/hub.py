@@ -26,6 +26,9 @@ status codes and messages of JupyterHub 6.1 (checked against a running 6.1.1):
   display`` with ``read:services``, only ``kind, name, admin`` with ``list:services`` alone
   (``command`` is a hub-managed service's argument list, ``[]`` for an external one; ``pid``
   0 unless the hub runs it);
+- ``GET /hub/health`` (and ``/hub/api/health``): an empty 200 without authentication
+  (``HealthCheckHandler``); :meth:`HubSim.freeze` makes every request hang, as a hub whose
+  process is stopped;
 - ``Authorization: token X``: an unknown or missing token is a 403 ``Missing or invalid
   credentials.`` (JupyterHub answers 403 here, never 401); a token without the scope is a 403
   ``Action is not authorized with current scopes; requires any of [delete:servers]``.
@@ -323,6 +326,8 @@ class HubSim(HttpSim):
         self.restarts = 0
         self._watcher: threading.Thread | None = None
         self._stop_watch = threading.Event()
+        self._thawed = threading.Event()
+        self._thawed.set()
         self.db_path.unlink(missing_ok=True)
         self._db = sqlite3.connect(self.db_path, check_same_thread=False, isolation_level=None)
         self._db.row_factory = sqlite3.Row
@@ -823,8 +828,20 @@ class HubSim(HttpSim):
         return Response.json(fault.status, {"status": fault.status,
                                             "message": "simulated fault"})
 
+    def freeze(self) -> None:
+        """Stop answering, as a hub whose process hangs (SIGSTOP, a stuck event loop):
+        connections are accepted, requests wait until :meth:`thaw` or the hub stops."""
+        self._thawed.clear()
+
+    def thaw(self) -> None:
+        """Answer again; the requests that waited are answered now."""
+        self._thawed.set()
+
     def handle(self, req: Request) -> Response:
         """Dispatch one REST API request."""
+        while not self._thawed.wait(0.05):
+            if self._closing.is_set():
+                return Response(503, b"", None)
         self.check_restart()
         try:
             return self._dispatch(req)
@@ -833,6 +850,8 @@ class HubSim(HttpSim):
 
     def _dispatch(self, req: Request) -> Response:
         path = req.path.rstrip("/")
+        if path in ("/hub/health", "/hub/api/health") and req.method in ("GET", "HEAD"):
+            return Response(200, b"", None)  # HealthCheckHandler: no auth, empty 200
         if not path.startswith("/hub/api"):
             raise HubApiError(404, "Not Found")
         parts = [unquote(p) for p in path[len("/hub/api"):].split("/") if p]

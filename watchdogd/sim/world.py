@@ -246,6 +246,8 @@ class World:
         clock: Callable[[], datetime] = utcnow,
         timeout: str = "5s",
         nodes: bool = True,
+        probes: bool = False,
+        notify: dict[str, Any] | None = None,
     ) -> None:
         """Prepare a world; nothing runs until :meth:`start`.
 
@@ -254,7 +256,9 @@ class World:
         ``[checks.sessions]``; ``checks`` adds other ``[checks.NAME]`` sections.
         ``clock`` is shared by the simulators and :meth:`engine` (see :class:`SimClock`).
         ``nodes`` puts healthy Node objects for the nodes the pods run on (:data:`NODES`);
-        a part that simulates nodes itself can turn that off.
+        a part that simulates nodes itself can turn that off. ``probes`` gives the hub a
+        ``public_url`` (the simulated proxy's public side), so the ``probes`` check runs;
+        ``notify`` overrides keys of ``[notify]`` (``error_after``...).
         """
         self._own_dir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="watchdogd-world-")).resolve()
@@ -270,6 +274,8 @@ class World:
         self.clock = clock
         self.timeout = timeout
         self.with_nodes = nodes
+        self.probes = probes
+        self.notify = dict(notify or {})
         self.parts: dict[str, WorldPart] = {}
         for part in parts:
             self.parts[part.name] = part
@@ -358,7 +364,7 @@ class World:
 
         A part may declare ``checks = ("volumes", "orphans")``; the demo runs exactly these.
         """
-        names = ["sessions"]
+        names = ["sessions"] + (["probes"] if self.probes else [])
         for part in self.parts.values():
             names += [c for c in getattr(part, "checks", ()) if c not in names]
         return names
@@ -385,6 +391,8 @@ class World:
             "proxy_token_file": self._secret("proxy_token", self.chp.token),
             "timeout": self.timeout,
         }
+        if self.probes:
+            hub_section["public_url"] = self.chp.public_url
         if self.layout == "nublado":
             hub_section["pod_selector"] = "nublado.lsst.io/category=lab"
         data: dict[str, Any] = {
@@ -400,6 +408,8 @@ class World:
         }
         if self.notify_url:
             data["notify"] = {"urls_file": self._secret("notify_urls", self.notify_url)}
+        if self.notify:
+            data["notify"] = {**data.get("notify", {}), **self.notify}
         for part in self.parts.values():
             # Parts add actions: each one's remediation.enabled joins the others', so two
             # parts that enable their own actions do not replace each other's.
