@@ -126,3 +126,47 @@ def test_a_source_error_is_logged_with_its_target_and_acts_on_nothing(world: Wor
     assert world.hub.is_running(user), "incomplete data caused an action"
     for secret in secrets_of(world):
         assert secret not in run.stderr
+
+
+def test_check_failing_across_processes_flaps_silently_then_pages_once_and_resolves(
+        tmp_path: Path) -> None:
+    """One ``watchdogd check`` process per interval on one state file, as a CronJob runs them:
+    the failed passes are counted from the store. A proxy API that flaps (down, up) never
+    pages; one down for three runs in a row pages once, on the third, names the failing
+    need, and resolves with a notice. (Quiet while it lasts and reminded after
+    ``repeat_after``: tests/unit/test_engine.py, on a simulated clock.)"""
+    from tests.safety.receiver import Receiver
+
+    with Receiver() as receiver, World(tmp_path / "world", notify_url=receiver.url,
+                                       notify={"error_after": "0s"}) as world:
+        world.healthy(users=4, running=2)
+
+        def run(proxy_up: bool) -> Run:
+            if proxy_up:
+                world.chp.start()
+            else:
+                world.chp.down()
+            result = check(world, "--only", "sessions")
+            assert result.code == (0 if proxy_up else 2), result.stderr
+            return result
+
+        def kinds(result: Run) -> list[str]:
+            return [f["kind"] for c in result.report["checks"] for f in c["findings"]]
+
+        # error, ok: the run that completes ends the count, so two more errors are not three
+        runs = [run(up) for up in (False, True, False, False)]
+        assert [kinds(r) for r in runs] == [[], [], [], []]
+        assert receiver.messages == []
+        runs.append(run(False))
+        failing = finding(runs[-1], "check-failing", "main")
+        assert failing["evidence"]["passes"] == 3 and failing["action"] is None
+        [page] = receiver.messages
+        assert "check-failing" in page["title"] and "[critical]" in page["title"]
+        assert "routes (proxy main)" in page["message"]
+
+        resolved = run(True)
+        assert "sessions/main/check-failing/main" in resolved.report["checks"][0]["resolved"]
+        assert len(receiver.messages) == 2 and "[resolved]" in receiver.messages[1]["title"]
+        for result in (*runs, resolved):
+            for secret in secrets_of(world):
+                assert secret not in result.stdout and secret not in result.stderr
