@@ -256,15 +256,18 @@ def test_dumps_toml_round_trips() -> None:
 DEMO_KINDS = {
     "sessions": set(KINDS),
     "culler": {"culler-overdue"},
+    "probes": {"hub-unresponsive"},
     "labs": {"controller-stale-lab", "lab-pod-missing", "controller-lost-lab", "lab-stuck",
              "lab-namespace-orphan"},
     "volumes": {"volume-stuck", "attachment-stale", "volume-attach-failed",
                 "credential-expiring"},
-    "orphans": {"orphan-volume", "foreign-volume", "released-pv", "orphan-extra-pvc"},
+    "orphans": {"orphan-volume", "foreign-volume", "released-pv", "orphan-extra-pvc",
+                "check-failing"},
     "quotas": {"quota-near"},
     "certs": {"cert-expiring", "cert-hostname-mismatch", "cert-unreadable"},
     "nodes": {"node-pressure", "node-not-ready", "failed-pods", "image-cache-pressure",
-              "core-pod-misplaced", "namespace-stuck-terminating", "node-shelved"},
+              "core-pod-misplaced", "namespace-stuck-terminating", "node-shelved",
+              "check-failing"},
 }
 #: The kinds the demo fixes (an orphaned volume: quarantines) within its four passes.
 FIXABLE = {kind for kind, action in EXPECTED_ACTION.items()
@@ -319,6 +322,8 @@ def test_the_demo_plants_every_kind_and_fixes_the_fixable() -> None:
         assert all(world.hub.is_running(u) for u in ("hedy", "alonzo", "robin"))  # the culler's
         overdue = next(o for o in demo.outcomes if o.problem.kind == "culler-overdue")
         assert overdue.problem.subject == "main"
+        world.hub.check_restart()
+        assert world.hub.restarts == 0  # hub-unresponsive: restart-hub is not enabled
         assert kube.get("Pod", "proxy-6d9f7b7c5-9kq2m", "staging") is not None
         assert kube.get("Namespace", "nublado-carol") is not None
         assert kube.get("Secret", "hub-tls", "staging") is not None
@@ -385,6 +390,9 @@ def test_watchdogd_demo_exits_0_and_explains(capsys: pytest.CaptureFixture[str],
     assert "DONE: lab deleted (204)" in out
     assert "The world converged: 14 of 14 fixable problems fixed" in out
     assert "delete-extra-pvc is on, and waits those 14 days too" in out
+    # the planted outages: the hub behind a 504, the edge cluster's API server answering 503
+    assert "got HTTP 504" in out and "rollout restart deploy/hub" in out
+    assert "could not read nodes (kube edge)" in out and "HTTP 503" in out
     # everything it started is gone
     [world] = worlds
     assert not world.workdir.exists()
@@ -400,7 +408,9 @@ def test_watchdogd_demo_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert reports[0]["summary"]["actions_done"] == 0
     assert reports[1]["dry_run"] is False
     assert {c["check"] for c in reports[1]["checks"]} == set(DEMO_KINDS)
-    assert all(c["status"] != "error" for r in reports for c in r["checks"])
+    # only the planted dead API server (cluster edge) keeps a target from completing
+    assert {(c["check"], c["target"]) for r in reports for c in r["checks"]
+            if c["status"] == "error"} == {("nodes", "edge"), ("orphans", "edge")}
     done = Counter(f["action"]["name"] for c in reports[1]["checks"] for f in c["findings"]
                    if f["action"] and f["action"]["status"] == "done")
     # confirmed in pass 2: the sessions remedies and the orphans' quarantines; the stuck spawn,

@@ -76,6 +76,7 @@ CHECKS = {
     "culler": "is the idle culler stopping idle servers? (report only)",
     "labs": "on the Nublado hub: does the lab controller's memory agree with the hub and "
             "Kubernetes?",
+    "probes": "does the hub answer its users, through the proxy, while its pod runs?",
     "volumes": "Cinder volumes stuck half way, dangling attachments, expiring credentials",
     "orphans": "volumes no PV uses, released PVs, claims of users who left",
     "quotas": "the project's Cinder and Nova quotas: what runs out first, before a create fails",
@@ -87,6 +88,12 @@ CHECKS = {
 LEFT_TO_PEOPLE = {
     "culler-overdue": "report only: stopping idle servers is the culler's job; find out why it "
                       "does not (its log, a token without delete:servers, a dead loop)",
+    "hub-unresponsive": "restart-hub is opt-in (add it to remediation.enabled; then at most "
+                        "once an hour): the message says what to look at first, the hub's "
+                        "log and its database",
+    "check-failing": "report only, never acted on: nothing of that target is checked or "
+                     "repaired until its source answers again; the message names the source "
+                     "and its last error",
     "stuck-stop": "restart-hub is opt-in (add it to remediation.enabled): only a hub restart "
                   "clears a stop that never finishes, and restarting a hub is an operator's "
                   "call",
@@ -234,6 +241,7 @@ def build_world(passes: int = 4) -> DemoWorld:
     # A spawn is judged stuck on watchdogd's own sightings as well as the hub's clock: the
     # demo's 5 minutes (15 by default) let the planted one be seen for long enough.
     world = DemoWorld(clock=clock, parts=[cloud, cluster, CullerPart(), NubladoPart()],
+                      probes=True,
                       sessions={"stuck_spawn_after": f"{MINUTES_PER_PASS}m"})
     world.start()
     try:
@@ -261,6 +269,12 @@ def _plant_sessions(world: DemoWorld) -> None:
     world.route_mismatch("larry")
     world.stuck_spawn("donald", minutes=30)
     world.stuck_stop("sophie")
+    # An ingress in front of the proxy gives up on the hub's pages (504), while the hub's
+    # API, which watchdogd reads inside the cluster, still answers.
+    world.chp.public.fail(504, path="^/hub/")
+    world.plant("probes", "hub-unresponsive", world.hub_name,
+                "the ingress in front of the proxy answers 504 Gateway Timeout for the hub's "
+                "pages while the hub pod runs")
 
 
 def _plant_culler(world: DemoWorld) -> None:
@@ -343,6 +357,12 @@ def _plant_cluster(world: DemoWorld) -> None:
                 "the proxy runs on user node node-1, though core pods must run on core nodes")
     world.plant("nodes", "namespace-stuck-terminating", part.stuck_namespace("nublado-carol"),
                 "a namespace Terminating for 2 hours, held by a protected claim")
+    world.plant("nodes", "check-failing", part.unreachable_cluster("edge"),
+                "a second cluster, edge, whose API server answers 503 throughout: the nodes "
+                "check cannot complete there")
+    world.plant("orphans", "check-failing", "edge",
+                "the same dead API server, seen by the orphans check, which reads the PVs of "
+                "every cluster no cloud lists")
 
 
 def _plant_nublado(world: DemoWorld) -> None:
@@ -425,6 +445,14 @@ class Demo:
         print(textwrap.fill(text, WIDTH, initial_indent=prefix, subsequent_indent=prefix + "  ",
                             break_on_hyphens=False), file=self.out)
 
+    def unplanned_errors(self, report: dict[str, Any]) -> int:
+        """Check targets that did not complete, but for those planted to fail
+        (``check-failing``): the demo's exit code is 2 only for a failure nobody planted."""
+        planted = {(p.check, p.subject) for p in self.world.all_problems()
+                   if p.kind == "check-failing"}
+        return sum(1 for c in report["checks"]
+                   if c["status"] == "error" and (c["check"], c["target"]) not in planted)
+
     def run(self, passes: int, keep: bool) -> int:
         config = self.world.load_config()
         only = self.world.checks_in_play
@@ -432,7 +460,7 @@ class Demo:
         engine = self.world.engine()
         for number in range(1, passes + 1):
             report = engine.run_pass(only=only).as_json()
-            self.errors += report["summary"]["errors"]
+            self.errors += self.unplanned_errors(report)
             self.record(report)
             if self.as_json:
                 print(json.dumps(report, default=str), file=self.out)
@@ -440,7 +468,7 @@ class Demo:
                 self.show_pass(number, passes, report)
             self.advance()
         final = self.world.engine(dry_run=True).run_pass(only=only).as_json()
-        self.errors += final["summary"]["errors"]
+        self.errors += self.unplanned_errors(final)
         self.outcomes = self.judge(config, final)
         if not self.as_json:
             self.summarize(passes, final)
@@ -561,6 +589,10 @@ class Demo:
             if check["status"] == "error":
                 self.say(f"{where}: could not complete, so nothing was done: {check['error']}",
                          indent=2)
+                # What the engine tracks for the failure itself (check-failing, once it has
+                # lasted notify.error_after; view-implausible).
+                for finding in check["findings"]:
+                    self.show_finding(finding)
                 continue
             self.say(f"{where}: {count} finding(s), {check['requests']} request(s) to the world",
                      indent=2)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from watchdogd.sim.chp import ChpSim
 from watchdogd.sim.hub import HubSim, ServerInfo
+from watchdogd.sim.kube import KubeSim
 from watchdogd.sim.nublado import NubladoSim
 from watchdogd.sim.objects import (
     CORE_LABEL,
@@ -234,6 +235,8 @@ class ClusterPart:
         #: HTTPS endpoints started by :meth:`hostname_mismatch` (closed by :meth:`stop`)
         self.servers: list[TlsServer] = []
         self._endpoints: list[str] = []
+        #: clusters whose API server answers 503 throughout (:meth:`unreachable_cluster`)
+        self.broken: dict[str, KubeSim] = {}
 
     @property
     def world(self) -> World:
@@ -269,15 +272,34 @@ class ClusterPart:
         }
         if self._endpoints:
             checks["certs"]["endpoints"] = list(self._endpoints)
+        clusters: dict[str, Any] = {}
+        for name, kube in self.broken.items():
+            path = kube.write_kubeconfig(world.workdir / f"kubeconfig-{name}", context=name)
+            clusters[name] = {"kubeconfig": path, "context": name, "timeout": world.timeout}
+            checks["nodes"]["clusters"].append(name)
         for name, section in self.extra.items():
             checks[name] = {**checks.get(name, {}), **section}
-        return {"checks": checks}
+        return {"checks": checks, **({"clusters": clusters} if clusters else {})}
 
     def stop(self) -> None:
-        """Stop the HTTPS endpoints (idempotent); nothing else runs on its own."""
+        """Stop the HTTPS endpoints and broken API servers (idempotent)."""
         for server in self.servers:
             server.close()
         self.servers.clear()
+        for kube in self.broken.values():
+            kube.stop()
+        self.broken.clear()
+
+    def unreachable_cluster(self, name: str = "edge") -> str:
+        """A second cluster, watched by the nodes check, whose API server answers every
+        request ``503 Service Unavailable`` (a control plane that lost etcd): the nodes
+        check cannot complete there, which becomes ``check-failing`` once it has lasted
+        ``notify.error_after`` (the configuration is rewritten). Returns the subject."""
+        kube = KubeSim().start()
+        kube.fail("", status=503)
+        self.broken[name] = kube
+        self.world.write_config()
+        return self._plant("check-failing", name)
 
     def _plant(self, kind: str, subject: str) -> str:
         self.planted.append((kind, subject))
