@@ -231,6 +231,31 @@ def test_an_incomplete_pass_keeps_the_last_open_findings(
     assert value(samples, "watchdogd_source_errors_total", source="fake", target="t1") == 1
 
 
+def test_check_failing_is_an_open_finding_of_a_target_in_error(
+        setup: tuple[World, Engine, Metrics, str]) -> None:
+    world, engine, _metrics, url = setup
+    engine.run_pass()
+    world.broken = {"t1", "t2"}
+    clock = engine.clock
+    assert isinstance(clock, SimClock)
+    for _ in range(3):
+        clock.advance(minutes=5)
+        engine.run_pass()
+    samples = scrape(url)
+    # t2 has never completed, t1 has failed three passes over ten minutes: both page now, and
+    # t1's last open findings are kept beside its check-failing.
+    for target in ("t1", "t2"):
+        assert value(samples, "watchdogd_findings_open", check="probe", target=target,
+                     kind="check-failing", severity="warning") == 1, target
+    assert value(samples, "watchdogd_findings_open", check="probe", target="t1",
+                 kind="bad-item", severity="critical") == 1
+    world.broken = set()
+    engine.run_pass()
+    samples = scrape(url)
+    assert not [k for k in samples if k[0] == "watchdogd_findings_open"
+                and ("kind", "check-failing") in k[1]]
+
+
 def test_openmetrics_when_asked(setup: tuple[World, Engine, Metrics, str]) -> None:
     _world, engine, _metrics, url = setup
     engine.run_pass()
