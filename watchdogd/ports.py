@@ -43,18 +43,17 @@ VOLUME_FIELDS: tuple[str, ...] = (
     "snapshot_id", "source_volid", "volume_image_metadata")
 
 #: kind -> what ``Kube.list_objects`` keeps of each item of that kind; other kinds are kept
-#: whole. A PersistentVolume keeps what the volumes and orphans checks read (its name, the
-#: Cinder volume behind it, its claim, phase and reclaim policy) and its identity; tens of
-#: thousands of them otherwise cost three times the memory. A check that needs another
-#: field adds it here.
+#: whole. A PersistentVolume keeps what the volumes and orphans checks read: its name, the
+#: Cinder volume behind it, its claim, its phase and reclaim policy (watchdogd never changes
+#: a PV, so no before-image needs more); tens of thousands of them otherwise cost three times
+#: the memory. A check that needs another field adds it here.
 LIST_FIELDS: dict[str, FieldTree] = {
     "PersistentVolume": {
-        "metadata": {"name": True, "uid": True, "creationTimestamp": True,
-                     "deletionTimestamp": True},
+        "metadata": {"name": True},
         "spec": {"csi": {"driver": True, "volumeHandle": True}, "cinder": {"volumeID": True},
-                 "claimRef": {"namespace": True, "name": True, "uid": True},
-                 "persistentVolumeReclaimPolicy": True, "storageClassName": True},
-        "status": {"phase": True, "message": True, "reason": True},
+                 "claimRef": {"namespace": True, "name": True},
+                 "persistentVolumeReclaimPolicy": True},
+        "status": {"phase": True, "message": True},
     },
 }
 

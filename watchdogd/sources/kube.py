@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -505,8 +505,9 @@ def _project(obj: dict[str, Any], keep: FieldTree) -> dict[str, Any]:
     for key, inner in keep.items():
         if key in obj:
             value = obj[key]
+            # dict, not the Mapping ABC: this runs for every kept field of every PV
             result[key] = (_project(value, inner)
-                           if isinstance(inner, Mapping) and isinstance(value, dict) else value)
+                           if isinstance(inner, dict) and type(value) is dict else value)
     return result
 
 
