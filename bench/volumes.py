@@ -19,7 +19,8 @@ Printed: wall time, requests (counted by the simulators), peak RSS, the ratio, a
 both found the same things. Targets: watchdogd at least 10x faster than the runbook, at most
 ceil(n / page) + 10 requests per listing, and within 1.5x the wall time and the peak RSS of
 the floor: the same GETs as watchdogd's cold pass (read back from the simulators' logs) made
-with http.client and json.loads, every answer kept.
+with http.client and json.loads, every answer kept. watchdogd's bytecode is compiled before
+anything is measured, as pip compiles an installed package's.
 
     .venv/bin/python bench/volumes.py [--volumes 20000 --attachments 5000 --pvs 7000]
 """
