@@ -44,14 +44,15 @@ VOLUME_FIELDS: tuple[str, ...] = (
 
 #: kind -> what ``Kube.list_objects`` keeps of each item of that kind; other kinds are kept
 #: whole. A PersistentVolume keeps what the volumes and orphans checks read: its name, the
-#: Cinder volume behind it, its claim, its phase and reclaim policy (watchdogd never changes
-#: a PV, so no before-image needs more); tens of thousands of them otherwise cost three times
-#: the memory. A check that needs another field adds it here.
+#: Cinder volume behind it, its phase and reclaim policy, and its whole ``claimRef`` (the
+#: before-image of ``delete-extra-pvc``: its undo binds the PV to the claim again); tens of
+#: thousands of them otherwise cost three times the memory. A check that needs another
+#: field adds it here.
 LIST_FIELDS: dict[str, FieldTree] = {
     "PersistentVolume": {
         "metadata": {"name": True},
         "spec": {"csi": {"driver": True, "volumeHandle": True}, "cinder": {"volumeID": True},
-                 "claimRef": {"namespace": True, "name": True},
+                 "claimRef": True,
                  "persistentVolumeReclaimPolicy": True},
         "status": {"phase": True, "message": True},
     },

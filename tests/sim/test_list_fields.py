@@ -63,6 +63,12 @@ def test_trimmed_lists_give_the_verdicts_of_whole_ones(tmp_path: Path,
         pvs = trimmed.sources.adapter("kube", cluster).list_objects("PersistentVolume")
         assert pvs and all(set(pv) <= {"metadata", "spec", "status"}
                            and "capacity" not in pv["spec"] for pv in pvs)
+        # delete-extra-pvc judges the PV's binding by its claimRef uid and keeps the whole
+        # claimRef as its before-image (the undo binds the PV again): nothing of it is dropped
+        whole_refs = [pv["spec"]["claimRef"] for pv in world.kube.list(
+            "PersistentVolume") if pv["spec"].get("claimRef")]
+        assert whole_refs and sorted(map(str, whole_refs)) == sorted(
+            str(pv["spec"]["claimRef"]) for pv in pvs if pv["spec"].get("claimRef"))
 
         for _ in range(3):
             got = verdicts(trimmed.run_pass(only=["volumes", "orphans"]).as_json())
