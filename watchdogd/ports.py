@@ -16,17 +16,47 @@ Checks import this module and :mod:`watchdogd.model`, never :mod:`watchdogd.sour
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Concatenate, ParamSpec, Protocol
 
-__all__ = ["SOURCES", "Call", "HubApi", "HubDb", "HubProbe", "Kube", "Nublado", "OpenStack",
-           "Proxy", "Tls",
-           "call"]
+__all__ = ["LIST_FIELDS", "SOURCES", "VOLUME_FIELDS", "Call", "FieldTree", "HubApi", "HubDb",
+           "HubProbe", "Kube", "Nublado", "OpenStack", "Proxy", "Tls", "call"]
 
 P = ParamSpec("P")
 
 Obj = dict[str, Any]
+
+#: Which parts of an object a big list keeps: a key maps to ``True`` (its whole value) or to
+#: the tree of what to keep inside it (when the value is an object).
+FieldTree = Mapping[str, "FieldTree | bool"]
+
+#: The fields of a Cinder volume that ``OpenStack.volumes`` keeps (when Cinder sends them):
+#: what the checks read, and what describes the volume in an audit before-image (type, zone,
+#: origin, owner) should it ever have to be made again. A list of tens of thousands of
+#: volumes otherwise spends most of its memory on fields nobody reads. A check that needs
+#: another field adds it here.
+VOLUME_FIELDS: tuple[str, ...] = (
+    "id", "name", "description", "status", "size", "volume_type", "availability_zone",
+    "bootable", "encrypted", "multiattach", "created_at", "updated_at", "user_id",
+    "os-vol-tenant-attr:tenant_id", "os-vol-host-attr:host", "metadata", "attachments",
+    "snapshot_id", "source_volid", "volume_image_metadata")
+
+#: kind -> what ``Kube.list_objects`` keeps of each item of that kind; other kinds are kept
+#: whole. A PersistentVolume keeps what the volumes and orphans checks read: its name, the
+#: Cinder volume behind it, its phase and reclaim policy, and its whole ``claimRef`` (the
+#: before-image of ``delete-extra-pvc``: its undo binds the PV to the claim again); tens of
+#: thousands of them otherwise cost three times the memory. A check that needs another
+#: field adds it here.
+LIST_FIELDS: dict[str, FieldTree] = {
+    "PersistentVolume": {
+        "metadata": {"name": True},
+        "spec": {"csi": {"driver": True, "volumeHandle": True}, "cinder": {"volumeID": True},
+                 "claimRef": True,
+                 "persistentVolumeReclaimPolicy": True},
+        "status": {"phase": True, "message": True},
+    },
+}
 
 
 class HubDb(Protocol):
@@ -99,7 +129,8 @@ class Kube(Protocol):
     def list_objects(self, kind: str, namespace: str | None = None,
                      label_selector: str | None = None,
                      field_selector: str | None = None) -> list[Obj]:
-        """Every object of ``kind`` matching the selectors, all pages."""
+        """Every object of ``kind`` matching the selectors, all pages (as ``LIST_FIELDS``
+        trims them)."""
         ...
 
     def pods(self, namespace: str | None = None, label_selector: str | None = None,
@@ -137,7 +168,7 @@ class OpenStack(Protocol):
     """One OpenStack cloud: Cinder, Nova and Keystone (``sources/openstack.py``)."""
 
     def volumes(self) -> Obj:
-        """Every volume of every project."""
+        """Every volume of every project (its ``VOLUME_FIELDS``)."""
         ...
 
     def volume(self, volume_id: str) -> Obj | None:

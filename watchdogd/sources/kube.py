@@ -24,6 +24,7 @@ from kubernetes.client.exceptions import ApiException
 
 from watchdogd.config import ClusterConfig, file_problem
 from watchdogd.model import PreconditionFailed, SourceError
+from watchdogd.ports import LIST_FIELDS, FieldTree
 from watchdogd.sources.base import (
     count_request,
     describe_status,
@@ -150,6 +151,7 @@ class KubeSource:
         else:
             path, path_params = all_path, {}
         what = f"list {kind.lower()}s" + (f" in namespace {namespace}" if namespace else "")
+        keep = LIST_FIELDS.get(kind)
         items: list[dict[str, Any]] = []
         token: str | None = None
         tokens: set[str] = set()
@@ -171,7 +173,10 @@ class KubeSource:
                     raise self.error(f"{what}: an item has no metadata")
                 for key in _DROP_METADATA:
                     metadata.pop(key, None)
-            items.extend(page_items)
+            # A kind with a LIST_FIELDS entry keeps only those parts: the rest of each page
+            # goes with the page, so tens of thousands of PVs cost what the checks read.
+            items.extend(page_items if keep is None else
+                         [_project(item, keep) for item in page_items])
             meta = data.get("metadata") or {}
             token = meta.get("continue") or None if isinstance(meta, dict) else None
             if not isinstance(meta, dict) or not isinstance(token, str | None):
@@ -491,6 +496,19 @@ def _replicas(source: KubeSource, data: dict[str, Any], what: str) -> int:
     if data.get("kind") != "Scale" or not isinstance(replicas, int) or isinstance(replicas, bool):
         raise source.error(f"{what}: answer is not a Scale")
     return replicas
+
+
+def _project(obj: dict[str, Any], keep: FieldTree) -> dict[str, Any]:
+    """The parts of ``obj`` that ``keep`` names (a value that is not an object where the tree
+    goes deeper is kept as it is: judging malformed objects is the checks' job)."""
+    result: dict[str, Any] = {}
+    for key, inner in keep.items():
+        if key in obj:
+            value = obj[key]
+            # dict, not the Mapping ABC: this runs for every kept field of every PV
+            result[key] = (_project(value, inner)
+                           if isinstance(inner, dict) and type(value) is dict else value)
+    return result
 
 
 def _is_not_found(exc: ApiException) -> bool:
