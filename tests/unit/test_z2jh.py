@@ -10,6 +10,7 @@ and each exists in the installed JupyterHub.
 from __future__ import annotations
 
 import copy
+import functools
 import re
 from pathlib import Path
 from typing import Any
@@ -38,11 +39,22 @@ def merged(defaults: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
     return out
 
 
+@functools.cache
 def validator() -> jsonschema.protocols.Validator:
     schema = yaml.safe_load((DATA / "values.schema.yaml").read_text())
     cls = jsonschema.validators.validator_for(schema)
     cls.check_schema(schema)
     return cls(schema)  # type: ignore[no-any-return]
+
+
+@functools.cache
+def _defaults_text() -> str:
+    return (DATA / "values.yaml").read_text()
+
+
+def defaults() -> dict[str, Any]:
+    """The chart's default values (a fresh copy: tests merge into it)."""
+    return yaml.safe_load(_defaults_text())  # type: ignore[no-any-return]
 
 
 def problems(values: dict[str, Any]) -> list[str]:
@@ -62,12 +74,11 @@ def test_the_data_says_which_chart_it_came_from() -> None:
 
 def test_the_chart_defaults_are_valid() -> None:
     """The oracle itself: the chart's defaults pass its schema (else every test here lies)."""
-    assert problems(yaml.safe_load((DATA / "values.yaml").read_text())) == []
+    assert problems(defaults()) == []
 
 
 def test_the_snippet_is_valid_chart_configuration() -> None:
-    defaults = yaml.safe_load((DATA / "values.yaml").read_text())
-    values = merged(defaults, snippet())
+    values = merged(defaults(), snippet())
     assert problems(values) == []
     # What the chart's jupyterhub_config.py makes of it: a service named by its key (the
     # token is generated into the Secret `hub`) and a role naming that service.
@@ -81,8 +92,7 @@ def test_the_snippet_is_valid_chart_configuration() -> None:
     {"hubs": {"services": {"watchdogd": {}}}},       # not a section of the chart
 ])
 def test_the_schema_refuses_a_misplaced_snippet(broken: dict[str, Any]) -> None:
-    defaults = yaml.safe_load((DATA / "values.yaml").read_text())
-    assert problems(merged(defaults, broken)) != []
+    assert problems(merged(defaults(), broken)) != []
 
 
 def test_the_scopes_are_what_watchdogd_calls_and_exist_in_jupyterhub() -> None:
