@@ -18,6 +18,7 @@ import os
 import shutil
 import subprocess
 import tomllib
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ import yaml
 from tests.bindings import planned_calls
 from watchdogd import checks
 from watchdogd.app import load_config
+from watchdogd.cli import main
 from watchdogd.config import Config
 from watchdogd.engine import Engine
 from watchdogd.leader import KubeLeaseApi, LeaderElector
@@ -42,7 +44,9 @@ from watchdogd.store import Store
 
 REPO = Path(__file__).resolve().parents[2]
 KUSTOMIZE = REPO / "config" / "kubernetes"
-MODES = {"deployment": KUSTOMIZE, "cronjob": KUSTOMIZE / "cronjob"}
+MODES = {"deployment": KUSTOMIZE, "cronjob": KUSTOMIZE / "cronjob", "z2jh": KUSTOMIZE / "z2jh"}
+#: The namespace each mode deploys to: z2jh's overlay runs in the hub's namespace.
+NAMESPACES = {"deployment": "watchdogd", "cronjob": "watchdogd", "z2jh": "jhub"}
 SECRETS_DIR = "/etc/watchdogd/secrets/"
 
 
@@ -85,19 +89,29 @@ def model_class(obj: dict[str, Any]) -> Any:
 @pytest.mark.parametrize("mode", sorted(MODES))
 def test_renders_and_validates_against_the_models(mode: str) -> None:
     objects = render(mode)
-    kinds = sorted(o["kind"] for o in objects)
-    expected = {"Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "ConfigMap",
-                "Secret"}
-    expected |= ({"Deployment", "Role", "RoleBinding", "Service", "PodDisruptionBudget"}
-                 if mode == "deployment" else {"CronJob", "PersistentVolumeClaim"})
-    assert set(kinds) == expected and len(kinds) == len(expected), kinds
+    kinds = Counter(o["kind"] for o in objects)
+    expected = Counter(["Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding",
+                        "ConfigMap", "Secret"])
+    if mode == "deployment":
+        expected.update(["Deployment", "Role", "RoleBinding", "Service", "PodDisruptionBudget"])
+    elif mode == "cronjob":
+        expected.update(["CronJob", "PersistentVolumeClaim"])
+    else:
+        # The hub's namespace is the chart's (no Namespace object), and RBAC is two Roles in
+        # it (the checks' reads and the Lease), nothing cluster-wide.
+        expected = Counter({"ServiceAccount": 1, "ConfigMap": 1, "Secret": 1, "Deployment": 1,
+                            "Role": 2, "RoleBinding": 2, "Service": 1,
+                            "PodDisruptionBudget": 1})
+    assert kinds == expected, kinds
     for obj in objects:
         # The models are pydantic with extra="forbid": a misspelt or misplaced field, a
         # wrong type or a missing required field fails here, as the API server would.
         model_class(obj).model_validate(obj)
         if obj["kind"] != "Namespace" and model_class(obj).__name__ not in (
                 "V1ClusterRole", "V1ClusterRoleBinding"):
-            assert obj["metadata"]["namespace"] == "watchdogd", obj["metadata"]
+            assert obj["metadata"]["namespace"] == NAMESPACES[mode], obj["metadata"]
+        for subject in obj.get("subjects", []):
+            assert subject["namespace"] == NAMESPACES[mode], subject
 
 
 def test_a_misspelt_field_would_be_caught() -> None:
@@ -110,7 +124,7 @@ def test_a_misspelt_field_would_be_caught() -> None:
 
 def pod_spec(mode: str) -> dict[str, Any]:
     objects = render(mode)
-    if mode == "deployment":
+    if mode != "cronjob":
         return one(objects, "Deployment")["spec"]["template"]["spec"]  # type: ignore[no-any-return]
     return one(objects, "CronJob")["spec"]["jobTemplate"]["spec"]["template"][  # type: ignore[no-any-return]
         "spec"]
@@ -133,18 +147,23 @@ def test_pods_are_hardened(mode: str) -> None:
     # The only writable paths: a small /tmp and the CronJob's state volume (the
     # Deployment's state is in PostgreSQL).
     writable = {p for p, m in mounts.items() if not m.get("readOnly")}
-    assert writable == ({"/tmp"} if mode == "deployment" else {"/var/lib/watchdogd", "/tmp"})
+    assert writable == ({"/var/lib/watchdogd", "/tmp"} if mode == "cronjob" else {"/tmp"})
     volumes = {v["name"]: v for v in spec["volumes"]}
-    assert volumes[mounts["/etc/watchdogd/secrets"]["name"]]["secret"]["secretName"] == \
-        "watchdogd-secrets"
+    secrets = volumes[mounts["/etc/watchdogd/secrets"]["name"]]
+    if mode == "z2jh":
+        assert {s["secret"]["name"] for s in secrets["projected"]["sources"]} == {
+            "watchdogd-secrets", "hub"}
+    else:
+        assert secrets["secret"]["secretName"] == "watchdogd-secrets"
     config_volume = volumes[mounts["/etc/watchdogd/config"]["name"]]["configMap"]["name"]
     assert config_volume == one(render(mode), "ConfigMap")["metadata"]["name"]
     env = {e["name"]: e for e in container["env"]}
     assert env["WATCHDOGD_CONFIG"]["value"] == "/etc/watchdogd/config/watchdogd.toml"
 
 
-def test_the_deployment_runs_two_electing_replicas() -> None:
-    objects = render("deployment")
+@pytest.mark.parametrize("mode", ["deployment", "z2jh"])
+def test_the_deployment_runs_two_electing_replicas(mode: str) -> None:
+    objects = render(mode)
     deployment = one(objects, "Deployment")
     assert deployment["spec"]["replicas"] == 2
     [container] = deployment["spec"]["template"]["spec"]["containers"]
@@ -193,14 +212,91 @@ def k8s_config(objects: list[dict[str, Any]]) -> dict[str, Any]:
     return data
 
 
+def secret_files(text: str) -> set[str]:
+    """The file names under SECRETS_DIR a watchdogd.toml reads."""
+    return {line.split(SECRETS_DIR, 1)[1].split('"', 1)[0]
+            for line in text.splitlines()
+            if SECRETS_DIR in line and not line.lstrip().startswith("#")}
+
+
 def test_every_secret_file_of_the_config_is_a_key_of_the_secret() -> None:
     objects = render("cronjob")
-    text = one(objects, "ConfigMap")["data"]["watchdogd.toml"]
-    wanted = {line.split(SECRETS_DIR, 1)[1].split('"', 1)[0]
-              for line in text.splitlines()
-              if SECRETS_DIR in line and not line.lstrip().startswith("#")}
+    wanted = secret_files(one(objects, "ConfigMap")["data"]["watchdogd.toml"])
     secret = one(objects, "Secret")
     assert wanted and wanted <= set(secret["stringData"]), wanted - set(secret["stringData"])
+
+
+#: z2jh's Secret ``hub`` (templates/hub/secret.yaml of the chart): the token the chart
+#: generates for ``hub.services.watchdogd`` and the proxy's auth token.
+Z2JH_TOKEN_KEYS = {"hub.services.watchdogd.apiToken": "api_token_file",
+                   "hub.config.ConfigurableHTTPProxy.auth_token": "proxy_token_file"}
+
+
+def test_z2jh_reads_the_tokens_from_the_charts_secret() -> None:
+    objects = render("z2jh")
+    text = one(objects, "ConfigMap")["data"]["watchdogd.toml"]
+    spec = pod_spec("z2jh")
+    [secrets] = [v for v in spec["volumes"] if v["name"] == "secrets"]
+    files: dict[str, tuple[str, str]] = {}
+    for source in secrets["projected"]["sources"]:
+        for item in source["secret"]["items"]:
+            assert item["path"] not in files, f"two sources project {item['path']}"
+            files[item["path"]] = (source["secret"]["name"], item["key"])
+    # Every file the configuration reads is projected, and nothing else is.
+    assert set(files) == secret_files(text)
+    ours = one(objects, "Secret")
+    for name, key in files.values():
+        if name == "watchdogd-secrets":
+            assert key in ours["stringData"], key
+    # The hub's tokens: exactly the chart's key names, each where the TOML key expects it.
+    hub = tomllib.loads(text)["hubs"]["main"]
+    from_chart = {key: path for path, (name, key) in files.items() if name == "hub"}
+    assert set(from_chart) == set(Z2JH_TOKEN_KEYS)
+    for key, toml_key in Z2JH_TOKEN_KEYS.items():
+        assert hub[toml_key] == SECRETS_DIR + from_chart[key]
+    # No hub database, and no copy of a token in watchdogd's own Secret.
+    assert "db_url" not in hub and "db_url_file" not in hub
+    assert not {k for k in ours["stringData"] if k.startswith("hub-")}
+
+
+def test_z2jh_pod_carries_the_network_policy_labels() -> None:
+    deployment = one(render("z2jh"), "Deployment")
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    # The chart's hub and proxy NetworkPolicies admit exactly these labels (string "true").
+    assert labels["hub.jupyter.org/network-access-hub"] == "true"
+    assert labels["hub.jupyter.org/network-access-proxy-api"] == "true"
+    # The selector is the base's: the labels do not change which pods the Service, the PDB
+    # or the anti-affinity select.
+    assert not any(k.startswith("hub.jupyter.org/")
+                   for k in deployment["spec"]["selector"]["matchLabels"])
+
+
+def test_z2jh_config_aims_at_the_charts_services_in_the_pods_namespace() -> None:
+    objects = render("z2jh")
+    hub = tomllib.loads(one(objects, "ConfigMap")["data"]["watchdogd.toml"])["hubs"]["main"]
+    assert hub["api_url"] == "http://hub:8081/hub/api"
+    assert hub["proxy_api_url"] == "http://proxy-api:8001"
+    assert hub["namespace"] == NAMESPACES["z2jh"]
+    [container] = pod_spec("z2jh")["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    # The hub's namespace follows the kustomization's: the pod's own.
+    assert env["WATCHDOGD_HUBS__MAIN__NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == \
+        "metadata.namespace"
+
+
+def test_z2jh_monitoring_lives_next_to_its_service() -> None:
+    result = subprocess.run([_kubectl(), "kustomize", str(MODES["z2jh"] / "monitoring")],
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    objects = [d for d in yaml.safe_load_all(result.stdout) if d]
+    assert {o["kind"] for o in objects} == {"ServiceMonitor", "PrometheusRule", "ConfigMap"}
+    assert {o["metadata"]["namespace"] for o in objects} == {NAMESPACES["z2jh"]}
+    service = one(render("z2jh"), "Service")
+    monitor = one(objects, "ServiceMonitor")
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"][
+        "labels"].items()
+    assert {e["port"] for e in monitor["spec"]["endpoints"]} <= {
+        p["name"] for p in service["spec"]["ports"]}
 
 
 # -- the configuration of the ConfigMap, loaded for real, aimed at the simulator -------------
@@ -221,16 +317,18 @@ def dead_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.fixture
-def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
-    """The ConfigMap's config, loaded by load_config, with every cluster on the simulator."""
-    objects = render("deployment")
+@contextlib.contextmanager
+def make_world(mode: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
+    """A mode's ConfigMap config, loaded by load_config, every cluster on the simulator."""
+    objects = render(mode)
     text = one(objects, "ConfigMap")["data"]["watchdogd.toml"]
     secrets = tmp_path / "secrets"
     secrets.mkdir()
     for key, value in one(objects, "Secret")["stringData"].items():
         (secrets / key).write_text(
             "sqlite:////nonexistent/jupyterhub.sqlite" if "db-url" in key else value)
+    for key in secret_files(text) - set(one(objects, "Secret")["stringData"]):
+        (secrets / key).write_text("a-token-from-another-secret\n")  # z2jh's Secret `hub`
     path = tmp_path / "watchdogd.toml"
     path.write_text(text.replace(SECRETS_DIR, f"{secrets}/"))
     raw = tomllib.loads(text)
@@ -253,6 +351,31 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
         for key, value in env.items():
             monkeypatch.setenv(key, value)
         yield World(sim, load_config(path), path)
+
+
+@pytest.fixture
+def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
+    """The Deployment's (and the CronJob's: they share base/) configuration."""
+    with make_world("deployment", tmp_path, monkeypatch) as built:
+        yield built
+
+
+def test_the_z2jh_configmap_is_a_valid_api_only_configuration(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    with make_world("z2jh", tmp_path, monkeypatch) as built:
+        # `watchdogd config check` itself, on the file with the secret files stubbed.
+        main(["config", "check", "--config", str(built.config_path)])
+        assert "configuration is valid" in capsys.readouterr().out
+        config = built.config
+        assert config.remediation.dry_run is True
+        [hub] = config.hubs.values()
+        assert hub.db_url is None and hub.db_url_file is None  # API-only: no hub database
+        assert hub.api_token is not None and hub.proxy_token is not None
+        assert config.daemon.lease_cluster in config.clusters
+        assert config.clusters[hub.cluster].in_cluster is False  # the simulator, here
+        sections = tomllib.loads(built.config_path.read_text()).get("checks", {})
+        assert checks.section_problems(sections) == []
 
 
 def test_the_configmap_is_a_valid_configuration(world: World) -> None:
@@ -408,13 +531,15 @@ def describe(call: Call) -> str:
 
 
 @pytest.mark.parametrize("mode", sorted(MODES))
-def test_rbac_grants_exactly_what_the_code_calls(mode: str, world: World,
-                                                  tmp_path: Path) -> None:
+def test_rbac_grants_exactly_what_the_code_calls(mode: str, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     objects = render(mode)
     lease_namespace = None
-    if mode == "deployment":
+    if mode != "cronjob":
         lease_namespace = one(objects, "Deployment")["metadata"]["namespace"]
-    needed = derive_calls(world.config, world.sim, tmp_path, lease_namespace=lease_namespace)
+    with make_world(mode, tmp_path, monkeypatch) as world:
+        needed = derive_calls(world.config, world.sim, tmp_path,
+                              lease_namespace=lease_namespace)
     assert needed, "no Kubernetes API call was made: the derivation is broken"
     granted = rules(objects)
     missing = sorted(describe(c) for c in needed if not any(r.covers(c) for r in granted))
