@@ -4,6 +4,7 @@
 #   - PostgreSQL 15 server binaries from Debian (initdb, pg_ctl under /usr/lib/postgresql/15/bin)
 #   - the `postgres` OS user (initdb and pg_ctl refuse to run as root)
 #   - promtool from Debian's prometheus package (the alert rules' tests)
+#   - kubectl from Debian (the disk-map restore test pipes manifests into `kubectl apply`)
 #
 # Idempotent; meant to run as root on a fresh Debian 12 machine (CI calls it).
 # Prints one line per thing it did or found already present.
@@ -124,6 +125,15 @@ else
     command -v promtool >/dev/null 2>&1 || die "prometheus installed but promtool is missing"
 fi
 
+# --- kubectl ---------------------------------------------------------------------------------
+# tests/scenario/test_disk_map.py restores claims with `kubectl apply -f -` against the
+# simulated API server, as the runbook does against a real one.
+if command -v kubectl >/dev/null 2>&1; then
+    say "kubectl already present ($(command -v kubectl))"
+else
+    apt_install kubectl
+    command -v kubectl >/dev/null 2>&1 || die "kubectl installed but not on PATH"
+fi
 # --- JupyterHub 5.x in its own venv -----------------------------------------------------------
 # z2jh still ships JupyterHub 5.5: the integration tests run the same repairs against it.
 HUB5_VERSION="${WATCHDOGD_HUB5_VERSION:-5.5.4}"

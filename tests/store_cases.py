@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import sqlalchemy as sa
 
 from watchdogd import store as store_module
-from watchdogd.model import Action, Finding, Severity
+from watchdogd.model import Action, ClaimRecord, Finding, Severity
 from watchdogd.store import SCHEMA_VERSION, Store
 
 T0 = datetime(2026, 11, 22, 3, 0, tzinfo=UTC)
@@ -93,4 +93,69 @@ def upgrade_from_version_1(url: str) -> None:
     [row] = store.findings()
     assert (row["subject"], row["sightings"]) == ("old", 3)
     store.set_marks("sessions", "main", {"x"}, T0)  # a schema-2 table now exists
+    store.close()
+
+
+def claim(name: str, volume: str, *, user: str | None = "alice", size: str = "10Gi",
+          cluster: str = "c1") -> ClaimRecord:
+    return ClaimRecord(cluster, "jhub", name, f"pv-{volume}", volume, user, "annotation", size,
+                       "Delete", {"access_modes": ["ReadWriteOnce"], "fs_type": "ext4"})
+
+
+def disk_rows(store: Store) -> int:
+    with store.engine.begin() as conn:
+        return int(conn.execute(sa.select(sa.func.count()).select_from(
+            store_module.disks_table)).scalar_one())
+
+
+def disk_map_history(store: Store) -> None:
+    """A change is a new version, an unchanged pass writes nothing, and --at reads the past."""
+    t1, t2, t3, t4 = (T0 + timedelta(minutes=m) for m in (0, 5, 10, 15))
+    first = [claim("claim-alice", "v1"), claim("claim-bob", "v2", user="bob")]
+    assert store.record_disks("orphans", "cloud", first, t1) == (2, 0)
+    # The same map again: compared, not written.
+    assert store.record_disks("orphans", "cloud", first, t2) == (0, 0)
+    assert disk_rows(store) == 2
+    # bob's claim grew, alice's is gone, carol's is new; another target is not touched.
+    store.record_disks("orphans", "other", [claim("claim-zed", "v9", user="zed")], t2)
+    later = [claim("claim-bob", "v2", user="bob", size="20Gi"),
+             claim("claim-carol", "v3", user="carol")]
+    assert store.record_disks("orphans", "cloud", later, t3) == (2, 2)
+    assert disk_rows(store) == 5
+    now = {(r["target"], r["claim"]): r for r in store.disks()}
+    assert sorted(now) == [("cloud", "claim-bob"), ("cloud", "claim-carol"),
+                           ("other", "claim-zed")]
+    assert now[("cloud", "claim-bob")]["size"] == "20Gi"
+    assert now[("cloud", "claim-bob")]["valid_from"] == t3
+    before = {r["claim"]: r for r in store.disks(at=t2) if r["target"] == "cloud"}
+    assert sorted(before) == ["claim-alice", "claim-bob"]
+    assert before["claim-bob"]["size"] == "10Gi" and before["claim-bob"]["valid_to"] == t3
+    assert before["claim-alice"]["manifest"] == {"access_modes": ["ReadWriteOnce"],
+                                                 "fs_type": "ext4"}
+    assert store.disks(at=T0 - timedelta(minutes=1)) == []
+    assert store.disks_recorded_since() == t1
+    # A pass that sees no claim at all (the tear-down) is a version too: the map is empty.
+    assert store.record_disks("orphans", "cloud", [], t4) == (0, 2)
+    assert [r["claim"] for r in store.disks()] == ["claim-zed"]
+    assert sorted(r["claim"] for r in store.disks(at=t3 + timedelta(seconds=1))
+                  if r["target"] == "cloud") == ["claim-bob", "claim-carol"]
+
+
+def upgrade_from_version_4(url: str) -> None:
+    """A schema-4 database gets the disk map table; its findings stay."""
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        for step in (1, 2, 3, 4):
+            store_module.MIGRATIONS[step](conn)
+        conn.execute(sa.insert(store_module.meta_table).values(key="schema_version", value="4"))
+        conn.execute(sa.insert(store_module.findings_table).values(
+            key="orphans/c/released-pv/x", check_name="orphans", target="c",
+            kind="released-pv", subject="x", severity=20, message="m", evidence="{}",
+            status="open", first_seen=T0, last_seen=T0, sightings=2))
+    engine.dispose()
+    store = Store(url)
+    assert store.schema_version() == SCHEMA_VERSION == 5
+    assert [r["subject"] for r in store.findings()] == ["x"]
+    assert store.record_disks("orphans", "c", [claim("claim-alice", "v1")], T0) == (1, 0)
+    assert [r["user"] for r in store.disks()] == ["alice"]
     store.close()

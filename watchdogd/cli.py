@@ -1,5 +1,6 @@
 """The command line: ``check``, ``run``, ``demo``, ``config check``, ``findings``, ``actions``,
-and the operator commands ``repair-session`` and ``undo``.
+and the operator commands ``repair-session``, ``undo``, ``volumes map`` and
+``volumes manifests``.
 
 Exit codes (stable, for cron jobs and CI):
 
@@ -7,6 +8,7 @@ Exit codes (stable, for cron jobs and CI):
 0  the pass completed (with or without findings); an operator command did its work
 1  ``--exit-code`` was given and there are findings; an operator answered no
 2  a check could not complete (a source failed, data implausible)
+3  ``volumes manifests``: no claim on the map matches
 64 bad usage
 65 an operator command cannot do it (no such user or action, rows changed, no undo)
 69 a peer that decides whether it is safe did not answer clearly
@@ -37,6 +39,7 @@ if TYPE_CHECKING:
 
 EXIT_FINDINGS = 1
 EXIT_INCOMPLETE = 2
+EXIT_NOT_ON_MAP = 3
 EXIT_USAGE = 64
 EXIT_CONFIG = 78
 EXIT_SOFTWARE = 70
@@ -404,6 +407,91 @@ def demo(passes: int, as_json: bool, keep: bool) -> None:
 
     sys.exit(run_demo(passes=passes, as_json=as_json, keep=keep))
 
+
+@cli.group("volumes")
+def volumes_group() -> None:
+    """The map of users' disks: which claim is bound to which PV and Cinder volume."""
+
+
+at_option = click.option(
+    "--at", "at_text", metavar="TIME",
+    help="The map as it was then: an ISO time (2026-12-01T10:00:00Z) or a time ago (6h, 2d).")
+
+
+def _map_at(config_path: str | None, at_text: str | None) -> tuple[list[dict[str, Any]], str]:
+    """The recorded map (now, or at ``--at``) and a line saying which one it is."""
+    from watchdogd.diskmap import parse_at  # noqa: PLC0415
+    from watchdogd.times import utcnow  # noqa: PLC0415
+
+    at = None
+    if at_text is not None:
+        try:
+            at = parse_at(at_text, utcnow())
+        except ValueError as exc:
+            raise Fatal(f"--at: {exc}", EXIT_USAGE) from None
+    store = _store(config_path)
+    rows = store.disks(at)
+    if at is None:
+        return rows, "the map of users' disks as the last complete orphans pass saw it"
+    first = store.disks_recorded_since()
+    when = f"the map of users' disks at {iso(at, timespec='seconds')}"
+    if first is None or first > at:
+        when += (" (nothing was recorded then; the first map is from "
+                 f"{iso(first, timespec='seconds')})" if first else " (no map recorded yet)")
+    return rows, when
+
+
+@volumes_group.command("map")
+@config_option
+@at_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def volumes_map(config_path: str | None, at_text: str | None, as_json: bool) -> None:
+    """Show each claim with its user, PV, Cinder volume, size and reclaim policy."""
+    from watchdogd.diskmap import map_table  # noqa: PLC0415
+
+    rows, when = _map_at(config_path, at_text)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, default=_iso))
+    elif not rows:
+        click.echo(f"no claims on {when}")
+    else:
+        click.echo(map_table(rows))
+
+
+@volumes_group.command("manifests")
+@config_option
+@click.argument("user", required=False)
+@click.option("--all", "every", is_flag=True, help="Every claim on the map.")
+@click.option("--cluster", metavar="NAME", help="Only the claims of this cluster.")
+@at_option
+def volumes_manifests(config_path: str | None, user: str | None, every: bool,
+                      cluster: str | None, at_text: str | None) -> None:
+    """Print the PV and PVC manifests that bind USER's volumes to their claims again.
+
+    For ``kubectl apply -f -`` after a tear-down and reinstall: each PV names its Cinder
+    volume and is pre-bound to its claim (reclaim policy Retain), each claim names its PV.
+    kubectl applies to one cluster: with claims in several, pick one with ``--cluster``.
+    """
+    from watchdogd.diskmap import for_user, render_manifests  # noqa: PLC0415
+
+    if (user is not None) == every:
+        raise Fatal("volumes manifests: give a USER or --all (not both)", EXIT_USAGE)
+    recorded, when = _map_at(config_path, at_text)
+    rows = recorded if user is None else for_user(recorded, user)
+    if cluster is not None:
+        rows = [r for r in rows if r["cluster"] == cluster]
+    who = "any user" if user is None else f"user {safe_text(user)!r}"
+    if not rows:
+        raise Fatal(f"no claim of {who} on {when}"
+                    + (f" in cluster {safe_text(cluster)!r}" if cluster else ""),
+                    EXIT_NOT_ON_MAP)
+    clusters = sorted({str(r["cluster"]) for r in rows})
+    if len(clusters) > 1:
+        raise Fatal(f"the claims of {who} are in clusters {', '.join(map(safe_text, clusters))}; "
+                    "kubectl applies to one: pick it with --cluster", EXIT_USAGE)
+    click.echo(render_manifests(rows, f"watchdogd volumes manifests: {len(rows)} claim(s) of "
+                                      f"{who} in cluster {safe_text(clusters[0])}\n{when}"),
+               nl=False)
 
 
 def _console(yes: bool) -> Any:

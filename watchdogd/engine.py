@@ -475,6 +475,10 @@ class Engine:
                 held.notify = mark not in previous_marks
         if acting:
             self.store.set_marks(spec.name, check_target.name, marks, now)
+            if detection.records is not None and not detection.partial:
+                # Only here: the snapshot was complete and detect() judged all of it, so a
+                # claim missing from this map is really gone, not unseen.
+                self.store.record_disks(spec.name, check_target.name, detection.records, now)
         result.breaker = breaker
         by_key = {d.tracked.finding.key: d for d in decisions}
         done: dict[tuple[Any, ...], str] = {}

@@ -22,6 +22,7 @@ __all__ = [
     "Action",
     "ActionStatus",
     "CheckTarget",
+    "ClaimRecord",
     "Detection",
     "Finding",
     "ImplausibleData",
@@ -268,6 +269,30 @@ class Finding:
         return f"{self.check}/{self.target}/{self.kind}/{self.subject}"
 
 
+@dataclass(frozen=True)
+class ClaimRecord:
+    """One line of the map of users' disks: a claim, the PV bound to it, the Cinder volume.
+
+    ``cluster``, ``namespace`` and ``claim`` identify it; the rest is what the claim is
+    bound to, as a pass saw it. ``manifest`` holds what the PV and PVC manifests that bind
+    the volume to its claim again need (access modes, storage class, the CSI driver, its
+    volume attributes and fsType, the claim's labels and hub annotations), never a secret.
+    """
+
+    cluster: str
+    namespace: str
+    claim: str
+    pv: str
+    volume_id: str
+    #: the hub user, or None when nothing names one
+    user: str | None
+    #: where ``user`` was read: ``annotation``, ``label``, ``namespace`` or ``claim-name``
+    user_source: str | None
+    size: str | None
+    reclaim_policy: str | None
+    manifest: Mapping[str, Any] = field(default_factory=dict)
+
+
 @dataclass
 class Detection:
     """What ``detect()`` returns: the findings and how many subjects were examined.
@@ -286,6 +311,10 @@ class Detection:
     #: spawner state places outside the listed namespace or selector). The engine
     #: fetches them and calls ``detect()`` once more with them in the snapshot.
     lookups: tuple[Need, ...] = ()
+    #: The map of users' disks this pass saw (the orphans check), for the store to keep
+    #: as a new version when it changed; None when the check records nothing. The engine
+    #: stores it only for a complete, non-partial pass of the acting process.
+    records: list[ClaimRecord] | None = None
 
 
 @dataclass

@@ -50,10 +50,19 @@ VOLUME_FIELDS: tuple[str, ...] = (
 #: field adds it here.
 LIST_FIELDS: dict[str, FieldTree] = {
     "PersistentVolume": {
-        "metadata": {"name": True},
-        "spec": {"csi": {"driver": True, "volumeHandle": True}, "cinder": {"volumeID": True},
+        # The orphans check's map of users' disks also reads what a PV that binds the
+        # volume to its claim again needs (size, access modes, class, mode, the CSI
+        # attributes, fsType, secret references by name, node affinity, mount options).
+        "metadata": {"name": True, "annotations": {"pv.kubernetes.io/provisioned-by": True}},
+        "spec": {"csi": {"driver": True, "volumeHandle": True, "fsType": True,
+                         "volumeAttributes": True, "nodeStageSecretRef": True,
+                         "nodePublishSecretRef": True, "controllerPublishSecretRef": True,
+                         "controllerExpandSecretRef": True},
+                 "cinder": {"volumeID": True, "fsType": True},
                  "claimRef": True,
-                 "persistentVolumeReclaimPolicy": True},
+                 "persistentVolumeReclaimPolicy": True,
+                 "capacity": True, "accessModes": True, "storageClassName": True,
+                 "volumeMode": True, "mountOptions": True, "nodeAffinity": True},
         "status": {"phase": True, "message": True},
     },
 }

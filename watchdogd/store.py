@@ -26,14 +26,14 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from watchdogd.model import Action, Finding, Resolved, Severity, Silence, Tracked
+from watchdogd.model import Action, ClaimRecord, Finding, Resolved, Severity, Silence, Tracked
 from watchdogd.text import safe_text, store_key, unstore_key, without_secrets
 from watchdogd.urls import sqlalchemy_url
 
 __all__ = ["SCHEMA_VERSION", "ActionRecord", "LockHold", "Notice", "Store", "StoreError",
            "Tracked"]
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 #: The PostgreSQL advisory lock of the pass (advisory locks are scoped to one database).
 ADVISORY_KEY = int.from_bytes(hashlib.sha256(b"watchdogd pass lock").digest()[:8], "big",
@@ -175,6 +175,27 @@ acks_table = sa.Table(
     sa.Column("acked_at", UTCDateTime, nullable=False),
 )
 
+# Added in schema 5: the map of users' disks (claim -> PV -> Cinder volume), with its
+# history: one row per claim and version, valid from one pass until a pass saw it change.
+disks_table = sa.Table(
+    "disks", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("check_name", sa.String(64), nullable=False),
+    sa.Column("target", sa.String(255), nullable=False),
+    sa.Column("cluster", sa.String(255), nullable=False),
+    sa.Column("namespace", sa.String(255), nullable=False),
+    sa.Column("claim", sa.String(255), nullable=False),
+    #: the line as the pass saw it (user, PV, volume id, size, reclaim policy and what the
+    #: manifests need), exact names in JSON; the key columns above are escaped names
+    sa.Column("manifest", sa.Text, nullable=False),
+    #: sha256 of the row's content: an unchanged claim is compared, never rewritten
+    sa.Column("digest", sa.String(64), nullable=False),
+    sa.Column("valid_from", UTCDateTime, nullable=False),
+    sa.Column("valid_to", UTCDateTime),
+    sa.Index("ix_disks_current", "check_name", "target", "valid_to"),
+    sa.Index("ix_disks_from", "valid_from"),
+)
+
 _V1_TABLES = (meta_table, findings_table, actions_table, outbox_table)
 _V2_TABLES = (marks_table, passes_table)
 
@@ -205,9 +226,14 @@ def _migrate_to_4(conn: Connection) -> None:
     metadata.create_all(conn, tables=[silences_table, acks_table])
 
 
+def _migrate_to_5(conn: Connection) -> None:
+    metadata.create_all(conn, tables=[disks_table])
+
+
 #: Step ``n`` brings a schema from version ``n - 1`` to ``n``.
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {
-    1: _migrate_to_1, 2: _migrate_to_2, 3: _migrate_to_3, 4: _migrate_to_4}
+    1: _migrate_to_1, 2: _migrate_to_2, 3: _migrate_to_3, 4: _migrate_to_4,
+    5: _migrate_to_5}
 
 
 @dataclass
@@ -428,8 +454,15 @@ class Store:
         must not both create the tables: each step runs under a lock (a transaction-scoped
         advisory lock on PostgreSQL, the lock file on SQLite) and checks the version again.
         """
-        with self._begin() as conn:
-            version = self._version(conn)
+        try:
+            with self._begin() as conn:
+                version = self._version(conn)
+        except StoreError:
+            # pysqlite commits CREATE TABLE at once, so another process creating the schema
+            # right now shows tables before its version row: look again once it is done.
+            # Under the lock, tables without a version are a real problem, and raise.
+            with self._upgrade_lock(), self._begin() as conn:
+                version = self._version(conn)
         self._check_version(version)
         if version == SCHEMA_VERSION:
             return
@@ -863,6 +896,105 @@ class Store:
                 counts[name] = count
         return counts
 
+    # -- the map of users' disks ---------------------------------------------------
+
+    def record_disks(self, check: str, target: str, records: Sequence[ClaimRecord],
+                     now: datetime) -> tuple[int, int]:
+        """Keep this complete pass's map of ``target`` as its new version, if it changed.
+
+        Each claim's current row is compared with what the pass saw (by a digest of its
+        content): an unchanged claim costs nothing, a changed one ends its row at ``now``
+        and starts a new one, a claim no longer seen ends its row. Call it only with the
+        map of a complete pass: a claim missing from a partial map would read as deleted.
+        Returns (rows started, rows ended).
+        """
+        unique: dict[tuple[str, str, str], ClaimRecord] = {}
+        for record in records:
+            # two PVs naming one claim: the first (by PV name) is kept
+            unique.setdefault((record.cluster, record.namespace, record.claim), record)
+        lines = list(unique.values())
+        # The whole map's digest first: an unchanged pass (the usual one) is one encode, one
+        # hash and one read, however many claims there are. Encoded a chunk at a time, as
+        # everything below: the map of a big cloud is never held twice in memory.
+        hasher = hashlib.sha256()
+        for start in range(0, len(lines), _CHUNK):
+            hasher.update(_canonical([_disk_dict(r) for r in lines[start:start + _CHUNK]])
+                          .encode())
+        whole = hasher.hexdigest()
+        meta_key = "disks:" + hashlib.sha256(f"{check}/{target}".encode()).hexdigest()[:40]
+        started: list[dict[str, Any]] = []
+        ended: list[int] = []
+        inserted = 0
+        with self._begin() as conn:
+            last = conn.execute(sa.select(meta_table.c.value).where(
+                meta_table.c.key == meta_key)).scalar_one_or_none()
+            if last == whole:
+                return 0, 0
+            current = {
+                (r.cluster, r.namespace, r.claim): (r.id, r.digest)
+                for r in conn.execute(sa.select(
+                    disks_table.c.id, disks_table.c.cluster, disks_table.c.namespace,
+                    disks_table.c.claim, disks_table.c.digest).where(
+                    disks_table.c.check_name == check, disks_table.c.target == target,
+                    disks_table.c.valid_to.is_(None)))
+            }
+            seen: set[tuple[str, str, str]] = set()
+            for record in lines:
+                key = (_col(record.cluster), _col(record.namespace), _col(record.claim))
+                if key in seen:
+                    continue  # two names that escape alike: the first is kept
+                seen.add(key)
+                body = _canonical(_disk_dict(record))
+                digest = hashlib.sha256(body.encode()).hexdigest()
+                row = current.get(key)
+                if row is not None and row[1] == digest:
+                    continue
+                if row is not None:
+                    ended.append(row[0])
+                started.append({"check_name": check, "target": target, "cluster": key[0],
+                                "namespace": key[1], "claim": key[2], "manifest": body,
+                                "digest": digest, "valid_from": now, "valid_to": None})
+                if len(started) >= _CHUNK:
+                    conn.execute(sa.insert(disks_table), started)
+                    inserted, started = inserted + len(started), []
+            if started:
+                conn.execute(sa.insert(disks_table), started)
+                inserted += len(started)
+            ended += [row_id for key, (row_id, _) in current.items() if key not in seen]
+            for start in range(0, len(ended), 500):
+                conn.execute(sa.update(disks_table)
+                             .where(disks_table.c.id.in_(ended[start:start + 500]))
+                             .values(valid_to=now))
+            conn.execute(sa.delete(meta_table).where(meta_table.c.key == meta_key))
+            conn.execute(sa.insert(meta_table).values(key=meta_key, value=whole))
+        return inserted, len(ended)
+
+    def disks(self, at: datetime | None = None) -> list[dict[str, Any]]:
+        """The map of users' disks as it is now, or as it was at ``at``, in claim order.
+
+        Each entry is what the pass recorded (exact names, the manifest data) with the
+        check target and the time the version began (and ended, if it has).
+        """
+        query = sa.select(disks_table.c.target, disks_table.c.manifest,
+                          disks_table.c.valid_from, disks_table.c.valid_to)
+        if at is None:
+            query = query.where(disks_table.c.valid_to.is_(None))
+        else:
+            query = query.where(disks_table.c.valid_from <= at, sa.or_(
+                disks_table.c.valid_to.is_(None), disks_table.c.valid_to > at))
+        with self._begin() as conn:
+            rows = [{**json.loads(r.manifest), "target": r.target, "valid_from": r.valid_from,
+                     "valid_to": r.valid_to} for r in conn.execute(query)]
+        rows.sort(key=lambda r: (str(r["target"]), str(r["cluster"]), str(r["namespace"]),
+                                 str(r["claim"])))
+        return rows
+
+    def disks_recorded_since(self) -> datetime | None:
+        """When the first map was recorded (an ``--at`` before it knows nothing)."""
+        with self._begin() as conn:
+            return conn.execute(sa.select(sa.func.min(disks_table.c.valid_from))
+                                ).scalar_one_or_none()
+
     # -- passes -------------------------------------------------------------------
 
     def record_pass(self, pass_id: str, check: str, target: str, started: datetime,
@@ -1001,6 +1133,39 @@ def _action_record(r: Any) -> ActionRecord:
     return ActionRecord(r.id, r.pass_id, unstore_key(r.finding_key), r.name, r.target,
                         json.loads(r.params), json.loads(r.before), bool(r.destructive),
                         r.status, r.detail, r.started_at, r.finished_at)
+
+
+def _col(value: str, limit: int = 255) -> str:
+    """A name for a map column (shown and searched); the exact one is in the JSON."""
+    if len(value) <= limit and value.isascii() and value.isprintable():
+        return value  # a Kubernetes name: nothing to escape (the common case, made cheap)
+    return safe_text(value, limit)
+
+
+def _disk_dict(record: ClaimRecord) -> dict[str, Any]:
+    """One claim of the map as stored, with exact names (JSON escapes control characters).
+
+    The check masked what could hold a credential (the CSI volume attributes); running
+    :func:`without_secrets` over every manifest again cost most of an unchanged pass.
+    """
+    # The check leaves empty parts of the manifest out already: no copy of it here (the map
+    # of a big cloud is encoded every pass, and every object made then is the GC's work).
+    return {"cluster": record.cluster, "namespace": record.namespace, "claim": record.claim,
+            "pv": record.pv, "volume_id": record.volume_id, "user": record.user,
+            "user_source": record.user_source, "size": record.size,
+            "reclaim_policy": record.reclaim_policy, "manifest": record.manifest}
+
+
+#: claims encoded, compared and written at a time by :meth:`Store.record_disks`
+_CHUNK = 1000
+
+#: one encoder for every row: ``json.dumps`` with options builds a new one per call, which
+#: was most of the cost of writing 21,000 rows
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
+
+
+def _canonical(value: Any) -> str:
+    return _CANONICAL.encode(value)
 
 
 def _safe_lines(value: Any) -> Any:

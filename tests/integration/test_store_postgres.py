@@ -16,11 +16,16 @@ def test_store_on_postgresql(postgres: RealPostgres) -> None:
     store_cases.lifecycle(store)
     store_cases.audit_and_outbox(store)
     store_cases.marks(store)
+    store_cases.disk_map_history(store)
     store.close()
 
 
 def test_upgrade_from_schema_1_on_postgresql(postgres: RealPostgres) -> None:
     store_cases.upgrade_from_version_1(postgres.create_database("wd_upgrade"))
+
+
+def test_upgrade_from_schema_4_on_postgresql(postgres: RealPostgres) -> None:
+    store_cases.upgrade_from_version_4(postgres.create_database("wd_upgrade4"))
 
 
 def test_one_actor_per_postgresql_state(postgres: RealPostgres) -> None:

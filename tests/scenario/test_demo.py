@@ -19,6 +19,7 @@ from watchdogd.checks import REGISTRY
 from watchdogd.cli import main
 from watchdogd.sim import demo as demo_module
 from watchdogd.sim.demo import LEFT_TO_PEOPLE, Demo, DemoWorld, build_world
+from watchdogd.sim.seed import DEMO_USERS
 from watchdogd.sim.world import EXPECTED_ACTION, SimClock, World, dumps_toml
 
 KINDS = list(EXPECTED_ACTION)
@@ -393,6 +394,10 @@ def test_watchdogd_demo_exits_0_and_explains(capsys: pytest.CaptureFixture[str],
     # the planted outages: the hub behind a 504, the edge cluster's API server answering 503
     assert "got HTTP 504" in out and "rollout restart deploy/hub" in out
     assert "could not read nodes (kube edge)" in out and "HTTP 503" in out
+    # the map of users' disks, one row per seeded user's claim (and the extra claim)
+    assert "The map of users' disks (watchdogd volumes map): " in out
+    for user in DEMO_USERS:
+        assert f"{user} jhub claim-{user} pvc-" in out
     # everything it started is gone
     [world] = worlds
     assert not world.workdir.exists()

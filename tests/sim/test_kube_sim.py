@@ -664,3 +664,57 @@ def test_deployment_scale_subresource(sim: KubeSim, cfg: client.Configuration) -
         with pytest.raises(ApiException) as missing:
             apps.read_namespaced_deployment_scale("nope", NS)
         assert missing.value.status == 404
+
+
+# -- the PV controller's binding of pre-bound pairs ----------------------------------------------
+
+
+def _pv_body(name: str, claim: str, *, uid: str | None = None, size: str = "10Gi",
+             storage_class: str = "std") -> dict[str, Any]:
+    ref: dict[str, Any] = {"kind": "PersistentVolumeClaim", "namespace": NS, "name": claim}
+    if uid:
+        ref["uid"] = uid
+    return {"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": name},
+            "spec": {"capacity": {"storage": size}, "accessModes": ["ReadWriteOnce"],
+                     "storageClassName": storage_class, "claimRef": ref,
+                     "persistentVolumeReclaimPolicy": "Retain",
+                     "csi": {"driver": "cinder.csi.openstack.org", "volumeHandle": name}}}
+
+
+def _claim_body(name: str, pv: str, *, size: str = "5Gi", storage_class: str = "std",
+                modes: tuple[str, ...] = ("ReadWriteOnce",)) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": {"name": name, "namespace": NS},
+            "spec": {"accessModes": list(modes), "storageClassName": storage_class,
+                     "resources": {"requests": {"storage": size}}, "volumeName": pv}}
+
+
+def test_a_claim_and_a_pv_that_name_each_other_bind(sim: KubeSim, core: Any) -> None:
+    core.create_persistent_volume(_pv_body("pv-a", "claim-a"))
+    assert sim.get("PersistentVolume", "pv-a")["status"]["phase"] == "Available"
+    core.create_namespaced_persistent_volume_claim(NS, _claim_body("claim-a", "pv-a"))
+    claim = sim.get("PersistentVolumeClaim", "claim-a", NS)
+    pv = sim.get("PersistentVolume", "pv-a")
+    assert claim is not None and pv is not None
+    assert (claim["status"]["phase"], pv["status"]["phase"]) == ("Bound", "Bound")
+    assert pv["spec"]["claimRef"]["uid"] == claim["metadata"]["uid"]
+    assert claim["status"]["capacity"] == {"storage": "10Gi"}
+    assert claim["metadata"]["annotations"]["pv.kubernetes.io/bind-completed"] == "yes"
+
+
+@pytest.mark.parametrize(("pv_kwargs", "claim_kwargs", "pv_phase"), [
+    ({"storage_class": "other"}, {}, "Available"),          # classes differ
+    ({"size": "1Gi"}, {}, "Available"),                     # the claim asks for more
+    ({}, {"modes": ("ReadWriteMany",)}, "Available"),       # a mode the PV lacks
+    ({"uid": "the-old-claim"}, {}, "Released"),             # bound to a claim that is gone
+])
+def test_what_the_pv_controller_refuses_to_bind(sim: KubeSim, core: Any, pv_kwargs: Any,
+                                                claim_kwargs: Any, pv_phase: str) -> None:
+    core.create_persistent_volume(_pv_body("pv-b", "claim-b", **pv_kwargs))
+    core.create_namespaced_persistent_volume_claim(NS, _claim_body("claim-b", "pv-b",
+                                                                   **claim_kwargs))
+    claim = sim.get("PersistentVolumeClaim", "claim-b", NS)
+    pv = sim.get("PersistentVolume", "pv-b")
+    assert claim is not None and pv is not None
+    assert claim["status"]["phase"] == "Pending"
+    assert pv["status"]["phase"] == pv_phase

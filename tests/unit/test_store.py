@@ -32,6 +32,14 @@ def test_upgrade_from_schema_1(tmp_path: Path) -> None:
     store_cases.upgrade_from_version_1(f"sqlite:///{tmp_path}/old.db")
 
 
+def test_disk_map_keeps_its_history(store: Store) -> None:
+    store_cases.disk_map_history(store)
+
+
+def test_upgrade_from_schema_4_adds_the_disk_map(tmp_path: Path) -> None:
+    store_cases.upgrade_from_version_4(f"sqlite:///{tmp_path}/v4.db")
+
+
 def test_newer_schema_is_refused(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/new.db"
     Store(url).close()

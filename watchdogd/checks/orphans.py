@@ -43,6 +43,11 @@ or quarantine mark changed.
 
 Hub users come from the ``hubdb`` source's ``sessions()`` (one query per hub, no request per
 user).
+
+Each pass also returns the map of users' disks (``Detection.records``, see :func:`disk_map`):
+every ``Bound`` claim with its PV and Cinder volume, from the same lists. The engine keeps it
+in the store as a new version when it changed, and only from a complete pass
+(``watchdogd volumes map`` / ``volumes manifests``).
 """
 
 from __future__ import annotations
@@ -68,6 +73,7 @@ from watchdogd.config import CheckConfig, Duration, Inventory
 from watchdogd.model import (
     Action,
     CheckTarget,
+    ClaimRecord,
     Detection,
     Finding,
     ImplausibleData,
@@ -77,6 +83,7 @@ from watchdogd.model import (
 )
 from watchdogd.ports import HubDb, Kube, OpenStack, call
 from watchdogd.slugs import escape_slug, safe_slug
+from watchdogd.text import MASK, names_a_secret
 from watchdogd.times import parse_time
 
 NAME = "orphans"
@@ -90,6 +97,11 @@ CSI_PVC_KEY = "csi.storage.k8s.io/pvc/name"
 
 ANNOTATION_USER = "hub.jupyter.org/username"
 PVC_PROTECTION = "kubernetes.io/pvc-protection"
+#: the claim annotations a restored claim carries again (KubeSpawner's, z2jh's)
+HUB_ANNOTATION_PREFIX = "hub.jupyter.org/"
+CINDER_DRIVER = "cinder.csi.openstack.org"
+#: KubeSpawner's ``pvc_name_template`` default, ``claim-{user_server}``
+CLAIM_PREFIX = "claim-"
 
 
 class Settings(CheckConfig):
@@ -119,6 +131,7 @@ class HubRef:
     cluster: str
     namespace: str
     layout: str
+    nublado_prefix: str = "nublado-"
 
 
 @dataclass(frozen=True)
@@ -156,7 +169,8 @@ def targets(check: Settings, inventory: Inventory) -> list[CheckTarget]:
             name = cluster if cluster not in inventory.clouds else f"cluster-{cluster}"
             groups.append((name, None, (cluster,)))
     for name, cloud_name, clusters in groups:
-        hubs = tuple(HubRef(h, hub.cluster, hub.namespace, hub.layout)
+        hubs = tuple(HubRef(h, hub.cluster, hub.namespace, hub.layout,
+                            hub.nublado_namespace_prefix)
                      for h, hub in inventory.hubs.items() if hub.cluster in clusters)
         needs: list[Need] = [volumes_need(cloud_name)] if cloud_name else []
         for cluster in clusters:
@@ -225,7 +239,8 @@ def detect(snapshot: Snapshot, now: datetime) -> Detection:
     for cluster, items in pvs.items():
         subjects += _released(d, cluster, items, volumes_by_id)
     subjects += extra_subjects
-    return Detection(d.findings, subjects, d.marks)
+    return Detection(d.findings, subjects, d.marks,
+                     records=disk_map(d.s, snapshot, pvs, volumes_by_id))
 
 
 def _orphan_volumes(d: _Detector, volumes: list[dict[str, Any]],
@@ -677,3 +692,144 @@ def _mounts(pod: dict[str, Any], claim: str) -> bool:
         if isinstance(source, dict) and source.get("claimName") == claim:
             return True
     return False
+
+
+# -- the map of users' disks ---------------------------------------------------------------------
+
+
+def disk_map(s: TargetSettings, snapshot: Snapshot, pvs: dict[str, list[dict[str, Any]]],
+             volumes: dict[str, dict[str, Any]]) -> list[ClaimRecord]:
+    """Every claim bound to a Cinder volume, through its PV: the map a restore is made from.
+
+    Only ``Bound`` PVs with a claim reference and a Cinder volume (the cinder-csi handle or
+    the in-tree ``cinder.volumeID``) are on it: a Released PV's claim is gone already. The
+    claims themselves are read where the pass lists them (clusters with a KubeSpawner hub),
+    for the user's annotation, labels and requested size; elsewhere the user comes from a
+    Nublado namespace or KubeSpawner's ``claim-{slug}`` name, and the claim's side is what
+    the PV says of it.
+    """
+    records = []
+    secret_keys: dict[str, bool] = {}
+    for cluster, items in sorted(pvs.items()):
+        listed = snapshot.get(f"pvcs:{cluster}")
+        claims = {((c.get("metadata") or {}).get("namespace"),
+                   (c.get("metadata") or {}).get("name")): c for c in listed or ()}
+        nublado = tuple(h.nublado_prefix for h in s.hubs
+                        if h.cluster == cluster and h.layout == "nublado")
+        for pv in items:
+            record = _record(cluster, pv, claims, listed is not None, nublado, volumes,
+                             secret_keys)
+            if record is not None:
+                records.append(record)
+    records.sort(key=lambda r: (r.cluster, r.namespace, r.claim))
+    return records
+
+
+def _record(cluster: str, pv: dict[str, Any], claims: dict[tuple[Any, Any], dict[str, Any]],
+            claims_listed: bool, nublado: tuple[str, ...],
+            volumes: dict[str, dict[str, Any]], secret_keys: dict[str, bool]) -> ClaimRecord | None:
+    # Called for every PV of every cluster each pass (21,000 in bench/volumes.py): plain
+    # lookups, and the secret test of a key made once per distinct key (``secret_keys``).
+    spec = pv.get("spec") or {}
+    ref = spec.get("claimRef") or {}
+    if (pv.get("status") or {}).get("phase") != "Bound" or not ref.get("name"):
+        return None
+    csi = spec.get("csi") or {}
+    in_tree = spec.get("cinder") or {}
+    if csi.get("driver") == CINDER_DRIVER and csi.get("volumeHandle"):
+        volume_id, fs_type = str(csi["volumeHandle"]), csi.get("fsType")
+    elif in_tree.get("volumeID"):
+        volume_id, fs_type = str(in_tree["volumeID"]), in_tree.get("fsType")
+    else:
+        return None
+    namespace, name = str(ref.get("namespace") or "default"), str(ref["name"])
+    claim = claims.get((namespace, name)) if claims_listed else None
+    if claim is not None:
+        claim_uid = (claim.get("metadata") or {}).get("uid")
+        if ref.get("uid") and claim_uid and ref["uid"] != claim_uid:
+            claim = None  # a new claim of the same name, not the one this PV was bound to
+    labels: dict[str, str] = {}
+    annotations: dict[str, str] = {}
+    claim_spec: dict[str, Any] = {}
+    if claim is not None:
+        metadata = claim.get("metadata") or {}
+        labels = metadata.get("labels") or {}
+        annotations = {str(k): str(v) for k, v in (metadata.get("annotations") or {}).items()
+                       if str(k).startswith(HUB_ANNOTATION_PREFIX)
+                       and not _secret(str(k), secret_keys)}
+        claim_spec = claim.get("spec") or {}
+    user, source = _claim_user(namespace, name, annotations, labels, nublado)
+    capacity = (spec.get("capacity") or {}).get("storage")
+    access = spec.get("accessModes") or []
+    volume = volumes.get(volume_id)
+    provisioner = ((pv.get("metadata") or {}).get("annotations") or {}).get(PROVISIONED_BY)
+    # Only what is there, by reference where the API's own objects can be kept: the map of
+    # 21,000 claims is held through the pass and written once (memory is part of the bound).
+    manifest: dict[str, Any] = {"driver": CINDER_DRIVER, "access_modes": access,
+                                "claim_listed": claim is not None}
+    attributes = csi.get("volumeAttributes") or {}
+    if attributes:
+        # Attribute values are names, never secret values; masked anyway if a key says so.
+        if any(_secret(str(k), secret_keys) for k in attributes):
+            attributes = {str(k): MASK if v and _secret(str(k), secret_keys) else v
+                          for k, v in attributes.items()}
+        manifest["volume_attributes"] = attributes
+    request = ((claim_spec.get("resources") or {}).get("requests") or {}).get("storage")
+    for key, value in (
+            ("storage_class", spec.get("storageClassName")),
+            ("volume_mode", spec.get("volumeMode")), ("fs_type", fs_type),
+            ("in_tree", not csi),
+            ("csi_refs", _csi_refs(csi) if csi.keys() & CSI_SECRET_REFS else None),
+            ("mount_options", spec.get("mountOptions")),
+            ("node_affinity", spec.get("nodeAffinity")),
+            ("pv_annotations", {PROVISIONED_BY: str(provisioner)} if provisioner else None),
+            ("claim_labels", labels), ("claim_annotations", annotations),
+            ("claim_request", request if request != capacity else None),
+            ("claim_storage_class", claim_spec.get("storageClassName")),
+            ("claim_access_modes", claim_spec.get("accessModes")
+             if claim_spec.get("accessModes") != access else None),
+            ("volume_gb", volume.get("size") if volume is not None else None)):
+        if value:
+            manifest[key] = value
+    return ClaimRecord(cluster, namespace, name, str((pv.get("metadata") or {}).get("name")),
+                       volume_id, user, source, str(capacity) if capacity else None,
+                       spec.get("persistentVolumeReclaimPolicy"), manifest)
+
+
+PROVISIONED_BY = "pv.kubernetes.io/provisioned-by"
+
+
+def _secret(key: str, seen: dict[str, bool]) -> bool:
+    found = seen.get(key)
+    if found is None:
+        found = seen[key] = names_a_secret(key)
+    return found
+
+
+def _csi_refs(csi: dict[str, Any]) -> dict[str, Any]:
+    """``nodeStageSecretRef`` as ``nodeStage``: the name of a Secret (not its content), kept
+    under a key that does not read as a credential."""
+    return {key.removesuffix("SecretRef"): {"name": (csi.get(key) or {}).get("name"),
+                                            "namespace": (csi.get(key) or {}).get("namespace")}
+            for key in CSI_SECRET_REFS if isinstance(csi.get(key), dict)}
+
+
+#: the CSI secret references a PV may carry (names of Secrets, not their contents)
+CSI_SECRET_REFS = frozenset({"nodeStageSecretRef", "nodePublishSecretRef",
+                             "controllerPublishSecretRef", "controllerExpandSecretRef"})
+
+
+def _claim_user(namespace: str, name: str, annotations: dict[str, str],
+                labels: dict[str, str], nublado: tuple[str, ...]) -> tuple[str | None, str | None]:
+    """Whose claim: KubeSpawner's annotation (the raw name), its label (a slug), a Nublado
+    namespace, or the slug in KubeSpawner's ``claim-{slug}`` name, in that order."""
+    if annotations.get(ANNOTATION_USER):
+        return annotations[ANNOTATION_USER], "annotation"
+    if labels.get(ANNOTATION_USER):
+        return str(labels[ANNOTATION_USER]), "label"
+    for prefix in nublado:
+        if namespace.startswith(prefix) and len(namespace) > len(prefix):
+            return namespace[len(prefix):], "namespace"
+    if name.startswith(CLAIM_PREFIX) and len(name) > len(CLAIM_PREFIX):
+        return name[len(CLAIM_PREFIX):], "claim-name"
+    return None, None

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import structlog
 
+from watchdogd.diskmap import map_table
 from watchdogd.sim.parts import CloudPart, ClusterPart, CullerPart, NubladoPart
 from watchdogd.sim.seed import DEMO_USERS
 from watchdogd.sim.world import SimClock, World
@@ -432,6 +433,8 @@ class Demo:
         self.told: dict[str, str] = {}
         self.outcomes: list[Outcome] = []
         self.errors = 0
+        #: the map of users' disks after the last pass
+        self.disks: list[dict[str, Any]] = []
 
     def say(self, text: str = "", indent: int = 0) -> None:
         """Print a paragraph, wrapped."""
@@ -467,8 +470,10 @@ class Demo:
             else:
                 self.show_pass(number, passes, report)
             self.advance()
-        final = self.world.engine(dry_run=True).run_pass(only=only).as_json()
+        final_engine = self.world.engine(dry_run=True)
+        final = final_engine.run_pass(only=only).as_json()
         self.errors += self.unplanned_errors(final)
+        self.disks = final_engine.store.disks()
         self.outcomes = self.judge(config, final)
         if not self.as_json:
             self.summarize(passes, final)
@@ -725,8 +730,20 @@ class Demo:
         else:
             self.say(f"{len(fixed)} of {len(fixable)} fixable problems fixed so far; "
                      f"{len(pending)} not settled yet (try --passes {max(4, passes + 1)}).")
+        self.show_disks()
         self.say("Every action is in the audit log (watchdogd actions), every finding in the "
                  "state store (watchdogd findings); with --keep the world stays up to try them.")
+
+    def show_disks(self) -> None:
+        """The map of users' disks the orphans passes recorded (``watchdogd volumes map``)."""
+        if not self.disks:
+            return
+        self.say(f"The map of users' disks (watchdogd volumes map): {len(self.disks)} claim(s), "
+                 "each with its PV and Cinder volume, kept with its history by every orphans "
+                 "pass. After a tear-down, watchdogd volumes manifests USER | kubectl apply -f - "
+                 "binds a user's volume to their claim again.")
+        for line in map_table(self.disks).splitlines():
+            print("    " + line, file=self.out)
 
     def show_extras(self, final: dict[str, Any]) -> None:
         """Findings nobody planted: the same trouble seen from another side (a dead

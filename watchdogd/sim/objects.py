@@ -270,9 +270,14 @@ def pv_for_volume(volume: Mapping[str, Any], *, claim_namespace: str | None = No
 def pvc_for_user(user: str, volume_name: str | None, *, namespace: str = "jhub",
                  name: str | None = None, labels: Mapping[str, str] | None = None,
                  phase: str = "Bound") -> Obj:
-    """A KubeSpawner-style claim (``claim-{user}``) bound to the PV ``volume_name``."""
+    """A KubeSpawner-style claim (``claim-{user}``) bound to the PV ``volume_name``.
+
+    Its uid is the one :func:`pv_for_volume` writes into the PV's ``claimRef``, as the PV
+    controller binds them."""
+    name = name or f"claim-{user}"
     return {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
-            "metadata": {"name": name or f"claim-{user}", "namespace": namespace,
+            "metadata": {"name": name, "namespace": namespace,
+                         "uid": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{namespace}/{name}")),
                          "labels": {"app": "jupyterhub", "component": "singleuser-storage",
                                     "hub.jupyter.org/username": user, **(labels or {})},
                          "annotations": {"hub.jupyter.org/username": user}},

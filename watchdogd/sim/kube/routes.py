@@ -13,6 +13,7 @@ from urllib.parse import unquote
 
 from watchdogd.sim._http import Response
 from watchdogd.sim.kube.errors import ApiError, details
+from watchdogd.sim.kube.openapi import openapi_v3
 from watchdogd.sim.kube.resources import BY_PATH, RESOURCES, Obj, ResourceType
 from watchdogd.sim.kube.verbs import json_response
 
@@ -94,6 +95,10 @@ def resolve(method: str, path: str, ident: Identity, port: int) -> Response | Ta
         if path == "/version":
             return json_response(200, SIM_VERSION)
         return Response(200, b"ok", "text/plain; charset=utf-8")
+    if path == "/openapi/v3" or path.startswith("/openapi/v3/"):
+        spec = openapi_v3(path)
+        if spec is not None:
+            return json_response(200, spec)
     if path in ("/api", "/apis") or path.startswith(("/api/", "/apis/")):
         document = discovery(path, port)
         if document is not None:

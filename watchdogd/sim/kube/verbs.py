@@ -13,6 +13,7 @@ import uuid
 from typing import Any
 
 from watchdogd.sim._http import Response, rfc3339, utcnow
+from watchdogd.sim.kube.binder import after_write
 from watchdogd.sim.kube.errors import ApiError, conflict, details, invalid, not_found
 from watchdogd.sim.kube.patch import MERGE_PATCHES, patched
 from watchdogd.sim.kube.resources import BY_KIND, Obj, ResourceType
@@ -150,6 +151,7 @@ class Verbs:
             meta["resourceVersion"] = str(store.next_rv())
             entry = Entry(rt, obj)
             store.commit(rt, key, entry)
+            after_write(store, entry)
         return Response(201, entry.full_json.encode())
 
     def update(self, rt: ResourceType, ns: str, name: str, sub: str | None, body: Any,
@@ -224,6 +226,8 @@ class Verbs:
         store.commit(rt, key, entry)
         if meta.get("deletionTimestamp") and not self.store.finalizers(entry):
             self.store.remove(rt, key, entry)
+        else:
+            after_write(store, entry)
         return Response(200, entry.full_json.encode())
 
     def delete(self, rt: ResourceType, ns: str, name: str, options: Any, dry: bool) -> Response:
