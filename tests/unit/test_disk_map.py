@@ -56,6 +56,7 @@ def snapshot(pvs: dict[str, list[Obj]], pvcs: dict[str, list[Obj]],
              hubs: tuple[orphans.HubRef, ...] = ()) -> Snapshot:
     settings = orphans.TargetSettings("c", None, tuple(pvs), hubs, orphans.Settings())
     obs: dict[str, Any] = {f"pvs:{c}": items for c, items in pvs.items()}
+    obs.update({f"pvcs:{c}": [] for c in pvs})  # every cluster's claims are listed
     obs.update({f"pvcs:{c}": items for c, items in pvcs.items()})
     return Snapshot("orphans", "c", obs, {}, settings)
 

@@ -703,10 +703,9 @@ def disk_map(s: TargetSettings, snapshot: Snapshot, pvs: dict[str, list[dict[str
 
     Only ``Bound`` PVs with a claim reference and a Cinder volume (the cinder-csi handle or
     the in-tree ``cinder.volumeID``) are on it: a Released PV's claim is gone already. The
-    claims themselves are read where the pass lists them (clusters with a KubeSpawner hub),
-    for the user's annotation, labels and requested size; elsewhere the user comes from a
-    Nublado namespace or KubeSpawner's ``claim-{slug}`` name, and the claim's side is what
-    the PV says of it.
+    claim gives the user's annotation, labels and requested size; without it (gone, or not
+    the PV's) the user comes from a Nublado namespace or KubeSpawner's ``claim-{slug}``
+    name, and the claim's side is what the PV says of it.
     """
     records = []
     secret_keys: dict[str, bool] = {}
