@@ -4,7 +4,8 @@
 #   - PostgreSQL 15 server binaries from Debian (initdb, pg_ctl under /usr/lib/postgresql/15/bin)
 #   - the `postgres` OS user (initdb and pg_ctl refuse to run as root)
 #   - promtool from Debian's prometheus package (the alert rules' tests)
-#   - kubectl from Debian (the disk-map restore test pipes manifests into `kubectl apply`)
+#   - kubectl (the machine image has it; else Debian's kubernetes-client), for the tests that
+#     pipe manifests into `kubectl apply` and render the kustomizations
 #
 # Idempotent; meant to run as root on a fresh Debian 12 machine (CI calls it).
 # Prints one line per thing it did or found already present.
@@ -131,9 +132,11 @@ fi
 if command -v kubectl >/dev/null 2>&1; then
     say "kubectl already present ($(command -v kubectl))"
 else
-    apt_install kubectl
-    command -v kubectl >/dev/null 2>&1 || die "kubectl installed but not on PATH"
+    # The machine image ships kubectl; Debian's own package of it is kubernetes-client.
+    apt_install kubernetes-client
+    command -v kubectl >/dev/null 2>&1 || die "kubernetes-client installed but no kubectl on PATH"
 fi
+
 # --- JupyterHub 5.x in its own venv -----------------------------------------------------------
 # z2jh still ships JupyterHub 5.5: the integration tests run the same repairs against it.
 HUB5_VERSION="${WATCHDOGD_HUB5_VERSION:-5.5.4}"
