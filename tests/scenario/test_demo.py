@@ -389,6 +389,10 @@ def test_watchdogd_demo_exits_0_and_explains(capsys: pytest.CaptureFixture[str],
     assert ("3 server(s) of hub main idle longer than the culler's timeout (1h00m, from the "
             "command)") in out
     assert "DONE: lab deleted (204)" in out
+    # The runbook's last resort, tried on the stuck stop while the hub runs: refused.
+    flat = " ".join(out.split())
+    assert "watchdogd repair-session sophie --hub main" in flat
+    assert "With the hub running: exit 75, refused: the hub is running" in flat
     assert "The world converged: 14 of 14 fixable problems fixed" in out
     assert "delete-extra-pvc is on, and waits those 14 days too" in out
     # the planted outages: the hub behind a 504, the edge cluster's API server answering 503

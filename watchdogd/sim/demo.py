@@ -71,6 +71,9 @@ WIDTH = 100
 FAILED_POD_MIN_AGE_MINUTES = 10
 FAILED_POD_MINUTES = 3
 
+#: whose stop never finishes (left to people; repair-session is shown refused on her)
+STUCK_STOP_USER = "sophie"
+
 #: The checks in the order the demo tells about them, and what each looks at.
 CHECKS = {
     "sessions": "does the hub's database agree with the pods and the proxy's routes?",
@@ -269,7 +272,7 @@ def _plant_sessions(world: DemoWorld) -> None:
     world.stale_route("bjarne")
     world.route_mismatch("larry")
     world.stuck_spawn("donald", minutes=30)
-    world.stuck_stop("sophie")
+    world.stuck_stop(STUCK_STOP_USER)
     # An ingress in front of the proxy gives up on the hub's pages (504), while the hub's
     # API, which watchdogd reads inside the cluster, still answers.
     world.chp.public.fail(504, path="^/hub/")
@@ -731,8 +734,37 @@ class Demo:
             self.say(f"{len(fixed)} of {len(fixable)} fixable problems fixed so far; "
                      f"{len(pending)} not settled yet (try --passes {max(4, passes + 1)}).")
         self.show_disks()
+        self.show_repair_refused()
         self.say("Every action is in the audit log (watchdogd actions), every finding in the "
                  "state store (watchdogd findings); with --keep the world stays up to try them.")
+
+    def show_repair_refused(self) -> None:
+        """The runbook's last resort for the stuck stop, tried while the hub runs: refused.
+
+        ``watchdogd repair-session`` edits the hub's database, so it refuses while the hub
+        answers (the hub would write its memory back); the demo's hub runs, so this is what
+        an operator sees before stopping it (``--stop-hub``).
+        """
+        from watchdogd.app import open_store  # noqa: PLC0415
+        from watchdogd.repair import Console, Refused, RepairOptions, repair_session  # noqa: PLC0415
+
+        user = STUCK_STOP_USER
+        lines: list[str] = []
+        config = self.world.load_config()
+        store = open_store(config)
+        try:
+            repair_session(config, store, RepairOptions(hub=self.world.hub_name, user=user),
+                           Console(echo=lines.append, ask=lambda _question: False))
+            outcome = "repaired"
+        except Refused as exc:
+            outcome = f"exit {exc.code}, {exc}"
+        finally:
+            store.close()
+        self.say(f"{user}'s stop never finishes; the runbook's last resort is the hub "
+                 f"database: watchdogd repair-session {user} --hub {self.world.hub_name} "
+                 "clears only her session's rows, archived for undo, and only while the hub is "
+                 "down (--stop-hub scales it to 0 and back). With the hub running: "
+                 + outcome)
 
     def show_disks(self) -> None:
         """The map of users' disks the orphans passes recorded (``watchdogd volumes map``)."""
