@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
+import select
 import socket
 import threading
 from collections.abc import Iterator
@@ -231,16 +232,31 @@ def test_only_post_to_ack_is_served(tmp_path: Path, receiver: Receiver) -> None:
 
 def test_a_client_that_trickles_is_cut_off_and_others_are_served(
         tmp_path: Path, receiver: Receiver) -> None:
+    """The deadline is for the whole request: a byte every 0.2 s never lets a per-read
+    timeout (1 s here) fire, yet the listener closes the connection."""
     phone = Phone(tmp_path, receiver, "alice")
     phone.listener.timeout = 1.0
     phone.listener.start()
     try:
         slow = socket.create_connection(("127.0.0.1", phone.listener.port), timeout=TIMEOUT)
-        slow.sendall(b"POST /ack/")  # ... and never the rest
+        slow.sendall(b"POST /ack/x HTTP/1.1\r\nX-Pad: ")
         # Another request is answered meanwhile.
         assert requests.get(phone.base + "/", timeout=TIMEOUT).status_code == 404
-        # The deadline closes the slow one: recv sees the end of the stream.
-        assert slow.recv(1024) == b""
+        closed = False
+        for _ in range(40):  # up to 8 s of trickling, 8 times the deadline
+            readable, _, _ = select.select([slow], [], [], 0.2)  # the trickle's pace
+            if readable:
+                try:
+                    closed = slow.recv(1024) == b""
+                except ConnectionResetError:
+                    closed = True
+                break
+            try:
+                slow.send(b"a")
+            except OSError:
+                closed = True
+                break
+        assert closed
         slow.close()
     finally:
         phone.listener.stop()
