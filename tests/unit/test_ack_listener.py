@@ -172,16 +172,21 @@ def test_forged_tampered_expired_and_resolved_links_are_refused(
         body, mac = token.split(".")
         flipped = mac[:5] + ("A" if mac[5] != "A" else "B") + mac[6:]
         other_key = AckLinks(b"x" * 40, phone.base, timedelta(hours=1)).token(ALICE, phone.clock())
-        for bad, status in [
-                (f"{body}.{flipped}", 403),               # forged signature
-                (other_key, 403),                         # signed with another key
-                (tampered(token, BOB), 403),              # a link for bob made from alice's
-                ("not-a-token", 403), (f"{body}.", 403), ("a.b.c", 403), ("%%%.%%%", 403)]:
-            answer = post(f"{phone.base}/ack/{bad}")
-            assert answer.status_code == status, (bad, answer.text)
-        expired = phone.links.url(ALICE, phone.clock() - timedelta(hours=24, seconds=1))
-        answer = post(expired)
-        assert answer.status_code == 410 and "expired" in answer.text
+        with capture_logs() as logs:
+            for bad, status in [
+                    (f"{body}.{flipped}", 403),               # forged signature
+                    (other_key, 403),                         # signed with another key
+                    (tampered(token, BOB), 403),              # bob's link made from alice's
+                    ("not-a-token", 403), (f"{body}.", 403), ("a.b.c", 403), ("%%%.%%%", 403)]:
+                answer = post(f"{phone.base}/ack/{bad}")
+                assert answer.status_code == status, (bad, answer.text)
+            expired = phone.links.url(ALICE, phone.clock() - timedelta(hours=24, seconds=1))
+            answer = post(expired)
+            assert answer.status_code == 410 and "expired" in answer.text
+        # Refusals are logged (one line each), without the token they refused.
+        assert len(logs) == 8 and all(e["event"] == "acknowledge link refused" for e in logs)
+        assert not any(part in repr(logs) for part in (body[:24], mac[:24], other_key[:24],
+                                                         expired.rsplit("/", 1)[1][:24]))
         assert phone.acked_by() == {}
         # A link only acknowledges its own finding.
         assert post(alice_url).status_code == 200
