@@ -142,7 +142,8 @@ def disk_map_history(store: Store) -> None:
 
 
 def upgrade_from_version_4(url: str) -> None:
-    """A schema-4 database gets the disk map table; its findings stay."""
+    """A schema-4 database gets the disk map table (5) and the acknowledge links' nonces (6);
+    its findings stay."""
     engine = sa.create_engine(url)
     with engine.begin() as conn:
         for step in (1, 2, 3, 4):
@@ -154,7 +155,8 @@ def upgrade_from_version_4(url: str) -> None:
             status="open", first_seen=T0, last_seen=T0, sightings=2))
     engine.dispose()
     store = Store(url)
-    assert store.schema_version() == SCHEMA_VERSION == 5
+    assert store.schema_version() == SCHEMA_VERSION == 6
+    assert {"disks", "ack_links"} <= set(sa.inspect(store.engine).get_table_names())
     assert [r["subject"] for r in store.findings()] == ["x"]
     assert store.record_disks("orphans", "c", [claim("claim-alice", "v1")], T0) == (1, 0)
     assert [r["user"] for r in store.disks()] == ["alice"]

@@ -23,9 +23,11 @@ from watchdogd.checks import section_problems
 from watchdogd.config import Config
 
 if TYPE_CHECKING:
+    from watchdogd.acklinks import AckLinks
     from watchdogd.daemon import Daemon, Reload
     from watchdogd.engine import Engine
     from watchdogd.leader import LeaderElector
+    from watchdogd.listener import AckListener
     from watchdogd.metrics import Health, Metrics, MetricsServer
     from watchdogd.notify import Notifier
     from watchdogd.sources import Sources
@@ -70,6 +72,9 @@ class App:
     health: Health | None = None
     metrics: Metrics | None = None
     server: MetricsServer | None = None
+    #: the acknowledge links' signer (``[listener] listen`` set) and, in a daemon, its server
+    links: AckLinks | None = None
+    listener: AckListener | None = None
     _closers: list[Callable[[], None]] = field(default_factory=list, repr=False)
 
     def daemon(self, reloader: Callable[[], Reload] | None = None) -> Daemon:
@@ -102,8 +107,9 @@ def build(config: Config, *, dry_run: bool | None = None,
     store = open_store(config)
     closers: list[Callable[[], None]] = [store.close]
     try:
-        notifier = _notifier(config) if notify else None
-        elector = health = server = None
+        links = _links(config)
+        notifier = _notifier(config, links) if notify else None
+        elector = health = server = listener = None
         if service:
             from watchdogd.metrics import Health, Metrics, MetricsServer  # noqa: PLC0415
 
@@ -116,6 +122,9 @@ def build(config: Config, *, dry_run: bool | None = None,
                 except ValueError as exc:
                     raise BuildError(str(exc)) from None
                 closers.append(server.stop)
+            if links is not None:
+                listener = _listener(config, links, store)
+                closers.append(listener.stop)
         sources = _sources(config, metrics)
         closers.append(sources.close)
         extra: dict[str, Any] = {} if clock is None else {"clock": clock}
@@ -127,7 +136,7 @@ def build(config: Config, *, dry_run: bool | None = None,
             close()
         raise
     return App(config, store, sources, notifier, engine, elector, health, metrics, server,
-               closers)
+               links, listener, closers)
 
 
 def reload(app: App, path: str | Path | None, dry_run: bool | None) -> Reload:
@@ -143,7 +152,8 @@ def reload(app: App, path: str | Path | None, dry_run: bool | None) -> Reload:
     except _config.ConfigError as exc:
         raise ReloadRefused("; ".join(f"config: {p}" for p in exc.problems)) from None
     try:
-        notifier = _notifier(config)
+        # ``[listener]`` belongs to the process (its port, its key): the running links stay.
+        notifier = _notifier(config, app.links)
     except BuildError as exc:
         raise ReloadRefused(str(exc)) from None
     return Reload(config, _sources(config, app.metrics), notifier,
@@ -171,12 +181,39 @@ def _sources(config: Config, metrics: Metrics | None) -> Sources:
     return Sources(config)
 
 
-def _notifier(config: Config) -> Notifier:
+def _notifier(config: Config, links: AckLinks | None = None) -> Notifier:
     from watchdogd.notify import Notifier, NotifyConfigError  # noqa: PLC0415
 
     try:
-        return Notifier.from_config(config.notify)
+        return Notifier.from_config(config.notify, links)
     except NotifyConfigError as exc:
+        raise BuildError(str(exc)) from None
+
+
+def _links(config: Config) -> AckLinks | None:
+    """The signer of acknowledge links, when ``[listener] listen`` is set."""
+    listener = config.listener
+    if listener.listen is None:
+        return None
+    from watchdogd.acklinks import AckLinks  # noqa: PLC0415
+
+    # The model validator made sure both are there once the key file was read.
+    assert listener.key is not None and listener.public_url is not None
+    try:
+        return AckLinks(listener.key.get_secret_value().encode("utf-8"), listener.public_url,
+                        listener.link_ttl)
+    except ValueError as exc:
+        raise BuildError(str(exc)) from None
+
+
+def _listener(config: Config, links: AckLinks, store: Store) -> AckListener:
+    from watchdogd.listener import AckListener  # noqa: PLC0415
+
+    assert config.listener.listen is not None
+    try:
+        return AckListener(links, store, config.listener.listen,
+                           timeout=config.listener.timeout.total_seconds())
+    except ValueError as exc:
         raise BuildError(str(exc)) from None
 
 

@@ -198,7 +198,8 @@ def run(config_path: str | None, dry_run: bool | None) -> None:
     daemon = app.daemon(reloader=lambda: reload(app, config_path, dry_run))
     sys.exit(supervise(daemon, systemd=SystemdNotifier.from_env(),
                        watchdog_period=watchdog_period(), health=app.health,
-                       metrics=app.metrics, server=app.server, elector=app.elector))
+                       metrics=app.metrics, server=app.server, elector=app.elector,
+                       listener=app.listener))
 
 
 @cli.group("config")

@@ -59,6 +59,7 @@ __all__ = [
     "ConfigError",
     "HubConfig",
     "Inventory",
+    "ListenerConfig",
     "file_problem",
     "load_config",
     "parse_duration",
@@ -136,6 +137,74 @@ class NotifyConfig(Section):
     #: one failed pass.
     error_after: Duration = timedelta(minutes=5)
     error_after_passes: int = Field(3, ge=2)
+    #: the "open report" button of ntfy notices (a page the phone can open)
+    report_url: str | None = None
+    #: Pushover: with a retry, a critical notice is an emergency (priority 2), repeated
+    #: every ``pushover_retry`` until seen or ``pushover_expire`` passed; else high (1)
+    pushover_retry: Duration | None = None
+    pushover_expire: Duration = timedelta(hours=1)
+
+    @field_validator("report_url")
+    @classmethod
+    def _web_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("expected an http:// or https:// URL")
+        return value
+
+    @model_validator(mode="after")
+    def _pushover_bounds(self) -> Self:
+        # Pushover's own bounds: a retry of at least 30 s, an expiry of at most 3 hours.
+        if self.pushover_retry is not None and self.pushover_retry < timedelta(seconds=30):
+            raise ValueError("pushover_retry: at least 30s (Pushover's minimum)")
+        if not timedelta(0) <= self.pushover_expire <= timedelta(hours=3):
+            raise ValueError("pushover_expire: between 0s and 3h (Pushover's maximum)")
+        return self
+
+
+class ListenerConfig(Section):
+    """The optional acknowledge listener of ``watchdogd run`` (off while ``listen`` is unset).
+
+    It serves ``POST /ack/<token>`` only; the token is signed with the key of
+    ``key_file`` and named in ntfy notices as ``public_url/ack/<token>``.
+    """
+
+    listen: str | None = None
+    #: how phones reach the listener (behind a TLS proxy): ``https://watchdogd.example.org``
+    public_url: str | None = None
+    key: SecretStr | None = None
+    key_file: str | None = None
+    link_ttl: Duration = timedelta(hours=24)
+    #: the whole of one request (a client that trickles its request is cut off)
+    timeout: Duration = timedelta(seconds=10)
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.query \
+                or parts.fragment or "@" in parts.netloc:
+            raise ValueError("expected an http:// or https:// URL without query or "
+                             "credentials")
+        return value
+
+    @model_validator(mode="after")
+    def _complete(self) -> Self:
+        if self.listen is None:
+            return self
+        if self.public_url is None:
+            raise ValueError("listen needs public_url (the address phones open)")
+        if self.key is None and self.key_file is None:
+            raise ValueError("listen needs key_file (the HMAC key of the links)")
+        if self.key is not None and len(self.key.get_secret_value().encode()) < 32:
+            raise ValueError("key: at least 32 bytes (e.g. openssl rand -base64 48)")
+        if self.link_ttl <= timedelta(0):
+            raise ValueError("link_ttl: must be positive")
+        return self
 
 
 RemediationName = Literal[
@@ -423,6 +492,7 @@ class Config(BaseSettings):
 
     state: StateConfig = StateConfig()
     notify: NotifyConfig = NotifyConfig()
+    listener: ListenerConfig = ListenerConfig()
     remediation: RemediationConfig = RemediationConfig()
     daemon: DaemonConfig = DaemonConfig()
     clusters: dict[str, ClusterConfig] = Field(default_factory=dict)
@@ -460,6 +530,7 @@ class Config(BaseSettings):
 _SECRET_FIELDS = {
     "state": ["url"],
     "notify": ["urls"],
+    "listener": ["key"],
     "hubs.*": ["api_token", "db_url", "proxy_token", "nublado_token"],
     "clouds.*": ["application_credential_secret"],
 }
@@ -561,7 +632,11 @@ def _resolve_secret_files(config: Config, base: Path) -> tuple[Config, list[str]
             data[head][name] = section
         else:
             data[head] = section
-    return Config.model_validate(data), problems
+    try:
+        return Config.model_validate(data), problems
+    except ValidationError as exc:
+        # A secret read from its file can still be wrong (a listener key too short).
+        return config, problems + _format_validation(exc)
 
 
 def _format_validation(exc: ValidationError) -> list[str]:
@@ -824,6 +899,7 @@ def _resolve_paths(config: Config, base: Path, *,
         "clusters": clusters, "clouds": clouds, "hubs": hubs, "checks": checks,
         "state": _absolute_files(state, base),
         "notify": _absolute_files(config.notify, base),
+        "listener": _absolute_files(config.listener, base),
         "daemon": _absolute_textfile(config.daemon, base)}), problems
 
 

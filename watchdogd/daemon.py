@@ -9,8 +9,9 @@ SIGHUP reloads the configuration: the file is validated at once (as ``watchdogd 
 check`` does), off the scheduler's thread; a bad one is refused with one log line and the
 running configuration stays. A good one is queued as a job on the single worker, so it
 replaces the engine's configuration, sources and notifier, and the schedule, between two
-passes, never in the middle of one. ``[state]`` and ``[daemon]`` belong to the process (the
-store holds the pass lock, the elector the Lease, the metrics endpoint its port): a reload
+passes, never in the middle of one. ``[state]``, ``[daemon]`` and ``[listener]`` belong to
+the process (the store holds the pass lock, the elector the Lease, the metrics endpoint and
+the acknowledge listener their ports, the links their key): a reload
 keeps them, logs that they changed, and they take effect at the next start.
 
 :func:`supervise` adds what runs around the scheduler in production: systemd
@@ -41,6 +42,7 @@ from watchdogd.report import PassReport
 
 if TYPE_CHECKING:
     from watchdogd.leader import LeaderElector
+    from watchdogd.listener import AckListener
     from watchdogd.metrics import Health, Metrics, MetricsServer
     from watchdogd.notify import Notifier
     from watchdogd.sdnotify import SystemdNotifier
@@ -54,7 +56,7 @@ SHUTDOWN_GRACE = 15.0
 #: exit code when a stop had to abandon a pass that ignored its deadline (EX_TEMPFAIL)
 EXIT_STOP_TIMEOUT = 75
 #: sections a reload keeps: they belong to the process, and take effect at the next start
-RESTART_SECTIONS = ("state", "daemon")
+RESTART_SECTIONS = ("state", "daemon", "listener")
 
 log = structlog.get_logger("watchdogd.daemon")
 
@@ -311,6 +313,7 @@ def supervise(
     metrics: Metrics | None = None,
     server: MetricsServer | None = None,
     elector: LeaderElector | None = None,
+    listener: AckListener | None = None,
 ) -> int:
     """Run ``daemon`` with systemd notification, metrics, health and leader election.
 
@@ -393,11 +396,22 @@ def supervise(
             log.error("cannot serve metrics", listen=f"{server.host}:{server.port}",
                       error=exc.strerror or str(exc), setting="daemon.metrics_listen")
             return EXIT_CONFIG
+    if listener is not None:
+        try:
+            listener.start()
+        except OSError as exc:
+            log.error("cannot serve acknowledge links", listen=f"{listener.host}:{listener.port}",
+                      error=exc.strerror or str(exc), setting="listener.listen")
+            if server is not None:
+                server.stop()
+            return EXIT_CONFIG
     if elector is not None:
         elector.start()
     try:
         return daemon.run()
     finally:
+        if listener is not None:
+            listener.stop()
         if pinger is not None:
             pinger.stop()
         if elector is not None:

@@ -32,6 +32,12 @@ or ``WATCHDOGD_NOTIFY__URLS``). Their tags choose severities: an entry tagged
 an entry with no severity tag gets everything. Notification URLs carry tokens,
 so they are never logged: a destination is named by a short hash.
 
+Phone push services get per-notice URL parameters, computed at delivery from the row's
+severity, event and finding key (the outbox keeps one row per destination, not its URL):
+ntfy a priority, tags and up to two action buttons ("open report", and "acknowledge", a
+signed single-use link to the listener of ``watchdogd run``, for open findings only);
+Pushover a priority. They replace the URL's own; ntfy tags are merged.
+
 Text from the outside world (subjects, messages, action results) is escaped with
 :func:`watchdogd.text.safe_text` before it goes into a title or body.
 """
@@ -41,22 +47,24 @@ from __future__ import annotations
 import contextvars
 import enum
 import hashlib
+import json
 import logging
 import re
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import structlog
 
+from watchdogd.acklinks import AckLinks
 from watchdogd.config import NotifyConfig
 from watchdogd.model import ActionStatus, Resolved, Severity
 from watchdogd.sources.bounded import bound_requests, limits
-from watchdogd.store import Store
+from watchdogd.store import Notice, Store
 from watchdogd.text import safe_text
 
 if TYPE_CHECKING:
@@ -79,6 +87,14 @@ MAX_BACKOFF = timedelta(hours=1)
 MAX_ATTEMPTS = 12
 #: 4xx answers that mean "later" or "fix the destination", not "never this message".
 _RETRYABLE_4XX = frozenset({401, 403, 404, 408, 410, 425, 429})
+#: ntfy priority and tag per notice level ("resolved" is its own level: good news is low)
+_NTFY_PRIORITY = {"critical": "max", "warning": "high", "info": "default", "resolved": "low"}
+_NTFY_TAG = {"critical": "rotating_light", "warning": "warning", "info": "information_source",
+             "resolved": "white_check_mark"}
+#: Pushover priority per level (2, emergency, only with ``notify.pushover_retry``)
+_PUSHOVER_PRIORITY = {"critical": "1", "warning": "0", "info": "-1", "resolved": "-1"}
+#: events about a finding that is still open: their notices may offer "acknowledge"
+_ACKABLE = frozenset({"new", "escalated", "reminder", "held", "action"})
 # Bounds on what goes into one message: chat services cut or refuse long ones.
 TITLE_LIMIT = 250
 TEXT_LIMIT = 4000
@@ -197,30 +213,44 @@ class Destination:
         # ntfy shows X-Tags on the message; apprise's ntfy plugin takes them from
         # ``?tags=``. A stable tag per finding lets a reader (or a filter) see that
         # a repeat belongs to the same finding.
-        self.is_ntfy = urlsplit(self._url).scheme.lower() in ("ntfy", "ntfys")
+        scheme = urlsplit(self._url).scheme.lower()
+        self.is_ntfy = scheme in ("ntfy", "ntfys")
+        self.is_pushover = scheme == "pover"
 
-    def url_for(self, finding_key: str) -> str:
-        """The apprise URL for one notice (for ntfy: with the finding's tag added)."""
-        if not self.is_ntfy:
+    def url_for(self, finding_key: str, params: Mapping[str, str] | None = None) -> str:
+        """The apprise URL for one notice: ``params`` set, for ntfy the finding's tag too.
+
+        ``params`` replace the configured URL's own (apprise writes every URL back with
+        its defaults, ``priority=default`` included, so "set by the operator" cannot be
+        told from "not set"); tags are merged.
+        """
+        if not self.is_ntfy and not params:
             return self._url
         parts = urlsplit(self._url)
         query = parse_qsl(parts.query, keep_blank_values=True)
-        tag = finding_tag(finding_key)
         # ``xtags`` is the plugin's own name for them (``tags`` is its legacy one).
         names = ("xtags", "tags")
         others = [(k, v) for k, v in query if k.lower() not in names]
         existing = [v for k, v in query if k.lower() in names and v]
-        query = [*others, ("xtags", ",".join([*existing, tag]))]
-        return urlunsplit(parts._replace(query=urlencode(query)))
+        extra = dict(params or {})
+        tags = [t for t in extra.pop("xtags", "").split(",") if t]
+        if self.is_ntfy:
+            tags.append(finding_tag(finding_key))
+        others = [(k, v) for k, v in others if k.lower() not in extra] + list(extra.items())
+        if existing or tags:
+            others.append(("xtags", ",".join([*existing, *tags])))
+        # ``quote``, not ``quote_plus``: apprise unquotes without turning "+" into a space.
+        return urlunsplit(parts._replace(query=urlencode(others, quote_via=quote)))
 
     def send(self, title: str, body: str, severity: Severity,
-             finding_key: str = "") -> tuple[Outcome, str]:
+             finding_key: str = "", params: Mapping[str, str] | None = None,
+             ) -> tuple[Outcome, str]:
         """Deliver one message and say what became of it (the text names no URL)."""
         import apprise  # noqa: PLC0415 - a run without destinations never needs it
 
         _own_apprise_log()
         sender = apprise.Apprise()
-        sender.add(self.url_for(finding_key))
+        sender.add(self.url_for(finding_key, params))
         for plugin in sender:
             for attribute in ("socket_connect_timeout", "socket_read_timeout"):
                 if hasattr(plugin, attribute):
@@ -269,17 +299,51 @@ def load_destinations(config: NotifyConfig) -> list[Destination]:
 class Notifier:
     """Turns a pass's changes into outbox rows and delivers the outbox."""
 
-    def __init__(self, config: NotifyConfig, destinations: Sequence[Destination]) -> None:
+    def __init__(self, config: NotifyConfig, destinations: Sequence[Destination],
+                 links: AckLinks | None = None) -> None:
         self.config = config
         self.destinations = {d.id: d for d in destinations}
+        #: signs the "acknowledge" links (None: no listener, no such button)
+        self.links = links
         self.prefix = safe_text(config.title_prefix, 60)
         #: notices set aside by the last :meth:`deliver`
         self.set_aside = 0
 
     @classmethod
-    def from_config(cls, config: NotifyConfig) -> Notifier:
+    def from_config(cls, config: NotifyConfig, links: AckLinks | None = None) -> Notifier:
         """A notifier for the configured destinations."""
-        return cls(config, load_destinations(config))
+        return cls(config, load_destinations(config), links)
+
+    def push_params(self, destination: Destination, notice: Notice,
+                    now: datetime) -> dict[str, str]:
+        """The per-notice URL parameters of a phone push destination (none for others).
+
+        Computed at delivery, not when queued: the outbox row is the same for every
+        kind of destination, and an acknowledge link's lifetime starts when it is sent.
+        """
+        level = "resolved" if notice.event == "resolved" else notice.severity.label
+        if destination.is_pushover:
+            if level == "critical" and self.config.pushover_retry is not None:
+                return {"priority": "2",
+                        "interval": str(int(self.config.pushover_retry.total_seconds())),
+                        "expire": str(int(self.config.pushover_expire.total_seconds()))}
+            return {"priority": _PUSHOVER_PRIORITY[level]}
+        if not destination.is_ntfy:
+            return {}
+        params = {"priority": _NTFY_PRIORITY[level], "xtags": _NTFY_TAG[level]}
+        actions: list[dict[str, Any]] = []
+        if self.config.report_url:
+            actions.append({"action": "view", "label": "open report",
+                            "url": self.config.report_url})
+        if self.links is not None and notice.event in _ACKABLE:
+            # ntfy's http action is a POST by default; the listener answers nothing else.
+            actions.append({"action": "http", "label": "acknowledge",
+                            "url": self.links.url(notice.finding_key, now),
+                            "method": "POST", "clear": True})
+        if actions:
+            # ntfy's JSON form: a label or URL with a comma or semicolon cannot break it.
+            params["actions"] = json.dumps(actions, separators=(",", ":"))
+        return params
 
     def _rows(self, key: str, event: str, severity: Severity, title: str,
               body: str) -> list[dict[str, Any]]:
@@ -392,8 +456,9 @@ class Notifier:
                 if notice.finding_key in held:
                     continue
                 try:
-                    outcome, error = destination.send(notice.title, notice.body,
-                                                      notice.severity, notice.finding_key)
+                    outcome, error = destination.send(
+                        notice.title, notice.body, notice.severity, notice.finding_key,
+                        self.push_params(destination, notice, now))
                 except Exception as exc:  # a plugin bug must not stop the daemon
                     outcome, error = Outcome.FAILED, f"failed ({type(exc).__name__})"
                 if outcome is Outcome.DELIVERED:

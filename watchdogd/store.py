@@ -30,14 +30,18 @@ from watchdogd.model import Action, ClaimRecord, Finding, Resolved, Severity, Si
 from watchdogd.text import safe_text, store_key, unstore_key, without_secrets
 from watchdogd.urls import sqlalchemy_url
 
-__all__ = ["SCHEMA_VERSION", "ActionRecord", "LockHold", "Notice", "Store", "StoreError",
-           "Tracked"]
+__all__ = ["SCHEMA_VERSION", "ActionRecord", "LinkUsed", "LockHold", "Notice", "Store",
+           "StoreError", "Tracked"]
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 #: The PostgreSQL advisory lock of the pass (advisory locks are scoped to one database).
 ADVISORY_KEY = int.from_bytes(hashlib.sha256(b"watchdogd pass lock").digest()[:8], "big",
                               signed=True)
+
+
+class LinkUsed(Exception):
+    """An acknowledge link whose nonce was honoured before (a replay)."""
 
 
 class StoreError(Exception):
@@ -196,6 +200,16 @@ disks_table = sa.Table(
     sa.Index("ix_disks_from", "valid_from"),
 )
 
+# Added in schema 6: the nonces of acknowledge links already honoured (single use). A nonce
+# is kept until its link expires; an expired link is refused without looking here.
+ack_links_table = sa.Table(
+    "ack_links", metadata,
+    sa.Column("nonce", sa.String(32), primary_key=True),
+    sa.Column("finding_key", sa.String(1024), nullable=False),
+    sa.Column("used_at", UTCDateTime, nullable=False),
+    sa.Column("expires_at", UTCDateTime, nullable=False),
+)
+
 _V1_TABLES = (meta_table, findings_table, actions_table, outbox_table)
 _V2_TABLES = (marks_table, passes_table)
 
@@ -230,10 +244,14 @@ def _migrate_to_5(conn: Connection) -> None:
     metadata.create_all(conn, tables=[disks_table])
 
 
+def _migrate_to_6(conn: Connection) -> None:
+    metadata.create_all(conn, tables=[ack_links_table])
+
+
 #: Step ``n`` brings a schema from version ``n - 1`` to ``n``.
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     1: _migrate_to_1, 2: _migrate_to_2, 3: _migrate_to_3, 4: _migrate_to_4,
-    5: _migrate_to_5}
+    5: _migrate_to_5, 6: _migrate_to_6}
 
 
 @dataclass
@@ -1108,6 +1126,33 @@ class Store:
                 findings_table.c.key == key, findings_table.c.status == "open")).one_or_none()
             if row is None:
                 raise KeyError(key)
+            conn.execute(sa.delete(acks_table).where(acks_table.c.finding_key == key))
+            conn.execute(sa.insert(acks_table).values(
+                finding_key=key, severity=row.severity, acked_by=safe_text(by, 255),
+                acked_at=now))
+        return Severity(row.severity)
+
+    def use_ack_link(self, nonce: str, key: str, by: str, now: datetime,
+                     expires: datetime) -> Severity:
+        """Honour one acknowledge link: record its nonce and acknowledge ``key``, atomically.
+
+        Raises :class:`LinkUsed` when the nonce was used before, KeyError when no open
+        finding has that key (resolved since the link was sent); in both cases nothing is
+        written. Nonces of links that have expired are forgotten here.
+        """
+        with self._begin() as conn:
+            conn.execute(sa.delete(ack_links_table).where(ack_links_table.c.expires_at < now))
+            try:
+                # The primary key makes the use single even between two replicas at once.
+                with conn.begin_nested():
+                    conn.execute(sa.insert(ack_links_table).values(
+                        nonce=nonce, finding_key=key, used_at=now, expires_at=expires))
+            except sa.exc.IntegrityError:
+                raise LinkUsed(nonce) from None
+            row = conn.execute(sa.select(findings_table.c.severity).where(
+                findings_table.c.key == key, findings_table.c.status == "open")).one_or_none()
+            if row is None:
+                raise KeyError(key)  # rolls the nonce back: the link was not used
             conn.execute(sa.delete(acks_table).where(acks_table.c.finding_key == key))
             conn.execute(sa.insert(acks_table).values(
                 finding_key=key, severity=row.severity, acked_by=safe_text(by, 255),

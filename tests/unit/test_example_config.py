@@ -19,6 +19,7 @@ from watchdogd.config import (
     DaemonConfig,
     ExclusionsConfig,
     HubConfig,
+    ListenerConfig,
     MaintenanceWindow,
     NotifyConfig,
     RemediationConfig,
@@ -45,18 +46,18 @@ def test_every_key_is_documented() -> None:
     documented = documented_keys()
     models: list[type[BaseModel]] = [StateConfig, NotifyConfig, RemediationConfig, DaemonConfig,
                                      ClusterConfig, HubConfig, CloudConfig, MaintenanceWindow,
-                                     ExclusionsConfig]
+                                     ExclusionsConfig, ListenerConfig]
     models += [spec.settings_model for spec in REGISTRY.values()]
     missing = {f"{m.__name__}.{k}" for m in models for k in fields(m) - documented}
     # Secrets are documented through their *_file keys.
     missing = {m for m in missing if not m.endswith(("_token", ".url", ".urls", "db_url",
-                                                     "credential_secret"))}
+                                                     "credential_secret", "Config.key"))}
     assert missing == set()
     for name in REGISTRY:
         assert f"[checks.{name}]" in EXAMPLE.read_text(), name
     assert fields(Config) <= documented | {"state", "notify", "remediation", "daemon",
                                            "clusters", "hubs", "clouds", "checks",
-                                           "maintenance", "exclusions"}
+                                           "maintenance", "exclusions", "listener"}
     assert fields(CheckConfig) <= documented
 
 

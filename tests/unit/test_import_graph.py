@@ -17,12 +17,13 @@ PACKAGE = Path(watchdogd.__file__).parent
 #: a module's layer; a module may import its own layer's or lower layers' modules only.
 #: ``sim`` is the simulated world: only tests, benchmarks and ``demo`` use it.
 LAYERS: list[set[str]] = [
-    {"__init__", "model", "text", "times", "urls", "slugs", "ports", "logs", "sdnotify"},
+    {"__init__", "model", "text", "times", "urls", "slugs", "ports", "logs", "sdnotify",
+     "acklinks"},
     {"config"},
     {"sources"},
     {"checks", "policy", "store", "maintenance"},
     {"report", "notify", "diskmap"},
-    {"engine", "leader", "metrics", "repair", "undo"},
+    {"engine", "leader", "metrics", "repair", "undo", "listener"},
     {"daemon"},
     {"app"},
     {"cli", "__main__", "sim"},

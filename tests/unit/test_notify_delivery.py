@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -32,12 +33,13 @@ class Scripted(Destination):
 
     def __init__(self, outcomes: dict[str, Outcome | Exception]) -> None:
         self.id, self.label, self.min_severity, self.timeout = "d1", "test#d1", Severity.INFO, 1
-        self.is_ntfy = False
+        self.is_ntfy = self.is_pushover = False
         self.outcomes = outcomes
         self.sent: list[tuple[str, str]] = []
 
     def send(self, title: str, body: str, severity: Severity,
-             finding_key: str = "") -> tuple[Outcome, str]:
+             finding_key: str = "", params: Mapping[str, str] | None = None,
+             ) -> tuple[Outcome, str]:
         outcome = self.outcomes.get(finding_key, Outcome.DELIVERED)
         if isinstance(outcome, Exception):
             raise outcome
