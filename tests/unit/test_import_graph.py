@@ -21,7 +21,7 @@ LAYERS: list[set[str]] = [
     {"config"},
     {"sources"},
     {"checks", "policy", "store", "maintenance"},
-    {"report", "notify"},
+    {"report", "notify", "digest"},
     {"engine", "leader", "metrics", "repair", "undo"},
     {"daemon"},
     {"app"},
