@@ -10,7 +10,8 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from tests.unit.test_notify_delivery import Scripted
-from watchdogd.config import DigestConfig, NotifyConfig, parse_weekly
+from watchdogd.config import Config, DigestConfig, NotifyConfig, parse_weekly
+from watchdogd.daemon import Daemon
 from watchdogd.digest import build_digest, due, make_digest, send_digest, week_of
 from watchdogd.model import Action, Finding, Severity
 from watchdogd.notify import Notifier, Outcome
@@ -21,10 +22,6 @@ UNTIL = datetime(2026, 12, 7, 8, 0, tzinfo=UTC)
 SINCE = UNTIL - timedelta(days=7)
 DAY = timedelta(days=1)
 HOUR = timedelta(hours=1)
-
-
-def at(delta: timedelta) -> datetime:
-    return UNTIL + delta
 
 
 def seen(store: Store, check: str, target: str, findings: list[Finding],
@@ -45,8 +42,11 @@ def act(store: Store, finding: Finding, name: str, status: str, when: datetime,
     store.finish_action(action_id, status, f"{name} {status}", when + timedelta(seconds=5))
 
 
-def fill(store: Store) -> None:
+def fill(store: Store, until: datetime = UNTIL) -> None:
     """A week of findings, actions and passes (and some from before it, left out)."""
+    def at(delta: timedelta) -> datetime:
+        return until + delta
+
     bob = f("sessions", "main", "stale-session", "bob", Severity.CRITICAL)
     alice = f("sessions", "main", "stale-session", "alice", Severity.CRITICAL)
     seen(store, "sessions", "main", [bob], at(-8 * DAY))
@@ -54,13 +54,13 @@ def fill(store: Store) -> None:
     seen(store, "sessions", "main", [bob], at(-6 * DAY + 3 * HOUR))  # alice resolved: 3h
     seen(store, "sessions", "main", [], at(-DAY))  # bob resolved: open 7 days
     old = f("certs", "files", "cert-expiring", "old.example.org",
-            not_after=(UNTIL + 40 * DAY).isoformat(), days_left=50.0)
+            not_after=(until + 40 * DAY).isoformat(), days_left=50.0)
     hub = f("certs", "files", "cert-expiring", "hub.example.org", Severity.CRITICAL,
-            not_after=(UNTIL + 5 * DAY).isoformat(), days_left=7.0, password="s3cr3t-pw")
+            not_after=(until + 5 * DAY).isoformat(), days_left=7.0, password="s3cr3t-pw")
     seen(store, "certs", "files", [old], at(-10 * DAY))
     seen(store, "certs", "files", [old, hub], at(-2 * DAY))
     cred = f("volumes", "cloud", "credential-expiring", "ci-cred\x1b[31m",
-             expires_at=(UNTIL + 12 * DAY).strftime("%Y-%m-%dT%H:%M:%S.000000"))
+             expires_at=(until + 12 * DAY).strftime("%Y-%m-%dT%H:%M:%S.000000"))
     seen(store, "volumes", "cloud", [cred], at(-20 * DAY))
     vol1 = f("orphans", "cloud", "orphan-volume", "vol-1",
              volume={"id": "vol-1", "size": 10}, quarantined_since="2026-12-04T08:00:00Z")
@@ -243,3 +243,49 @@ def test_two_processes_at_once_queue_it_once(store: Store, tmp_path: Path) -> No
         replica.join(30)
     assert outcomes == [False, False, True]
     assert [r["event"] for r in store.outbox()].count("digest") == 1
+
+
+class FakeEngine:
+    """What the daemon's digest job uses of an engine."""
+
+    def __init__(self, store: Store, now: datetime, acting: bool = True) -> None:
+        self.store, self.now, self.is_acting, self.notifier = store, now, acting, None
+
+    def acting(self) -> bool:
+        return self.is_acting
+
+    def clock(self) -> datetime:
+        return self.now
+
+
+def daemon(tmp_path: Path, now: datetime, *, acting: bool = True,
+           **digest: object) -> tuple[Daemon, Scripted]:
+    config = Config(digest=DigestConfig(enabled=True, urls_file="x",
+                                        **digest))  # type: ignore[arg-type]
+    sender, destination = notifier(Outcome.DELIVERED)
+    engine = FakeEngine(Store(f"sqlite:///{tmp_path}/state.db"), now, acting)
+    return Daemon(config, engine, digest=sender), destination  # type: ignore[arg-type]
+
+
+def test_the_daemon_job_sends_from_the_acting_replica_once(store: Store,
+                                                           tmp_path: Path) -> None:
+    standby, standby_sent = daemon(tmp_path, UNTIL, acting=False)
+    standby._send_digest()
+    early, early_sent = daemon(tmp_path, UNTIL - HOUR)  # Monday 07:00: before its time
+    early._send_digest()
+    assert standby_sent.sent == early_sent.sent == [] and store.outbox() == []
+    first, first_sent = daemon(tmp_path, UNTIL)
+    second, second_sent = daemon(tmp_path, UNTIL + HOUR)  # another replica, or a restart
+    first._send_digest()
+    second._send_digest()
+    assert [key for key, _ in first_sent.sent + second_sent.sent] == ["digest/2026-W50"]
+    assert first_sent.sent[0][1] == EXPECTED_TITLE
+
+
+def test_the_daemon_schedules_the_digest_in_its_zone(tmp_path: Path) -> None:
+    scheduled, _ = daemon(tmp_path, UNTIL, schedule="fri 17:30", timezone="Europe/Berlin")
+    scheduled._schedule_digest()
+    job = scheduled.scheduler.get_job("digest")
+    assert job is not None
+    assert str(job.trigger) == "cron[day_of_week='fri', hour='17', minute='30']"
+    assert str(job.trigger.timezone) == "Europe/Berlin"
