@@ -17,6 +17,7 @@ from watchdogd.config import (
     ClusterConfig,
     Config,
     DaemonConfig,
+    DigestConfig,
     ExclusionsConfig,
     HubConfig,
     MaintenanceWindow,
@@ -44,6 +45,7 @@ def fields(model: type[BaseModel]) -> set[str]:
 def test_every_key_is_documented() -> None:
     documented = documented_keys()
     models: list[type[BaseModel]] = [StateConfig, NotifyConfig, RemediationConfig, DaemonConfig,
+                                     DigestConfig,
                                      ClusterConfig, HubConfig, CloudConfig, MaintenanceWindow,
                                      ExclusionsConfig]
     models += [spec.settings_model for spec in REGISTRY.values()]
@@ -56,7 +58,7 @@ def test_every_key_is_documented() -> None:
         assert f"[checks.{name}]" in EXAMPLE.read_text(), name
     assert fields(Config) <= documented | {"state", "notify", "remediation", "daemon",
                                            "clusters", "hubs", "clouds", "checks",
-                                           "maintenance", "exclusions"}
+                                           "maintenance", "exclusions", "digest"}
     assert fields(CheckConfig) <= documented
 
 
