@@ -867,6 +867,10 @@ def _resolve_paths(config: Config, base: Path, *,
     if config.digest.enabled and not config.digest.urls_file:
         problems.append("digest.urls_file: required when digest.enabled is true (the "
                         "digest's own destinations, e.g. a mailto:// URL)")
+    elif check_files and config.digest.enabled and config.digest.urls_file \
+            and not _absolute(config.digest.urls_file, base).is_file():
+        problems.append(f"digest.urls_file: {_absolute(config.digest.urls_file, base)} "
+                        "does not exist")
     return config.model_copy(update={
         "clusters": clusters, "clouds": clouds, "hubs": hubs, "checks": checks,
         "state": _absolute_files(state, base),

@@ -119,3 +119,18 @@ def test_without_send_it_only_prints(setup: Callable[[str], Path],
     assert capsys.readouterr().out.splitlines()[0].endswith(
         ": 0 opened, 1 resolved, 0 actions")  # bob's end; the rest came before
     assert Store(f"sqlite:///{config.parent}/state.db").outbox() == []
+
+
+def test_config_check_wants_the_digest_destinations_file(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]
+                                                         ) -> None:
+    monkeypatch.delenv("WATCHDOGD_CONFIG", raising=False)
+    (tmp_path / "state-url").write_text(f"sqlite:///{tmp_path}/state.db\n")
+    config = tmp_path / "w.toml"
+    config.write_text('[state]\nurl_file = "state-url"\n'
+                      '[digest]\nenabled = true\nurls_file = "mail.txt"\n')
+    assert code(["config", "check", "--config", str(config)]) == 78
+    assert f"digest.urls_file: {tmp_path}/mail.txt does not exist" in capsys.readouterr().err
+    (tmp_path / "mail.txt").write_text("mailto://127.0.0.1:1?to=ops@example.org\n")
+    assert code(["config", "check", "--config", str(config)]) == 0
