@@ -1,5 +1,5 @@
-"""The command line: ``check``, ``run``, ``digest``, ``demo``, ``config check``, ``findings``, ``actions``,
-and the operator commands ``repair-session`` and ``undo``.
+"""The command line: ``check``, ``run``, ``digest``, ``demo``, ``config check``, ``findings``,
+``actions``, and the operator commands ``repair-session`` and ``undo``.
 
 Exit codes (stable, for cron jobs and CI):
 
