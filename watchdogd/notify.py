@@ -71,6 +71,9 @@ log = structlog.get_logger("watchdogd.notify")
 #: process that has somewhere to send)
 _NOTIFY_TYPE = {Severity.INFO: "INFO", Severity.WARNING: "WARNING", Severity.CRITICAL: "FAILURE"}
 _ACTION_EVENTS = {ActionStatus.DONE, ActionStatus.FAILED, ActionStatus.SKIPPED}
+#: notices whose body is laid out in lines (the weekly digest): apprise is told it is plain
+#: text, or an HTML e-mail would run its lines together
+_TEXT_EVENTS = frozenset({"digest"})
 
 #: The longest wait between two tries of one notice, and the wait after a timeout.
 MAX_BACKOFF = timedelta(hours=1)
@@ -214,8 +217,12 @@ class Destination:
         return urlunsplit(parts._replace(query=urlencode(query)))
 
     def send(self, title: str, body: str, severity: Severity,
-             finding_key: str = "") -> tuple[Outcome, str]:
-        """Deliver one message and say what became of it (the text names no URL)."""
+             finding_key: str = "", *, plain: bool = False) -> tuple[Outcome, str]:
+        """Deliver one message and say what became of it (the text names no URL).
+
+        ``plain``: the body is plain text whose lines matter; apprise converts it for a
+        destination that takes HTML (an e-mail: escaped, one line per line).
+        """
         import apprise  # noqa: PLC0415 - a run without destinations never needs it
 
         _own_apprise_log()
@@ -231,7 +238,8 @@ class Destination:
         with _RECORDS.capture() as lines, limits(self.timeout):
             ok = bool(sender.notify(title=title, body=body,
                                     notify_type=getattr(apprise.NotifyType,
-                                                        _NOTIFY_TYPE[severity])))
+                                                        _NOTIFY_TYPE[severity]),
+                                    body_format=apprise.NotifyFormat.TEXT if plain else None))
         if ok:
             return Outcome.DELIVERED, ""
         return classify(lines)
@@ -391,9 +399,13 @@ class Notifier:
             for notice in store.pending_notices(destination_id, now):
                 if notice.finding_key in held:
                     continue
+                # Only a digest says so: other destinations' tests and receivers know
+                # the notices as they were.
+                layout = {"plain": True} if notice.event in _TEXT_EVENTS else {}
                 try:
                     outcome, error = destination.send(notice.title, notice.body,
-                                                      notice.severity, notice.finding_key)
+                                                      notice.severity, notice.finding_key,
+                                                      **layout)
                 except Exception as exc:  # a plugin bug must not stop the daemon
                     outcome, error = Outcome.FAILED, f"failed ({type(exc).__name__})"
                 if outcome is Outcome.DELIVERED:

@@ -191,8 +191,17 @@ def test_bad_digest_settings_are_refused(field: str, value: str) -> None:
         DigestConfig(**{field: value})
 
 
+class PlainScripted(Scripted):
+    """A scripted destination that also takes ``plain`` and insists on it."""
+
+    def send(self, title: str, body: str, severity: Severity, finding_key: str = "", *,
+             plain: bool = False) -> tuple[Outcome, str]:
+        assert plain, "a digest is sent as plain text"
+        return super().send(title, body, severity, finding_key)
+
+
 def notifier(outcome: Outcome) -> tuple[Notifier, Scripted]:
-    destination = Scripted({"digest/2026-W50": outcome})
+    destination = PlainScripted({"digest/2026-W50": outcome})
     return Notifier(NotifyConfig(), [destination]), destination
 
 
