@@ -136,3 +136,20 @@ def test_config_check_wants_the_digest_destinations_file(tmp_path: Path,
     assert f"digest.urls_file: {tmp_path}/mail.txt does not exist" in capsys.readouterr().err
     (tmp_path / "mail.txt").write_text("mailto://127.0.0.1:1?to=ops@example.org\n")
     assert code(["config", "check", "--config", str(config)]) == 0
+
+
+def test_beside_a_daemon_holding_the_lock_it_only_queues(setup: Callable[[str], Path],
+                                                         capsys: pytest.CaptureFixture[str]
+                                                         ) -> None:
+    with SmtpReceiver() as smtp:
+        config = setup(smtp.url)
+        daemon = Store(f"sqlite:///{config.parent}/state.db")
+        with daemon.pass_lock() as hold:
+            assert hold.held
+            # The outbox has one sender: the lock's holder delivers, this run queues.
+            assert code(["digest", "--send", "--config", str(config)]) == 2
+            assert smtp.subjects == []
+        assert "1 destination(s) not reached yet" in capsys.readouterr().err
+        assert [r["event"] for r in daemon.outbox()] == ["digest"]
+        assert code(["digest", "--send", "--config", str(config)]) == 0
+        assert len(smtp.subjects) == 1
