@@ -75,13 +75,15 @@ class App:
     #: the acknowledge links' signer (``[listener] listen`` set) and, in a daemon, its server
     links: AckLinks | None = None
     listener: AckListener | None = None
+    #: the weekly digest's own destinations (``[digest] enabled``, built with ``service``)
+    digest: Notifier | None = None
     _closers: list[Callable[[], None]] = field(default_factory=list, repr=False)
 
     def daemon(self, reloader: Callable[[], Reload] | None = None) -> Daemon:
         """The scheduler around this app's engine."""
         from watchdogd.daemon import Daemon  # noqa: PLC0415
 
-        return Daemon(self.config, self.engine, reloader=reloader)
+        return Daemon(self.config, self.engine, reloader=reloader, digest=self.digest)
 
     def close(self) -> None:
         """Close what was opened: adapters' connection pools, the store, the metrics port."""
@@ -109,8 +111,9 @@ def build(config: Config, *, dry_run: bool | None = None,
     try:
         links = _links(config)
         notifier = _notifier(config, links) if notify else None
-        elector = health = server = listener = None
+        elector = health = server = listener = digest = None
         if service:
+            digest = digest_notifier(config) if notify and config.digest.enabled else None
             from watchdogd.metrics import Health, Metrics, MetricsServer  # noqa: PLC0415
 
             elector = _elector(config) if config.daemon.leader_election else None
@@ -136,7 +139,7 @@ def build(config: Config, *, dry_run: bool | None = None,
             close()
         raise
     return App(config, store, sources, notifier, engine, elector, health, metrics, server,
-               links, listener, closers)
+               links, listener, digest, closers)
 
 
 def reload(app: App, path: str | Path | None, dry_run: bool | None) -> Reload:
@@ -215,6 +218,22 @@ def _listener(config: Config, links: AckLinks, store: Store) -> AckListener:
                            timeout=config.listener.timeout.total_seconds())
     except ValueError as exc:
         raise BuildError(str(exc)) from None
+
+
+def digest_notifier(config: Config) -> Notifier:
+    """The weekly digest's notifier: ``[digest] urls_file``, with ``[notify]``'s timing."""
+    from watchdogd.notify import Notifier, NotifyConfigError  # noqa: PLC0415
+
+    if not config.digest.urls_file:
+        raise BuildError("digest.urls_file: not set: the digest has nowhere to go")
+    settings = config.notify.model_copy(update={"urls": None,
+                                                "urls_file": config.digest.urls_file})
+    try:
+        return Notifier.from_config(settings)
+    except NotifyConfigError as exc:
+        # The message names notify.*: the file is digest.urls_file here.
+        raise BuildError(str(exc).replace("notify.urls_file", "digest.urls_file")
+                         .replace("notify:", "digest.urls_file:")) from None
 
 
 def _elector(config: Config) -> LeaderElector:

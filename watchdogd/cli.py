@@ -1,6 +1,6 @@
-"""The command line: ``check``, ``run``, ``demo``, ``config check``, ``findings``, ``actions``,
-and the operator commands ``repair-session``, ``undo``, ``volumes map`` and
-``volumes manifests``.
+"""The command line: ``check``, ``run``, ``digest``, ``demo``, ``config check``, ``findings``,
+``actions``, ``silence``, ``ack``, and the operator commands ``repair-session``, ``undo``,
+``volumes map`` and ``volumes manifests``.
 
 Exit codes (stable, for cron jobs and CI):
 
@@ -396,6 +396,80 @@ def ack(config_path: str | None, key: str, by: str | None) -> None:
                     "(see watchdogd findings --json)", EXIT_USAGE) from None
     click.echo(f"acknowledged {safe_text(key, 200)} ({severity.label}): no reminders until it "
                "escalates or resolves")
+
+
+@cli.command()
+@config_option
+@click.option("--since", "since_text", metavar="TIME",
+              help="Start of the window: an ISO time (UTC if no zone) or a duration back "
+                   "from now (7d, 36h). Default: 7 days ago.")
+@click.option("--send", is_flag=True,
+              help="Also queue it for [digest] urls_file and deliver it (once per week).")
+def digest(config_path: str | None, since_text: str | None, send: bool) -> None:
+    """Print the weekly digest; with --send, queue and deliver it (for a timer or CronJob).
+
+    The digest goes out once per ISO week (in [digest] timezone): a second --send in the
+    same week, from here or from a daemon, delivers what is still queued and queues nothing.
+    """
+    from zoneinfo import ZoneInfo  # noqa: PLC0415
+
+    from watchdogd.app import digest_notifier  # noqa: PLC0415
+    from watchdogd.config import parse_duration  # noqa: PLC0415
+    from watchdogd.digest import digest_rows, make_digest, send_digest  # noqa: PLC0415
+    from watchdogd.store import StoreError  # noqa: PLC0415
+    from watchdogd.times import parse_time, utcnow  # noqa: PLC0415
+
+    config = _load(config_path)
+    now = utcnow()
+    since = None
+    if since_text is not None:
+        since = parse_time(since_text)
+        if since is None:
+            try:
+                since = now - parse_duration(since_text)
+            except ValueError:
+                raise Fatal(f"--since: neither an ISO time nor a duration: "
+                            f"{safe_text(since_text, 60)!r}", EXIT_USAGE) from None
+        if since >= now:
+            raise Fatal(f"--since: {_iso(since)} is not in the past", EXIT_USAGE)
+    notifier = None
+    if send:
+        try:
+            notifier = digest_notifier(config)
+        except BuildError as exc:
+            raise Fatal(str(exc), EXIT_CONFIG) from None
+    store = _open(config)
+    settings = config.digest
+    try:
+        report = make_digest(store, now, since=since, tz=ZoneInfo(settings.timezone),
+                             prefix=config.notify.title_prefix, top=settings.top)
+        click.echo(f"{report.title}\n\n{report.body}")
+        if notifier is None:
+            return
+        # One sender for the outbox: while a daemon holds the lock it delivers.
+        with store.pass_lock() as hold:
+            if hold.held:
+                queued, when = send_digest(store, notifier, report, now)
+            else:
+                queued = store.claim_once(
+                    f"digest/{report.week}",
+                    digest_rows(report, list(notifier.destinations.values())), now)
+                when = store.claimed_at(f"digest/{report.week}")
+        pending = [row for row in store.outbox()
+                   if row["finding_key"] == f"digest/{report.week}"
+                   and row["delivered_at"] is None and row["set_aside_at"] is None]
+    except StoreError as exc:
+        raise Fatal(f"state: {exc}", EXIT_INCOMPLETE) from None
+    if not queued:
+        click.echo(f"\ndigest {report.week} was already queued"
+                   + (f" at {_iso(when)}" if when else "") + "; not queued again", err=True)
+    if pending:
+        raise Fatal(f"digest {report.week}: {len(pending)} destination(s) not reached yet; "
+                    "the outbox retries (watchdogd run, or the next digest --send)",
+                    EXIT_INCOMPLETE)
+    if queued:
+        click.echo(f"\ndigest {report.week} sent to {len(notifier.destinations)} "
+                   "destination(s)", err=True)
 
 
 @cli.command()

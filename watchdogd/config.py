@@ -207,6 +207,49 @@ class ListenerConfig(Section):
         return self
 
 
+class DigestConfig(Section):
+    """The weekly digest: opt-in, to destinations of its own (long text: e-mail, not pushes)."""
+
+    enabled: bool = False
+    #: weekday and local time of the weekly send: "mon 08:00"
+    schedule: str = "mon 08:00"
+    #: the zone of ``schedule`` and of the digest's dates (an IANA name)
+    timezone: str = "UTC"
+    #: apprise URLs of the digest's own destinations, one per line (they carry tokens)
+    urls_file: str | None = None
+    #: how many entries the "slowest to resolve" and "oldest open" lists show
+    top: int = Field(5, ge=1, le=50)
+
+    @field_validator("schedule")
+    @classmethod
+    def _weekly(cls, value: str) -> str:
+        parse_weekly(value)
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError  # noqa: PLC0415
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r} (an IANA name: "
+                             "UTC, Europe/Berlin, America/Chicago)") from None
+        return value
+
+
+def parse_weekly(value: str) -> tuple[str, int, int]:
+    """``"mon 08:00"`` as (weekday, hour, minute); ValueError naming what is wrong."""
+    match = re.fullmatch(r"\s*([a-z]{3})\s+(\d{1,2}):(\d{2})\s*", value.lower())
+    if not match or match.group(1) not in WEEKDAYS:
+        raise ValueError(f"expected a weekday and a time, e.g. \"mon 08:00\", not {value!r}")
+    hour, minute = int(match.group(2)), int(match.group(3))
+    if hour > 23 or minute > 59:
+        raise ValueError(f"no such time of day in {value!r}")
+    return match.group(1), hour, minute
+
+
 RemediationName = Literal[
     "stop-server",
     "sync-routes",
@@ -502,6 +545,7 @@ class Config(BaseSettings):
     checks: dict[str, dict[str, Any]] = Field(default_factory=dict)
     maintenance: dict[str, MaintenanceWindow] = Field(default_factory=dict)
     exclusions: ExclusionsConfig = ExclusionsConfig()
+    digest: DigestConfig = DigestConfig()
 
     _toml_path: ClassVar[Path | None] = None
 
@@ -895,11 +939,19 @@ def _resolve_paths(config: Config, base: Path, *,
     checks = {name: _absolute_check_paths(check, base) for name, check in config.checks.items()}
     state, state_problems = _resolve_state(config.state, base, check_files=check_files)
     problems += state_problems
+    if config.digest.enabled and not config.digest.urls_file:
+        problems.append("digest.urls_file: required when digest.enabled is true (the "
+                        "digest's own destinations, e.g. a mailto:// URL)")
+    elif check_files and config.digest.enabled and config.digest.urls_file \
+            and not _absolute(config.digest.urls_file, base).is_file():
+        problems.append(f"digest.urls_file: {_absolute(config.digest.urls_file, base)} "
+                        "does not exist")
     return config.model_copy(update={
         "clusters": clusters, "clouds": clouds, "hubs": hubs, "checks": checks,
         "state": _absolute_files(state, base),
         "notify": _absolute_files(config.notify, base),
         "listener": _absolute_files(config.listener, base),
+        "digest": _absolute_files(config.digest, base),
         "daemon": _absolute_textfile(config.daemon, base)}), problems
 
 

@@ -56,7 +56,7 @@ SHUTDOWN_GRACE = 15.0
 #: exit code when a stop had to abandon a pass that ignored its deadline (EX_TEMPFAIL)
 EXIT_STOP_TIMEOUT = 75
 #: sections a reload keeps: they belong to the process, and take effect at the next start
-RESTART_SECTIONS = ("state", "daemon", "listener")
+RESTART_SECTIONS = ("state", "daemon", "listener", "digest")
 
 log = structlog.get_logger("watchdogd.daemon")
 
@@ -79,9 +79,12 @@ class Daemon:
     """Schedules passes of an engine until told to stop; reloads its configuration on SIGHUP."""
 
     def __init__(self, config: Config, engine: Engine, *,
-                 reloader: Callable[[], Reload] | None = None) -> None:
+                 reloader: Callable[[], Reload] | None = None,
+                 digest: Notifier | None = None) -> None:
         self.config = config
         self.engine = engine
+        #: the weekly digest's destinations; None: no digest (``[digest] enabled = false``)
+        self.digest = digest
         #: reads and validates the configuration again; raises ReloadRefused
         self.reloader = reloader
         self.scheduler = BlockingScheduler(
@@ -117,7 +120,7 @@ class Daemon:
         )
 
     def _schedule_outbox(self) -> None:
-        if self.engine.notifier is None:
+        if self.engine.notifier is None and self.digest is None:
             if self.scheduler.get_job("outbox") is not None:
                 self.scheduler.remove_job("outbox")
             return
@@ -132,7 +135,53 @@ class Daemon:
         for name, interval in self.scheduled.items():
             self._add_check_job(name, interval)
         self._schedule_outbox()
+        self._schedule_digest()
         return list(self.scheduled)
+
+    def _schedule_digest(self) -> None:
+        """The weekly digest at ``[digest] schedule``, and once at the start.
+
+        The run at the start catches up a digest whose time passed while no replica ran;
+        the store's once-a-week mark keeps it from going out twice.
+        """
+        if self.digest is None:
+            return
+        from zoneinfo import ZoneInfo  # noqa: PLC0415
+
+        from apscheduler.triggers.cron import CronTrigger  # noqa: PLC0415
+
+        from watchdogd.config import parse_weekly  # noqa: PLC0415
+
+        day, hour, minute = parse_weekly(self.config.digest.schedule)
+        zone = ZoneInfo(self.config.digest.timezone)
+        self.scheduler.add_job(
+            self._send_digest, CronTrigger(day_of_week=day, hour=hour, minute=minute,
+                                           timezone=zone),
+            id="digest", next_run_time=_now(), coalesce=True, max_instances=1,
+            misfire_grace_time=3600, replace_existing=True)
+
+    def _send_digest(self) -> None:
+        """Queue and deliver this week's digest if it is due and no replica has sent it."""
+        if self.digest is None or not self.engine.acting():
+            return  # only the acting replica sends; the others would queue it twice
+        from watchdogd.digest import due, make_digest, send_digest  # noqa: PLC0415
+
+        now = self.engine.clock()
+        settings = self.config.digest
+        try:
+            if not due(now, settings.schedule, settings.timezone):
+                return  # the start-up run before this week's time: the cron job sends it
+            with self.engine.store.pass_lock() as hold:
+                if not hold.held:
+                    return
+                digest = make_digest(self.engine.store, now, tz=_zone(settings.timezone),
+                                     prefix=self.config.notify.title_prefix, top=settings.top)
+                queued, _ = send_digest(self.engine.store, self.digest, digest, now)
+            if queued:
+                log.info("weekly digest queued", week=digest.week, opened=digest.opened,
+                         resolved=digest.resolved, actions=digest.actions)
+        except Exception as exc:  # the store or a bug: the passes go on
+            log.error("weekly digest failed", error=f"{type(exc).__name__}: {exc}")
 
     # -- reload (SIGHUP) -------------------------------------------------------------------
 
@@ -240,14 +289,15 @@ class Daemon:
                 log.error("pass hook failed", check=name, error=f"{type(exc).__name__}: {exc}")
 
     def _deliver(self) -> None:
-        notifier = self.engine.notifier
-        if notifier is None or not self.engine.acting():
+        notifiers = [n for n in (self.engine.notifier, self.digest) if n is not None]
+        if not notifiers or not self.engine.acting():
             return
         try:
             # The outbox has one sender: the holder of the store's lock.
             with self.engine.store.pass_lock() as hold:
                 if hold.held:
-                    notifier.deliver(self.engine.store, self.engine.clock())
+                    for notifier in notifiers:
+                        notifier.deliver(self.engine.store, self.engine.clock())
         except Exception as exc:
             log.error("outbox delivery failed", error=f"{type(exc).__name__}: {exc}")
 
@@ -432,6 +482,12 @@ def _status_line(name: str, report: PassReport | None) -> str:
         return f"{name}: the last pass failed (see the log)"
     return (f"{name}: {report.findings} finding(s), {report.actions_done} action(s) done, "
             f"{report.errors} error(s) at {report.finished_at:%H:%M:%S}Z")
+
+
+def _zone(name: str) -> Any:
+    from zoneinfo import ZoneInfo  # noqa: PLC0415
+
+    return ZoneInfo(name)
 
 
 def _now() -> Any:

@@ -245,7 +245,12 @@ class Destination:
     def send(self, title: str, body: str, severity: Severity,
              finding_key: str = "", params: Mapping[str, str] | None = None,
              ) -> tuple[Outcome, str]:
-        """Deliver one message and say what became of it (the text names no URL)."""
+        """Deliver one message and say what became of it (the text names no URL).
+
+        The body is plain text: apprise escapes it for a destination that takes HTML or
+        Markdown (an e-mail, Slack), so a name from outside (``<img src=...>``, ``<!channel>``)
+        is shown as text there, never rendered, and a digest keeps its lines.
+        """
         import apprise  # noqa: PLC0415 - a run without destinations never needs it
 
         _own_apprise_log()
@@ -261,7 +266,8 @@ class Destination:
         with _RECORDS.capture() as lines, limits(self.timeout):
             ok = bool(sender.notify(title=title, body=body,
                                     notify_type=getattr(apprise.NotifyType,
-                                                        _NOTIFY_TYPE[severity])))
+                                                        _NOTIFY_TYPE[severity]),
+                                    body_format=apprise.NotifyFormat.TEXT))
         if ok:
             return Outcome.DELIVERED, ""
         return classify(lines)

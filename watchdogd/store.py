@@ -44,6 +44,10 @@ class LinkUsed(Exception):
     """An acknowledge link whose nonce was honoured before (a replay)."""
 
 
+#: the check name under which :meth:`Store.claim_once` keeps its marks (no check has it)
+ONCE = "once"
+
+
 class StoreError(Exception):
     """The state store cannot be used (locked, corrupt, unreachable, too new)."""
 
@@ -777,6 +781,14 @@ class Store:
         with self._begin() as conn:
             return {stored[str(key)]: when for key, when in conn.execute(query)}
 
+    def actions_between(self, since: datetime, until: datetime) -> list[ActionRecord]:
+        """The actions started in ``[since, until)``, oldest first (for the weekly digest)."""
+        query = (sa.select(actions_table)
+                 .where(actions_table.c.started_at >= since, actions_table.c.started_at < until)
+                 .order_by(actions_table.c.id))
+        with self._begin() as conn:
+            return [_action_record(r) for r in conn.execute(query)]
+
     def interrupted_actions(self) -> list[ActionRecord]:
         """Actions whose intent was written but whose result never was: a crash in between."""
         return self.actions(status="started")
@@ -845,6 +857,32 @@ class Store:
                 "title": _safe_lines(row.get("title")),
                 "body": _safe_lines(row.get("body")),
                 "attempts": 0, "next_attempt_at": now}
+
+    def claim_once(self, mark: str, rows: Sequence[dict[str, Any]], now: datetime) -> bool:
+        """Queue ``rows`` only if ``mark`` was never claimed before; whether this call did.
+
+        The mark (a row of ``marks`` under the reserved check name ``once``) and the notices
+        are written in one transaction, and the mark's primary key lets only one writer
+        in: two replicas, or a restart, never queue the same weekly digest twice.
+        """
+        with self._begin() as conn:
+            try:
+                with conn.begin_nested():
+                    conn.execute(sa.insert(marks_table).values(
+                        check_name=ONCE, target="", mark=store_key(mark), since=now))
+            except sa.exc.IntegrityError:
+                return False  # claimed before, by this process or another
+            if rows:
+                conn.execute(sa.insert(outbox_table),
+                             [self._outbox_values(row, now) for row in rows])
+        return True
+
+    def claimed_at(self, mark: str) -> datetime | None:
+        """When ``mark`` was claimed by :meth:`claim_once`, if it was."""
+        with self._begin() as conn:
+            return conn.execute(sa.select(marks_table.c.since).where(
+                marks_table.c.check_name == ONCE, marks_table.c.target == "",
+                marks_table.c.mark == store_key(mark))).scalar_one_or_none()
 
     def pending_notices(self, destination: str, now: datetime, limit: int = 100) -> list[Notice]:
         """The notices of one destination due now, in the order they were queued.
@@ -1045,6 +1083,16 @@ class Store:
         with self._begin() as conn:
             count, first = conn.execute(query).one()
         return int(count), first
+
+    def passes_between(self, since: datetime, until: datetime) -> list[dict[str, Any]]:
+        """The passes that finished in ``[since, until)``, oldest first (for the digest)."""
+        query = (sa.select(passes_table)
+                 .where(passes_table.c.finished_at >= since, passes_table.c.finished_at < until)
+                 .order_by(passes_table.c.finished_at))
+        with self._begin() as conn:
+            return [{"id": r.id, "check": r.check_name, "target": r.target,
+                     "started_at": r.started_at, "finished_at": r.finished_at,
+                     "status": r.status, "error": r.error} for r in conn.execute(query)]
 
     def last_pass(self, check: str, target: str) -> datetime | None:
         """When the last pass of this check target finished, if any."""

@@ -133,3 +133,22 @@ def test_a_row_postgresql_refuses_is_set_aside_and_the_rest_are_queued(
     assert [n.finding_key for n in store.pending_notices("d1", T0)] == [
         "sessions/main/stale-session/e\\0ve", "b"]
     store.close()
+
+
+def test_a_name_with_html_is_text_in_the_mail(tmp_path: Path) -> None:
+    """A username is outside text: an HTML e-mail shows it escaped, never renders it."""
+    world = FakeWorld()
+    hostile = 'eve<img src="http://tracker.example/x"><b>bold</b>'
+    world.add(hostile, pod=False)
+    clock = SimClock(T0)
+    with SmtpReceiver() as smtp:
+        engine = engine_with(tmp_path, world, f"{smtp.url}\n", clock)
+        engine.run_pass()
+        engine.run_pass()  # confirmed: announced
+        [mail, *_] = smtp.handler.messages
+        parts = {p.get_content_subtype(): p.get_payload(decode=True).decode()
+                 for p in mail.walk() if p.get_content_maintype() == "text"}
+        # Plain text shows the name as it is; an HTML part, if any, escaped.
+        assert hostile in parts["plain"]
+        if "html" in parts:
+            assert "<img" not in parts["html"] and "&lt;img" in parts["html"]

@@ -73,3 +73,24 @@ def test_a_finding_postgresql_refuses_is_set_aside_and_the_others_are_tracked(
     assert [t.finding.subject for t in tracked] == ["alice", "bob"]  # both in the report
     assert [f["subject"] for f in store.findings()] == ["alice"]  # the good one is stored
     store.close()
+
+
+def test_the_weekly_digest_is_claimed_once_on_postgresql(postgres: RealPostgres) -> None:
+    """Two replicas at once on one database: one queues the week's digest, the other nothing."""
+    from concurrent.futures import ThreadPoolExecutor
+    from datetime import UTC, datetime
+
+    url = postgres.create_database("wd_digest")
+    replicas = [Store(url), Store(url)]
+    now = datetime(2026, 12, 7, 8, tzinfo=UTC)
+    row = {"finding_key": "digest/2026-W50", "event": "digest", "severity": 1,
+           "title": "t", "body": "b", "destination": "d1"}
+    with ThreadPoolExecutor(2) as pool:
+        claims = sorted(pool.map(lambda s: s.claim_once("digest/2026-W50", [row], now),
+                                 replicas))
+    assert claims == [False, True]
+    assert [r["event"] for r in replicas[0].outbox()] == ["digest"]
+    assert replicas[1].claimed_at("digest/2026-W50") == now
+    assert replicas[1].claim_once("digest/2026-W51", [row], now)
+    for store in replicas:
+        store.close()

@@ -17,6 +17,7 @@ from watchdogd.config import (
     ClusterConfig,
     Config,
     DaemonConfig,
+    DigestConfig,
     ExclusionsConfig,
     HubConfig,
     ListenerConfig,
@@ -45,6 +46,7 @@ def fields(model: type[BaseModel]) -> set[str]:
 def test_every_key_is_documented() -> None:
     documented = documented_keys()
     models: list[type[BaseModel]] = [StateConfig, NotifyConfig, RemediationConfig, DaemonConfig,
+                                     DigestConfig,
                                      ClusterConfig, HubConfig, CloudConfig, MaintenanceWindow,
                                      ExclusionsConfig, ListenerConfig]
     models += [spec.settings_model for spec in REGISTRY.values()]
@@ -57,7 +59,8 @@ def test_every_key_is_documented() -> None:
         assert f"[checks.{name}]" in EXAMPLE.read_text(), name
     assert fields(Config) <= documented | {"state", "notify", "remediation", "daemon",
                                            "clusters", "hubs", "clouds", "checks",
-                                           "maintenance", "exclusions", "listener"}
+                                           "maintenance", "exclusions", "listener",
+                                           "digest"}
     assert fields(CheckConfig) <= documented
 
 

@@ -22,7 +22,7 @@ LAYERS: list[set[str]] = [
     {"config"},
     {"sources"},
     {"checks", "policy", "store", "maintenance"},
-    {"report", "notify", "diskmap"},
+    {"report", "notify", "diskmap", "digest"},
     {"engine", "leader", "metrics", "repair", "undo", "listener"},
     {"daemon"},
     {"app"},

@@ -23,7 +23,7 @@ from watchdogd.config import Config, parse_duration
 REPO = Path(__file__).resolve().parents[2]
 UNITS = REPO / "systemd"
 INSTALLED = "/opt/watchdogd/bin/watchdogd"
-SERVICES = ("watchdogd.service", "watchdogd-check.service")
+SERVICES = ("watchdogd.service", "watchdogd-check.service", "watchdogd-digest.service")
 MAX_EXPOSURE = 2.0
 
 
@@ -59,7 +59,8 @@ def units(tmp_path: Path) -> Path:
 
 def test_units_verify_without_warnings(units: Path) -> None:
     names = sorted(p.name for p in units.iterdir())
-    assert names == ["watchdogd-check.service", "watchdogd-check.timer", "watchdogd.service"]
+    assert names == ["watchdogd-check.service", "watchdogd-check.timer",
+                     "watchdogd-digest.service", "watchdogd-digest.timer", "watchdogd.service"]
     result = subprocess.run([analyze(), "verify", *(f"./{n}" for n in names)], cwd=units,
                             capture_output=True, text=True, timeout=120, check=False)
     output = (result.stdout + result.stderr).strip()
@@ -106,6 +107,17 @@ def test_the_timer_runs_the_one_shot_check() -> None:
     # Counted from the end of the last run: passes never overlap.
     assert "OnUnitInactiveSec" in timer and "OnCalendar" not in timer
     assert "watchdogd.service" in service["Conflicts"][0]
+
+
+def test_the_digest_timer_sends_it_weekly() -> None:
+    service = settings("watchdogd-digest.service")
+    timer = settings("watchdogd-digest.timer")
+    assert service["Type"] == ["oneshot"]
+    assert service["ExecStart"][0].split()[:3] == [INSTALLED, "digest", "--send"]
+    assert timer["Unit"] == ["watchdogd-digest.service"]
+    assert timer["OnCalendar"] == ["Mon *-*-* 08:00:00"] and timer["Persistent"] == ["true"]
+    # Sent once per week whoever sends it: it runs beside the daemon.
+    assert "Conflicts" not in service
 
 
 def test_credentials_and_state_directory_reach_the_configuration(
