@@ -256,15 +256,15 @@ def test_dumps_toml_round_trips() -> None:
 #: a cloud that rejects watchdogd's credentials yields no other volume verdict at all).
 DEMO_KINDS = {
     "sessions": set(KINDS),
-    "culler": {"culler-overdue"},
+    "culler": {"culler-overdue", "culler-missing"},
     "probes": {"hub-unresponsive"},
     "labs": {"controller-stale-lab", "lab-pod-missing", "controller-lost-lab", "lab-stuck",
              "lab-namespace-orphan"},
     "volumes": {"volume-stuck", "attachment-stale", "volume-attach-failed",
                 "credential-expiring"},
     "orphans": {"orphan-volume", "foreign-volume", "released-pv", "orphan-extra-pvc",
-                "check-failing"},
-    "quotas": {"quota-near"},
+                "pvc-stuck-terminating", "check-failing"},
+    "quotas": {"quota-near", "quota-exhausted"},
     "certs": {"cert-expiring", "cert-hostname-mismatch", "cert-unreadable"},
     "nodes": {"node-pressure", "node-not-ready", "failed-pods", "image-cache-pressure",
               "core-pod-misplaced", "namespace-stuck-terminating", "node-shelved",

@@ -71,6 +71,9 @@ WIDTH = 100
 FAILED_POD_MIN_AGE_MINUTES = 10
 FAILED_POD_MINUTES = 3
 
+#: the culler the Nublado hub is said to have, and does not list (culler-missing)
+DEMO_CULLER = "jupyterhub-idle-culler"
+
 #: whose stop never finishes (left to people; repair-session is shown refused on her)
 STUCK_STOP_USER = "sophie"
 
@@ -112,6 +115,10 @@ LEFT_TO_PEOPLE = {
     "foreign-volume": "report only, never quarantined or deleted: another cluster on the "
                       "same cloud made it; add that cluster to clouds.X.clusters if watchdogd "
                       "should judge it",
+    "culler-missing": "report only: the hub is said to have a culler (culler_service) and "
+                      "lists none; add the culler service to the hub (z2jh: cull.enabled)",
+    "pvc-stuck-terminating": "report only: the claim goes once the pods that mount it stop; "
+                             "stopping a user's pod is the user's or an operator's call",
     "quota-near": "report only: raising a quota is the cloud operators' call; free unused "
                   "volumes or ask them for more before new users' volumes fail",
     "quota-exhausted": "report only: raising a quota is the cloud operators' call; until it "
@@ -222,6 +229,14 @@ class DemoWorld(World):
         part = self.parts["cluster"]
         assert isinstance(part, ClusterPart)
         return part
+
+    def config_data(self) -> dict[str, Any]:
+        """The world's configuration, and the Nublado hub said to have an idle culler."""
+        data = super().config_data()
+        hub = data["hubs"].get(NubladoPart().hub_name)
+        if hub is not None:
+            hub["culler_service"] = DEMO_CULLER
+        return data
 
     def all_problems(self) -> list[Problem]:
         """Every planted problem, grouped by check in the order of :data:`CHECKS`."""
@@ -351,6 +366,9 @@ def _plant_cluster(world: DemoWorld) -> None:
     world.plant("nodes", "node-shelved", world.cloud.shelved_node("node-4"),
                 "node-4 was scaled down the runbook's way: cordoned, its server shelved "
                 "(`openstack server shelve`)")
+    world.plant("quotas", "quota-exhausted", world.cloud.quota_exhausted(),
+                "the project may run exactly as many servers as its nodes: the autoscaler's "
+                "next node fails to be created (Nova answers 403)")
     world.plant("nodes", "image-cache-pressure", part.image_cache_pressure("node-3"),
                 "node-3's images fill 80 of its 100 GiB: the next 8 GiB image would cross "
                 "the kubelet's eviction threshold")
@@ -361,6 +379,9 @@ def _plant_cluster(world: DemoWorld) -> None:
                 "the proxy runs on user node node-1, though core pods must run on core nodes")
     world.plant("nodes", "namespace-stuck-terminating", part.stuck_namespace("nublado-carol"),
                 "a namespace Terminating for 2 hours, held by a protected claim")
+    world.plant("orphans", "pvc-stuck-terminating", part.claim_stuck_terminating(),
+                "a scratch claim deleted half an hour ago, kept by kubernetes.io/pvc-protection "
+                "because the pod that mounts it still runs")
     world.plant("nodes", "check-failing", part.unreachable_cluster("edge"),
                 "a second cluster, edge, whose API server answers 503 throughout: the nodes "
                 "check cannot complete there")
@@ -385,6 +406,9 @@ def _plant_nublado(world: DemoWorld) -> None:
                 "terminating")
     world.plant("labs", "lab-namespace-orphan", part.namespace_orphan("vic"),
                 "a namespace nublado-vic that neither the hub nor the controller has a lab for")
+    world.plant("culler", "culler-missing", DEMO_CULLER,
+                f"hub {part.hub_name} is configured with culler_service = "
+                f"\"{DEMO_CULLER}\", and its services list none")
 
 
 def run_demo(passes: int = 4, as_json: bool = False, keep: bool = False,

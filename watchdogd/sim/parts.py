@@ -142,6 +142,15 @@ class CloudPart:
         self.injected.setdefault("quota_near", []).append("volume/gigabytes")
         return "volume/gigabytes"
 
+    def quota_exhausted(self) -> str:
+        """The project's Nova instances quota set to exactly the servers it runs: the next
+        node cannot be created. Returns the subject of the ``quota-exhausted`` finding."""
+        _, sim = self._started()
+        used = sim.nova.usage(sim.admin_project_id)
+        sim.set_compute_quota(instances=used["instances"])
+        self.injected.setdefault("quota_exhausted", []).append("compute/instances")
+        return "compute/instances"
+
     def servers_for_nodes(self) -> dict[str, str]:
         """Give every Node of the world's cluster whose ``spec.providerID`` is
         ``openstack:///<id>`` its Nova server (``ACTIVE``, named after the node) if it has
@@ -377,6 +386,33 @@ class ClusterPart:
         self.world.kube.put(stuck_namespace(name, now=self.world.clock(),
                                             terminating_for=terminating_for))
         return self._plant("namespace-stuck-terminating", name)
+
+    def claim_stuck_terminating(self, name: str = "scratch-wendy", pod: str = "jupyter-wendy",
+                                deleted_ago: timedelta = timedelta(minutes=30)) -> str:
+        """A claim deleted ``deleted_ago`` (on the API server's own clock) that
+        ``kubernetes.io/pvc-protection`` keeps because pod ``pod`` still mounts it. Returns
+        the ``pvc-stuck-terminating`` finding's subject."""
+        world = self.world
+        deleted = world.kube.clock() - deleted_ago
+        world.kube.put({
+            "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": {"name": name, "namespace": world.namespace,
+                         "finalizers": ["kubernetes.io/pvc-protection"],
+                         "deletionTimestamp": deleted.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                         "deletionGracePeriodSeconds": 0},
+            "spec": {"accessModes": ["ReadWriteOnce"],
+                     "resources": {"requests": {"storage": "1Gi"}}},
+            "status": {"phase": "Pending"}})
+        world.kube.put({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": pod, "namespace": world.namespace,
+                         "labels": {"app": "scratch"}},
+            "spec": {"nodeName": "node-1", "containers": [{"name": "main", "image": "busybox"}],
+                     "volumes": [{"name": "data",
+                                  "persistentVolumeClaim": {"claimName": name}}]},
+            "status": {"phase": "Running"}})
+        return self._plant("pvc-stuck-terminating",
+                           f"{world.cluster_name}/{world.namespace}/{name}")
 
     def tls_secret(self, name: str, days: float, *, host: str | None = None,
                    annotations: dict[str, str] | None = None) -> str:
