@@ -6,6 +6,8 @@
 #   - promtool from Debian's prometheus package (the alert rules' tests)
 #   - kubectl (the machine image has it; else Debian's kubernetes-client), for the tests that
 #     pipe manifests into `kubectl apply` and render the kustomizations
+#   - headless Chromium and its WebDriver from Debian (chromium, chromium-driver), for the
+#     admin page's browser test (selenium drives them)
 #
 # Idempotent; meant to run as root on a fresh Debian 12 machine (CI calls it).
 # Prints one line per thing it did or found already present.
@@ -135,6 +137,14 @@ else
     # The machine image ships kubectl; Debian's own package of it is kubernetes-client.
     apt_install kubernetes-client
     command -v kubectl >/dev/null 2>&1 || die "kubernetes-client installed but no kubectl on PATH"
+fi
+
+# --- Chromium and chromedriver: the admin page's browser test -------------------------------
+if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then
+    say "chromium and chromedriver already present ($(chromium --version 2>/dev/null | head -n 1))"
+else
+    apt_install chromium chromium-driver
+    command -v chromedriver >/dev/null 2>&1 || die "chromium-driver installed but chromedriver is missing"
 fi
 
 # --- JupyterHub 5.x in its own venv -----------------------------------------------------------

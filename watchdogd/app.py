@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from watchdogd.notify import Notifier
     from watchdogd.sources import Sources
     from watchdogd.store import Store
+    from watchdogd.web import WebServer
 
 __all__ = ["App", "BuildError", "build", "load_config", "open_store", "reload"]
 
@@ -77,6 +78,8 @@ class App:
     listener: AckListener | None = None
     #: the weekly digest's own destinations (``[digest] enabled``, built with ``service``)
     digest: Notifier | None = None
+    #: the admin page (``[web] listen``), served by ``watchdogd run``
+    web: WebServer | None = None
     _closers: list[Callable[[], None]] = field(default_factory=list, repr=False)
 
     def daemon(self, reloader: Callable[[], Reload] | None = None) -> Daemon:
@@ -134,12 +137,36 @@ def build(config: Config, *, dry_run: bool | None = None,
         if elector is not None:
             extra["acting"] = elector.is_leader
         engine = Engine(config, store, sources, notifier=notifier, dry_run=dry_run, **extra)
+        web = _web(config, store, engine, clock) if service and config.web.listen else None
+        if web is not None:
+            closers.append(web.stop)
     except BaseException:
         for close in reversed(closers):
             close()
         raise
     return App(config, store, sources, notifier, engine, elector, health, metrics, server,
-               links, listener, digest, closers)
+               links, listener, digest, web, closers)
+
+
+def _web(config: Config, store: Store, engine: Engine,
+         clock: Callable[[], datetime] | None) -> WebServer:
+    """The admin page, fed each pass's report; BuildError without ``watchdogd[web]``."""
+    try:
+        import jinja2  # noqa: F401, PLC0415
+        import jupyterhub.services.auth  # noqa: F401, PLC0415
+        import tornado  # noqa: F401, PLC0415
+    except ImportError:
+        raise BuildError("web.listen: the admin page needs the extra: "
+                         "pip install 'watchdogd[web]'") from None
+    from watchdogd.times import utcnow  # noqa: PLC0415
+    from watchdogd.web import Latest, WebServer  # noqa: PLC0415
+
+    latest = Latest()
+    engine.listeners.append(latest.observe)
+    try:
+        return WebServer(config, store, latest, clock or utcnow)
+    except ValueError as exc:
+        raise BuildError(f"web.listen: {exc}") from None
 
 
 def reload(app: App, path: str | Path | None, dry_run: bool | None) -> Reload:

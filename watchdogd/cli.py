@@ -199,7 +199,7 @@ def run(config_path: str | None, dry_run: bool | None) -> None:
     sys.exit(supervise(daemon, systemd=SystemdNotifier.from_env(),
                        watchdog_period=watchdog_period(), health=app.health,
                        metrics=app.metrics, server=app.server, elector=app.elector,
-                       listener=app.listener))
+                       listener=app.listener, web=app.web))
 
 
 @cli.group("config")

@@ -523,6 +523,33 @@ class Inventory:
     clouds: Mapping[str, CloudConfig]
 
 
+class WebConfig(Section):
+    """The admin page: ``/services/watchdogd/`` behind the hub's own login (``watchdogd[web]``).
+
+    Off unless ``listen`` is set. The hub named by ``hub`` registers it as a service (same
+    name as the API token's service); its ``api_url`` and ``api_token`` are how the page asks
+    the hub who a visitor is, so the page needs no secret of its own.
+    """
+
+    #: ``host:port`` the page listens on inside ``watchdogd run``; None: no page
+    listen: str | None = None
+    #: the ``[hubs.X]`` whose login guards the page
+    hub: str | None = None
+    #: the hub's name of this service (``c.JupyterHub.services``; z2jh ``hub.services.X``)
+    service_name: str = Field("watchdogd", min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
+    #: who may see the page: hub admins, and members of these hub groups or roles
+    allow_admins: bool = True
+    allowed_groups: list[str] = Field(default_factory=list)
+    allowed_roles: list[str] = Field(default_factory=list)
+    #: how many audit rows the page shows
+    recent_actions: int = Field(50, ge=1, le=1000)
+
+    @property
+    def base_url(self) -> str:
+        """Where the hub's proxy sends the service's traffic."""
+        return f"/services/{self.service_name}/"
+
+
 class Config(BaseSettings):
     """The whole configuration. Build it with :func:`load_config`."""
 
@@ -546,6 +573,7 @@ class Config(BaseSettings):
     maintenance: dict[str, MaintenanceWindow] = Field(default_factory=dict)
     exclusions: ExclusionsConfig = ExclusionsConfig()
     digest: DigestConfig = DigestConfig()
+    web: WebConfig = WebConfig()
 
     _toml_path: ClassVar[Path | None] = None
 
@@ -791,6 +819,12 @@ def _references(data: dict[str, Any]) -> list[str]:
     lease = section("daemon").get("lease_cluster")
     if isinstance(lease, str) and lease not in clusters:
         problems.append(f"daemon.lease_cluster: no cluster named {lease!r}")
+    web = section("web")
+    web_hub = web.get("hub")
+    if isinstance(web_hub, str) and web_hub not in section("hubs"):
+        problems.append(f"web.hub: no hub named {web_hub!r}")
+    if web.get("listen") and web_hub is None:
+        problems.append("web.hub: required with web.listen (the hub whose login guards the page)")
     return problems
 
 

@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from watchdogd.metrics import Health, Metrics, MetricsServer
     from watchdogd.notify import Notifier
     from watchdogd.sdnotify import SystemdNotifier
+    from watchdogd.web import WebServer
 
 __all__ = ["RESTART_SECTIONS", "Daemon", "Reload", "ReloadRefused", "supervise"]
 
@@ -56,7 +57,7 @@ SHUTDOWN_GRACE = 15.0
 #: exit code when a stop had to abandon a pass that ignored its deadline (EX_TEMPFAIL)
 EXIT_STOP_TIMEOUT = 75
 #: sections a reload keeps: they belong to the process, and take effect at the next start
-RESTART_SECTIONS = ("state", "daemon", "listener", "digest")
+RESTART_SECTIONS = ("state", "daemon", "listener", "digest", "web")
 
 log = structlog.get_logger("watchdogd.daemon")
 
@@ -364,6 +365,7 @@ def supervise(
     server: MetricsServer | None = None,
     elector: LeaderElector | None = None,
     listener: AckListener | None = None,
+    web: WebServer | None = None,
 ) -> int:
     """Run ``daemon`` with systemd notification, metrics, health and leader election.
 
@@ -455,6 +457,17 @@ def supervise(
             if server is not None:
                 server.stop()
             return EXIT_CONFIG
+    if web is not None:
+        try:
+            web.start()
+        except OSError as exc:
+            log.error("cannot serve the admin page", listen=f"{web.host}:{web.port}",
+                      error=exc.strerror or str(exc), setting="web.listen")
+            if listener is not None:
+                listener.stop()
+            if server is not None:
+                server.stop()
+            return EXIT_CONFIG
     if elector is not None:
         elector.start()
     try:
@@ -468,6 +481,8 @@ def supervise(
             elector.stop(release=True)
         if server is not None:
             server.stop()
+        if web is not None:
+            web.stop()
 
 
 def _close(sources: Any) -> None:

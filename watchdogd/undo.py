@@ -44,6 +44,8 @@ class UndoContext:
     config: Config
     store: Store
     console: Console
+    #: who asked, when it is not the login behind the CLI (the admin page's hub user)
+    by: str | None = None
 
 
 #: An undo: given the audited action, restore; returns a one-line result, or raises
@@ -187,6 +189,9 @@ NO_UNDO: dict[str, str] = {
                             "quarantine_days first",
     "undo": "an undo is not undone; run the original action again",
     "delete-lab": "a deleted lab is started again by its user",
+    "silence-add": "expire the silence instead (watchdogd silence expire, or the page)",
+    "silence-expire": "add a silence again",
+    "ack": "an acknowledgement ends when its finding escalates or resolves",
 }
 
 
@@ -213,7 +218,8 @@ def undo(ctx: UndoContext, action_id: int) -> int:
     finding = Finding("undo", record.target, "undo", str(action_id), Severity.INFO,
                       f"operator undo of action {action_id} ({name})")
     audit = Action("undo", "operator", record.target, name,
-                   params={"undoes": action_id, "action": name}, destructive=False)
+                   params={"undoes": action_id, "action": name}
+                   | ({"by": ctx.by} if ctx.by else {}), destructive=False)
     undo_id = ctx.store.begin_action(f"operator-{uuid.uuid4().hex[:12]}", finding, audit,
                                      datetime.now(UTC))
     try:

@@ -23,7 +23,7 @@ LAYERS: list[set[str]] = [
     {"sources"},
     {"checks", "policy", "store", "maintenance"},
     {"report", "notify", "diskmap", "digest"},
-    {"engine", "leader", "metrics", "repair", "undo", "listener"},
+    {"engine", "leader", "metrics", "repair", "undo", "listener", "web"},
     {"daemon"},
     {"app"},
     {"cli", "__main__", "sim"},
