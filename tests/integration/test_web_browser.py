@@ -201,12 +201,6 @@ def test_admin_silences_a_finding_in_the_browser(deployment: tuple[RealHub, App,
         assert set(rows) == {ALICE, "sessions/main/stale-session/bob"}
         assert "stop-server: dry-run" in rows[ALICE]
         assert "dry run: remediation.dry_run is on" in rows[ALICE]
-        shot = tmp_path / "admin-page.png"
-        driver.save_screenshot(str(shot))
-        if os.environ.get("WATCHDOGD_SCREENSHOTS"):
-            target = REPO / "docs" / "screenshots" / "admin-page.png"
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(shot, target)
 
         # Silence alice's finding through its form.
         row = driver.find_element(By.CSS_SELECTOR, f'#findings tr[data-key="{ALICE}"]')
@@ -218,8 +212,12 @@ def test_admin_silences_a_finding_in_the_browser(deployment: tuple[RealHub, App,
         assert "silence 1 added" in driver.find_element(By.ID, "note").text
         row = driver.find_element(By.CSS_SELECTOR, f'#findings tr[data-key="{ALICE}"]')
         assert "alice is testing a new image" in row.text
+        shot = tmp_path / "admin-page.png"
+        assert driver.save_screenshot(str(shot))
         if os.environ.get("WATCHDOGD_SCREENSHOTS"):
-            driver.save_screenshot(str(REPO / "docs" / "screenshots" / "admin-silenced.png"))
+            target = REPO / "docs" / "screenshots" / "admin-page.png"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(shot, target)
 
         # What the CLI and the next pass see.
         [silence] = json.loads(cli(capsys, config_path, "silence", "list", "--json"))

@@ -25,6 +25,7 @@ from watchdogd.config import (
     NotifyConfig,
     RemediationConfig,
     StateConfig,
+    WebConfig,
 )
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "watchdogd.example.toml"
@@ -48,7 +49,7 @@ def test_every_key_is_documented() -> None:
     models: list[type[BaseModel]] = [StateConfig, NotifyConfig, RemediationConfig, DaemonConfig,
                                      DigestConfig,
                                      ClusterConfig, HubConfig, CloudConfig, MaintenanceWindow,
-                                     ExclusionsConfig, ListenerConfig]
+                                     ExclusionsConfig, ListenerConfig, WebConfig]
     models += [spec.settings_model for spec in REGISTRY.values()]
     missing = {f"{m.__name__}.{k}" for m in models for k in fields(m) - documented}
     # Secrets are documented through their *_file keys.
@@ -60,7 +61,7 @@ def test_every_key_is_documented() -> None:
     assert fields(Config) <= documented | {"state", "notify", "remediation", "daemon",
                                            "clusters", "hubs", "clouds", "checks",
                                            "maintenance", "exclusions", "listener",
-                                           "digest"}
+                                           "digest", "web"}
     assert fields(CheckConfig) <= documented
 
 
