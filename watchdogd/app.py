@@ -161,6 +161,10 @@ def _web(config: Config, store: Store, engine: Engine,
     from watchdogd.times import utcnow  # noqa: PLC0415
     from watchdogd.web import Latest, WebServer  # noqa: PLC0415
 
+    hub = config.hubs.get(config.web.hub or "")
+    if hub is None or hub.api_token is None:
+        raise BuildError(f"web.hub: hubs.{config.web.hub} has no api_token (the service's token "
+                         "asks the hub who a visitor is)")
     latest = Latest()
     engine.listeners.append(latest.observe)
     try:

@@ -19,7 +19,7 @@ from tests.unit.test_engine import T0, FakeWorld
 from tests.unit.test_silences import KEY, engine_for, stopped
 from watchdogd.config import WebConfig
 from watchdogd.engine import Engine
-from watchdogd.model import Action, Finding, Severity
+from watchdogd.model import Action, Finding, Severity, SourceError
 from watchdogd.sim.world import SimClock
 from watchdogd.web import (
     Latest,
@@ -257,3 +257,53 @@ def test_undo_from_the_page_names_the_admin(tmp_path: Path, monkeypatch: pytest.
     assert row.status == "done"
     data = gather(engine.config, engine.store, Latest(), clock())
     assert [a["undo"] for a in data.actions if a["id"] == action_id] == [False]
+
+
+def test_failing_checks_are_listed_with_their_error(tmp_path: Path) -> None:
+    engine, latest, clock = world_engine(tmp_path, "alice")
+    WORLDS[id(engine)].fail["hubapi"] = SourceError("hubapi", "main", "<unreachable>\x1b")
+    clock.advance(minutes=5)
+    engine.run_pass()
+    shown = page(engine, latest, clock)
+    failing = shown.all_text.split("Failing checks", 1)[1].split("Silences", 1)[0]
+    assert "sessions/main" in failing
+    assert "hubapi main: <unreachable>\\x1b" in failing
+
+
+@pytest.mark.parametrize(("web", "problem"), [
+    ({"listen": "127.0.0.1:8090"}, "web.hub: required with web.listen"),
+    ({"listen": "127.0.0.1:8090", "hub": "nope"}, "web.hub: no hub named 'nope'"),
+    ({"service_name": "a/b"}, "web.service_name"),
+])
+def test_web_config_problems_name_the_key(tmp_path: Path, web: dict[str, Any],
+                                          problem: str) -> None:
+    from watchdogd.config import ConfigError, load_config
+
+    lines = "\n".join(f"{k} = {v!r}".replace("'", '"') for k, v in web.items())
+    path = tmp_path / "w.toml"
+    path.write_text(f"""
+[clusters.js2]
+kubeconfig = "/nonexistent"
+[hubs.main]
+cluster = "js2"
+api_url = "http://hub:8081/hub/api"
+[web]
+{lines}
+""")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert any(p.startswith(problem) for p in caught.value.problems), caught.value.problems
+
+
+def test_a_page_without_the_hubs_token_is_a_build_error(tmp_path: Path) -> None:
+    from watchdogd.app import BuildError, build
+    from watchdogd.config import Config
+
+    config = Config.model_validate({
+        "state": {"url": f"sqlite:///{tmp_path}/s.db"},
+        "daemon": {"metrics_listen": None},
+        "clusters": {"js2": {"kubeconfig": "/nonexistent"}},
+        "hubs": {"main": {"cluster": "js2", "api_url": "http://hub:8081/hub/api"}},
+        "web": {"listen": "127.0.0.1:0", "hub": "main"}})
+    with pytest.raises(BuildError, match=r"web\.hub: hubs\.main has no api_token"):
+        build(config, service=True, notify=False)
