@@ -13,7 +13,9 @@ hub (two stale sessions, in dry run). Headless Chromium (Debian's ``chromium`` a
   the silence and its audit row by the admin's hub username, and the next pass holds the
   silenced finding's action and only that one;
 - a POST with the admin's cookies but without the ``_xsrf`` token is refused (403) and
-  changes nothing;
+  changes nothing (the same POST with the page's token is accepted);
+- the silence's expire button ends it, and an action's undo button undoes it, the ``undo``
+  row naming the admin (the undo itself is a stand-in: the real one talks to Cinder);
 - a user the hub lets through OAuth (``access:services``) but who is not an admin gets 403.
 
 With ``WATCHDOGD_SCREENSHOTS=1`` the page's screenshot is also written to
@@ -40,8 +42,10 @@ from watchdogd.app import App, build, load_config
 from watchdogd.checks import REGISTRY
 from watchdogd.cli import main
 from watchdogd.engine import Engine
+from watchdogd.model import Action, Finding, Severity
 from watchdogd.sources import Sources
 from watchdogd.times import utcnow
+from watchdogd.undo import UNDO
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -142,6 +146,17 @@ def log_in(driver: Any, hub: RealHub, user: str) -> None:
          and "oauth_callback" not in driver.current_url)
 
 
+def body_text(driver: Any) -> str:
+    """The page's text now; "" while the browser is between two pages."""
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+
+    try:
+        return str(driver.find_element(By.TAG_NAME, "body").text)
+    except (NoSuchElementException, StaleElementReferenceException):
+        return ""
+
+
 def cli(capsys: pytest.CaptureFixture[str], config: Path, *args: str) -> str:
     """``watchdogd ARGS --config CONFIG``'s output (in this process: a CLI start is slow)."""
     capsys.readouterr()
@@ -185,7 +200,8 @@ def deployment(tmp_path: Path) -> Iterator[tuple[RealHub, App, Engine, Path]]:
 
 def test_admin_silences_a_finding_in_the_browser(deployment: tuple[RealHub, App, Engine, Path],
                                                 tmp_path: Path,
-                                                capsys: pytest.CaptureFixture[str]) -> None:
+                                                capsys: pytest.CaptureFixture[str],
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
     from selenium.webdriver.common.by import By
 
     hub, _app, engine, config_path = deployment
@@ -194,7 +210,7 @@ def test_admin_silences_a_finding_in_the_browser(deployment: tuple[RealHub, App,
     driver = chrome()
     try:
         log_in(driver, hub, "ana")
-        body = driver.find_element(By.TAG_NAME, "body").text
+        body = body_text(driver)
         assert "signed in as ana" in body
         rows = {r.get_attribute("data-key"): r.text
                 for r in driver.find_elements(By.CSS_SELECTOR, "#findings tr[data-key]")}
@@ -250,6 +266,25 @@ def test_admin_silences_a_finding_in_the_browser(deployment: tuple[RealHub, App,
                                  cookies=cookies, allow_redirects=False, timeout=10)
         assert accepted.status_code == 303, accepted.text
         assert "sessions/main/stale-session/bob" in engine.store.acks()
+
+        # Expire the silence, and undo an undoable action, through their buttons.
+        driver.get(hub.public_url + "services/watchdogd/")
+        driver.find_element(By.CSS_SELECTOR, "#silences button[name=expire]").click()
+        poll("the page's note", lambda: "silence 1 expired" in body_text(driver))
+        assert engine.store.silences(utcnow()) == []
+        finding = Finding("orphans", "cloud", "orphan-volume", "v1", Severity.INFO, "m")
+        action_id = engine.store.begin_action(
+            "p1", finding, Action("quarantine", "openstack", "cloud", "quarantine",
+                                  destructive=False), utcnow())
+        engine.store.finish_action(action_id, "done", "marked", utcnow())
+        # The real undo talks to Cinder: here it only says what it would have done.
+        monkeypatch.setitem(UNDO, "quarantine", lambda _ctx, _record: "unmarked v1")
+        driver.get(hub.public_url + "services/watchdogd/")
+        driver.find_element(By.CSS_SELECTOR, "#actions button[name=undo]").click()
+        poll("the page's note", lambda: f"action {action_id} undone" in body_text(driver))
+        [undone] = engine.store.actions(name="undo")
+        assert undone.params == {"undoes": action_id, "action": "quarantine", "by": "ana"}
+        assert not driver.find_elements(By.CSS_SELECTOR, "#actions button[name=undo]")
     finally:
         driver.quit()
 
@@ -263,9 +298,8 @@ def test_admin_silences_a_finding_in_the_browser(deployment: tuple[RealHub, App,
         driver.find_element(By.ID, "username_input").send_keys("bob")
         driver.find_element(By.ID, "password_input").send_keys(PASSWORD)
         driver.find_element(By.ID, "login_submit").click()
-        poll("watchdogd's answer", lambda: "403" in driver.find_element(
-            By.TAG_NAME, "body").text)
-        assert "alice" not in driver.find_element(By.TAG_NAME, "body").text
+        poll("watchdogd's answer", lambda: "403" in body_text(driver))
+        assert "alice" not in body_text(driver)
         cookies = {c["name"]: c["value"] for c in driver.get_cookies()}
         answer = requests.get(hub.public_url + "services/watchdogd/", cookies=cookies,
                               allow_redirects=False, timeout=10)
