@@ -136,7 +136,11 @@ def gather(config: Config, store: Store, latest: Latest, now: datetime) -> PageD
             "acked": row["key"] in acks,
             "severity_rank": Severity.parse(row["severity"]).value,
         })
+    # Per hub, cloud and cluster; in each, the worst and oldest first.
     findings.sort(key=lambda f: (-f["severity_rank"], f["first_seen"]))
+    for order, finding in enumerate(findings):
+        finding["order"] = order
+        finding["where"] = f"{_kind_of(config, finding['target'])} {finding['target']}"
     undone = {r.params.get("undoes") for r in store.actions(name="undo", limit=100_000)
               if r.status == "done"}
     actions = [{
@@ -155,6 +159,13 @@ def gather(config: Config, store: Store, latest: Latest, now: datetime) -> PageD
     passes = [{"check": check, "target": target, "last_success": iso(when),
                "ago": _age(now - when)} for (check, target), when in sorted(successes.items())]
     return PageData(now, findings, actions, failing, silences, windows, passes)
+
+
+def _kind_of(config: Config, target: str) -> str:
+    """What a check target is: a hub, a cloud or a cluster (a name may be more than one)."""
+    kinds = [kind for kind, names in (("hub", config.hubs), ("cloud", config.clouds),
+                                      ("cluster", config.clusters)) if target in names]
+    return "/".join(kinds) or "target"
 
 
 def _silence(silence: Silence, now: datetime) -> dict[str, Any]:
@@ -324,12 +335,13 @@ form{display:inline}input[type=text]{width:10em}small{color:#666}
 <p><small>page made at {{ now }}</small></p>
 
 <h2>Open findings ({{ data.findings|length }})</h2>
-{% if data.findings %}
-<table id="findings"><tr><th>severity</th><th>where</th><th>kind</th><th>subject</th>
+{% for where, group in data.findings|groupby("where") %}
+<h3>{{ where }} ({{ group|length }})</h3>
+<table class="findings"><tr><th>severity</th><th>check</th><th>kind</th><th>subject</th>
 <th>age</th><th>evidence</th><th>planned action</th><th>why it waits</th><th></th></tr>
-{% for f in data.findings %}
+{% for f in group|sort(attribute="order") %}
 <tr data-key="{{ f.key }}"><td class="{{ f.severity }}">{{ f.severity }}</td>
-<td>{{ f.check }}/{{ f.target }}</td><td>{{ f.kind }}</td><td>{{ f.subject }}
+<td>{{ f.check }}</td><td>{{ f.kind }}</td><td>{{ f.subject }}
 <br><small>{{ f.message }}</small></td>
 <td>{{ f.age }} <small>({{ f.sightings }} sightings)</small></td>
 <td><pre>{% for line in f.evidence_lines %}{{ line }}
@@ -352,7 +364,7 @@ form{display:inline}input[type=text]{width:10em}small{color:#666}
 <input type="hidden" name="key" value="{{ f.key }}">
 <button type="submit" name="ack">acknowledge</button></form>{% endif %}</td></tr>
 {% endfor %}</table>
-{% else %}<p>No open findings.</p>{% endif %}
+{% else %}<p>No open findings.</p>{% endfor %}
 
 <h2>Failing checks</h2>
 {% if data.failing %}<table id="failing"><tr><th>check</th><th>error</th><th>breaker</th></tr>

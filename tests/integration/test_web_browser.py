@@ -213,20 +213,20 @@ def test_admin_silences_a_finding_in_the_browser(deployment: tuple[RealHub, App,
         body = body_text(driver)
         assert "signed in as ana" in body
         rows = {r.get_attribute("data-key"): r.text
-                for r in driver.find_elements(By.CSS_SELECTOR, "#findings tr[data-key]")}
+                for r in driver.find_elements(By.CSS_SELECTOR, ".findings tr[data-key]")}
         assert set(rows) == {ALICE, "sessions/main/stale-session/bob"}
         assert "stop-server: dry-run" in rows[ALICE]
         assert "dry run: remediation.dry_run is on" in rows[ALICE]
 
         # Silence alice's finding through its form.
-        row = driver.find_element(By.CSS_SELECTOR, f'#findings tr[data-key="{ALICE}"]')
+        row = driver.find_element(By.CSS_SELECTOR, f'.findings tr[data-key="{ALICE}"]')
         row.find_element(By.NAME, "duration").clear()
         row.find_element(By.NAME, "duration").send_keys("2h")
         row.find_element(By.NAME, "reason").send_keys("alice is testing a new image")
         row.find_element(By.NAME, "silence").click()
         poll("the page's note", lambda: driver.find_elements(By.ID, "note"))
         assert "silence 1 added" in driver.find_element(By.ID, "note").text
-        row = driver.find_element(By.CSS_SELECTOR, f'#findings tr[data-key="{ALICE}"]')
+        row = driver.find_element(By.CSS_SELECTOR, f'.findings tr[data-key="{ALICE}"]')
         assert "alice is testing a new image" in row.text
         shot = tmp_path / "admin-page.png"
         assert driver.save_screenshot(str(shot))

@@ -91,6 +91,7 @@ def test_page_shows_findings_with_why_the_fix_waits(tmp_path: Path) -> None:
     shown = page(engine, latest, clock)
     text = shown.all_text
     assert "stale-session" in text and "alice" in text
+    assert "hub main (1)" in text  # grouped by hub, cloud and cluster
     assert "stop-server: dry-run" in text
     assert "dry run: remediation.dry_run is on" in text
     assert "5m" in text  # its age
