@@ -451,6 +451,10 @@ _NOTES = {"silence": "silence {id} added", "ack": "finding acknowledged",
           "undo": "action {id} undone"}
 
 
+#: the cookie that carries a refused button's reason to the next page view
+_ERROR_COOKIE = "watchdogd-refused"
+
+
 class WebServer:
     """The page's tornado application on its own event loop, in a background thread."""
 
@@ -569,19 +573,24 @@ def make_app(server: WebServer) -> Any:
             ident = self.get_argument("id", "")
             note = (_NOTES[done].format(id=int(ident) if ident.isdigit() else "")
                     if done in _NOTES else None)
-            error = self.get_argument("error", None)
+            # A refusal comes back in a signed cookie of this page's own making, never in
+            # the URL: a link cannot put words of its own on the page.
+            error = self.get_signed_cookie(_ERROR_COOKIE, max_age_days=1 / 1440)
+            if error is not None:
+                self.clear_cookie(_ERROR_COOKIE, path=base)
             self.write(render_page(data, user=self.who, xsrf=self.xsrf_token.decode(),
                                    base=base, note=note,
-                                   error=safe_text(error, 300) if error else None))
+                                   error=safe_text(error.decode("utf-8", "replace"), 300)
+                                   if error else None))
 
     class Button(Base):
         def back(self, done: str, ident: object = "") -> None:
             self.redirect(f"{base}?done={done}&id={ident}", status=303)
 
         def refuse(self, exc: Exception) -> None:
-            from urllib.parse import quote  # noqa: PLC0415
-
-            self.redirect(f"{base}?error={quote(safe_text(exc, 300))}", status=303)
+            self.set_signed_cookie(_ERROR_COOKIE, safe_text(exc, 300), expires_days=None,
+                                   path=base, httponly=True, samesite="Strict")
+            self.redirect(base, status=303)
 
         def number(self, name: str) -> int:
             value = self.get_body_argument(name, "")

@@ -266,6 +266,16 @@ def test_admin_silences_a_finding_in_the_browser(deployment: tuple[RealHub, App,
                                  cookies=cookies, allow_redirects=False, timeout=10)
         assert accepted.status_code == 303, accepted.text
         assert "sessions/main/stale-session/bob" in engine.store.acks()
+        # A refused button (no reason given) says why on the next page, and changes nothing.
+        session = requests.Session()
+        session.cookies.update(cookies)
+        refused = session.post(hub.public_url + "services/watchdogd/silence",
+                               data={"key": "sessions/main/stale-session/bob",
+                                     "duration": "1h", "reason": " ", "_xsrf": token},
+                               timeout=10)
+        assert refused.status_code == 200
+        assert "reason: say why" in refused.text
+        assert len(json.loads(cli(capsys, config_path, "silence", "list", "--json"))) == 1
 
         # Expire the silence, and undo an undoable action, through their buttons.
         driver.get(hub.public_url + "services/watchdogd/")
