@@ -108,9 +108,15 @@ hub = "main"
 
 
 def poll(what: str, check: Callable[[], Any], timeout: float = 20.0) -> Any:
+    """``check()`` until truthy; a browser between two pages (its elements gone) is falsy."""
+    from selenium.common.exceptions import WebDriverException
+
     deadline = time.monotonic() + timeout
     while True:
-        result = check()
+        try:
+            result = check()
+        except WebDriverException:
+            result = None
         if result:
             return result
         if time.monotonic() > deadline:
@@ -142,18 +148,17 @@ def log_in(driver: Any, hub: RealHub, user: str) -> None:
     driver.find_element(By.ID, "username_input").send_keys(user)
     driver.find_element(By.ID, "password_input").send_keys(PASSWORD)
     driver.find_element(By.ID, "login_submit").click()
-    poll("back on the page", lambda: "/services/watchdogd/" in driver.current_url
-         and "oauth_callback" not in driver.current_url)
+    poll("back on the page", lambda: f"signed in as {user}" in body_text(driver))
 
 
 def body_text(driver: Any) -> str:
     """The page's text now; "" while the browser is between two pages."""
-    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.common.by import By
 
     try:
         return str(driver.find_element(By.TAG_NAME, "body").text)
-    except (NoSuchElementException, StaleElementReferenceException):
+    except WebDriverException:  # stale, missing, or "node does not belong to the document"
         return ""
 
 
