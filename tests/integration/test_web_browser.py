@@ -182,25 +182,29 @@ def deployment(tmp_path: Path) -> Iterator[tuple[RealHub, App, Engine, Path]]:
     with KubeSim() as kube:
         hub = RealHub(tmp_path / "hub", kube_url=kube.url, kube_token=kube.token,
                       extra_config=hub_config(web_port))
-        with hub:
-            config_path = watchdogd_config(tmp_path, hub, web_port)
-            app = build(load_config(config_path), service=True, notify=False)
-            try:
-                assert app.web is not None
-                world = FakeWorld()
-                world.add("alice", pod=False)
-                world.add("bob", pod=False)
-                factories = {n: (lambda _c, _n: Adapter(world))
-                             for n in ("hubdb", "hubapi", "proxy", "kube")}
-                # The engine's passes over the simulated hub, reported to the page as the
-                # daemon's engine reports them (the listener build() installed).
-                engine = Engine(app.config, app.store, Sources(app.config, factories),
-                                clock=utcnow, registry={"sessions": REGISTRY["sessions"]})
-                engine.listeners.extend(app.engine.listeners)
-                app.web.start()
+        # The page is up before the hub starts, as a deployed service usually is (a hub
+        # that starts before its services waits for them).
+        hub.hub_port, hub.public_port, hub.proxy_api_port = free_port(), free_port(), free_port()
+        hub.api_url = f"http://127.0.0.1:{hub.hub_port}/hub/api"
+        config_path = watchdogd_config(tmp_path, hub, web_port)
+        app = build(load_config(config_path), service=True, notify=False)
+        try:
+            assert app.web is not None
+            world = FakeWorld()
+            world.add("alice", pod=False)
+            world.add("bob", pod=False)
+            factories = {n: (lambda _c, _n: Adapter(world))
+                         for n in ("hubdb", "hubapi", "proxy", "kube")}
+            # The engine's passes over the simulated hub, reported to the page as the
+            # daemon's engine reports them (the listener build() installed).
+            engine = Engine(app.config, app.store, Sources(app.config, factories),
+                            clock=utcnow, registry={"sessions": REGISTRY["sessions"]})
+            engine.listeners.extend(app.engine.listeners)
+            app.web.start()
+            with hub:
                 yield hub, app, engine, config_path
-            finally:
-                app.close()
+        finally:
+            app.close()
 
 
 def test_admin_silences_a_finding_in_the_browser(deployment: tuple[RealHub, App, Engine, Path],
