@@ -83,6 +83,14 @@ class HubApi(Protocol):
         """Every server the hub considers active (running or pending)."""
         ...
 
+    def sessions(self) -> Obj:
+        """Users and active servers with spawner state (what ``HubDb.sessions`` gives)."""
+        ...
+
+    def token_scopes(self, required: tuple[str, ...] = ()) -> list[str]:
+        """The token's scopes; an error naming each of ``required`` it lacks."""
+        ...
+
     def server(self, user: str, server_name: str = "") -> Obj | None:
         """One user's server as the hub sees it now."""
         ...

@@ -126,6 +126,10 @@ class Adapter:
     def active_servers(self) -> list[dict[str, Any]]:
         return self.world.active_servers()
 
+    def token_scopes(self, required: tuple[str, ...] = ()) -> list[str]:
+        self.world._maybe_fail("hubapi")
+        return sorted(required)
+
     def stop_server(self, user: str, server_name: str = "") -> str:
         return self.world.stop_server(user, server_name)
 
@@ -155,7 +159,9 @@ def make_config(tmp_path: Path, sessions: dict[str, Any] | None = None,
         "state": {"url": f"sqlite:///{tmp_path}/state.db"},
         "remediation": {"dry_run": False, "confirm_after": 2, "min_age": 0, **remediation},
         "clusters": {"js2": {"kubeconfig": "/nonexistent"}},
+        # DB mode: FakeWorld.sessions() is the hub database's read
         "hubs": {"main": {"cluster": "js2", "api_url": "http://hub/hub/api",
+                          "db_url": "sqlite:////nonexistent/jupyterhub.sqlite",
                           "proxy_api_url": "http://proxy:8001"}},
     }
     return Config.model_validate(data)

@@ -139,7 +139,7 @@ def test_server_errors_are_retried_then_reported(serve: Callable[[Handler], Scri
 @pytest.mark.parametrize(("status", "expected"), [
     (401, "401 Unauthorized: the API token of hub main (hubs.main.api_token_file) is wrong"),
     (403, "403 Forbidden: the API token of hub main (hubs.main.api_token_file) lacks "
-          "permission; it needs the scopes list:users"),
+          "permission; it needs the scope list:users"),
 ])
 def test_token_problems_name_the_token_not_its_value(
         serve: Callable[[Handler], Scripted], status: int, expected: str) -> None:

@@ -270,6 +270,8 @@ def test_targets_share_the_sessions_checks_reads() -> None:
     hub = HubConfig.model_validate({
         "cluster": "js2", "namespace": "nublado", "layout": "nublado",
         "api_url": "http://hub:8081/hub/api", "nublado_url": "http://ctl/nublado",
+        # DB mode: the sessions check reads active_servers too (API mode reads sessions())
+        "db_url": "sqlite:////nonexistent/jupyterhub.sqlite",
         "nublado_token_file": "secrets/nublado-token"})
     plain = HubConfig.model_validate({"cluster": "js2", "api_url": "http://hub2/hub/api"})
     inventory = Inventory(clusters={}, hubs={"rsp": hub, "main": plain}, clouds={})

@@ -81,7 +81,7 @@ from watchdogd.model import (
     Severity,
     Snapshot,
 )
-from watchdogd.ports import HubDb, Kube, OpenStack, call
+from watchdogd.ports import HubApi, HubDb, Kube, OpenStack, call
 from watchdogd.slugs import escape_slug, safe_slug
 from watchdogd.text import MASK, names_a_secret
 from watchdogd.times import parse_time
@@ -132,6 +132,8 @@ class HubRef:
     namespace: str
     layout: str
     nublado_prefix: str = "nublado-"
+    #: no ``db_url``: its users come from the Hub API
+    api_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -146,8 +148,11 @@ class TargetSettings:
 
 
 
-def hub_need(hub: str) -> Need:
-    """The hub database's users (the sessions() read of the hubdb source)."""
+def hub_need(hub: str, api_only: bool = False) -> Need:
+    """The hub's users: the sessions() read of its database, or of its API without ``db_url``
+    (the key stays ``hub_db:``: both give the same ``users``)."""
+    if api_only:
+        return Need.bind(f"hub_db:{hub}", call(HubApi.sessions, hub))
     return Need.bind(f"hub_db:{hub}", call(HubDb.sessions, hub))
 
 
@@ -170,14 +175,14 @@ def targets(check: Settings, inventory: Inventory) -> list[CheckTarget]:
             groups.append((name, None, (cluster,)))
     for name, cloud_name, clusters in groups:
         hubs = tuple(HubRef(h, hub.cluster, hub.namespace, hub.layout,
-                            hub.nublado_namespace_prefix)
+                            hub.nublado_namespace_prefix, hub.db_url is None)
                      for h, hub in inventory.hubs.items() if hub.cluster in clusters)
         needs: list[Need] = [volumes_need(cloud_name)] if cloud_name else []
         for cluster in clusters:
             needs.append(pvs_need(cluster))
             # every cluster's claims: extra claims of gone users, claims stuck terminating
             needs.append(pvcs_need(cluster))
-        needs += [hub_need(h.name) for h in hubs if h.layout == "kubespawner"]
+        needs += [hub_need(h.name, h.api_only) for h in hubs if h.layout == "kubespawner"]
         result.append(CheckTarget(name, tuple(needs),
                                   TargetSettings(name, cloud_name, clusters, hubs, check)))
     return result
@@ -531,7 +536,8 @@ def _orphan_claim(d: _Detector, cluster: str, namespace: str, hubs: list[str],
                   text + ("; it is being deleted" if uid else ""), evidence)
         return
     claim_need = Need.bind("claim", call(Kube.claim, cluster, namespace=namespace, name=name))
-    users_needs = tuple(hub_need(h) for h in hubs)
+    api_only = {ref.name: ref.api_only for ref in d.s.hubs}
+    users_needs = tuple(hub_need(h, api_only.get(h, False)) for h in hubs)
     if not mark:
         if api_now is None:
             d.finding("orphan-extra-pvc", subject, Severity.INFO,

@@ -19,9 +19,15 @@ pending spawn too long (API)                            ``stuck-spawn``       ``
 pending stop too long (API)                             ``stuck-stop``        ``restart-hub``
 ===========  ==============  =========================  ====================  ===================
 
-A server the database calls running but the REST API does not list as active
-(the two were read a moment apart) is left alone for this pass: the sources
-disagree, so nothing is known for sure.
+The hub's record comes from one of two places. Without ``db_url`` (the default), the
+Hub API alone: one paginated ``GET /users`` lists every user and each active server with
+its spawner ``state`` (the ``admin:server_state`` scope), so "running" is "active" and the
+record and the API are one read. With ``db_url``, the database: a server the database calls
+running but the REST API does not list as active (the two were read a moment apart) is
+left alone for this pass: the sources disagree, so nothing is known for sure.
+
+Either way the hub API token must hold :func:`scopes_needed` (one ``GET /user`` per pass):
+a token without one is an error naming it, so no pass acts on half of its plan.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import ConfigDict, Field
 
@@ -97,7 +104,8 @@ class TargetSettings:
     check: Settings
     pod_selector: str = ""
     proxy: bool = False
-
+    #: no ``db_url``: the hub's record is the Hub API's user list (``HubApi.sessions``)
+    api_only: bool = False
 
 
 def targets(check: Settings, inventory: Inventory) -> list[CheckTarget]:
@@ -109,15 +117,30 @@ def targets(check: Settings, inventory: Inventory) -> list[CheckTarget]:
             nublado_prefix=hub.nublado_namespace_prefix,
             hub_pod_selector=hub.hub_pod_selector, check=check,
             pod_selector=hub.user_pod_selector(), proxy=bool(hub.proxy_api_url),
+            api_only=hub.db_url is None,
         )))
     return result
 
 
+def scopes_needed(hub: HubConfig) -> tuple[str, ...]:
+    """The scopes this check's reads and actions use on ``hub``'s API, in the README's order.
+
+    ``read:users`` is not among them: ``list:users`` names the users and ``read:servers``
+    adds their servers (and lets ``GET /users/{name}`` be read before acting); no other
+    field of the user model is read. ``proxy`` only when routes are compared.
+    """
+    scopes = ("list:users", "read:servers", "admin:server_state", "delete:servers")
+    return (*scopes, "proxy") if hub.proxy_api_url else scopes
+
+
 def _needs(name: str, hub: HubConfig) -> tuple[Need, ...]:
-    needs = [
-        Need.bind("hub_db", call(HubDb.sessions, name)),
-        Need.bind("hub_api", call(HubApi.active_servers, name)),
-    ]
+    needs = [Need.bind("hub_scopes", call(HubApi.token_scopes, name,
+                                          required=scopes_needed(hub)))]
+    if hub.db_url is None:
+        needs.append(Need.bind("hub_api", call(HubApi.sessions, name)))
+    else:
+        needs += [Need.bind("hub_db", call(HubDb.sessions, name)),
+                  Need.bind("hub_api", call(HubApi.active_servers, name))]
     if hub.proxy_api_url:
         needs.append(Need.bind("routes", call(Proxy.routes, name)))
     selector = hub.user_pod_selector() or None
@@ -287,11 +310,15 @@ def _hub_since(marks: dict[str, datetime], mark: str) -> tuple[str, datetime] | 
 
 
 def detect(snapshot: Snapshot, now: datetime) -> Detection:
-    """Compare hub DB, Hub API, proxy routes and pods; plan the hub's own fixes."""
+    """Compare the hub's record (DB or API), proxy routes and pods; plan the hub's own fixes."""
     d = _Detector(snapshot, now)
     s = d.s
-    db = snapshot["hub_db"]
-    api_servers = snapshot["hub_api"]
+    if s.api_only:
+        db = snapshot["hub_api"]  # one read: the users, and active servers with their state
+        api_servers = db["running"]
+    else:
+        db = snapshot["hub_db"]
+        api_servers = snapshot["hub_api"]
     pods: list[dict[str, Any]] = snapshot["pods"]
     routes: dict[str, dict[str, Any]] | None = snapshot.get("routes")
     hub_pods: list[dict[str, Any]] | None = snapshot.get("hub_pods")
@@ -308,8 +335,9 @@ def detect(snapshot: Snapshot, now: datetime) -> Detection:
         for path, r in (routes or {}).items() if r.get("jupyterhub") and r.get("user")
     }
     if not db["users"] and (pods or user_routes or api_servers or db["running"]):
-        raise ImplausibleData("the hub database has no users, yet servers, routes or pods "
-                              "exist: the database read cannot be trusted")
+        where = "the Hub API lists" if s.api_only else "the hub database has"
+        raise ImplausibleData(f"{where} no users, yet servers, routes or pods exist: that "
+                              "read cannot be trusted")
 
     running: dict[SessionKey, dict[str, Any]] = {
         (r["user"], r["server_name"]): r for r in db["running"]
@@ -412,13 +440,15 @@ def _judge_running(
         claimed.add(id(candidate))
     if pod is not None:
         claimed.add(id(pod))
-    evidence: dict[str, Any] = {"hub_db": {"server_id": row.get("server_id"),
-                                           "url": row.get("url"), "started": row.get("started"),
-                                           "state": state}}
+    evidence: dict[str, Any] = {} if s.api_only else {
+        "hub_db": {"server_id": row.get("server_id"), "url": row.get("url"),
+                   "started": row.get("started"), "state": state}}
     if api is None:
         return  # DB and API read a moment apart disagree: judge next pass
     evidence["hub_api"] = {"pending": api.get("pending"), "ready": api.get("ready"),
                            "started": api.get("started")}
+    if s.api_only:
+        evidence["hub_api"]["state"] = state
     pending = api.get("pending")
     if pending == "stop":
         waited, hub_waited, since = d.pending_for(f"pending-stop:{_subject(key)}", None)
@@ -491,12 +521,43 @@ def _judge_running(
                   "cannot reach the server", evidence, d.sync_routes(evidence, key))
         return
     path, data = route
-    expected = row.get("url")
-    if expected and data.get("target") != expected:
-        evidence["route"] = {"path": path, "target": data.get("target")}
+    target = data.get("target")
+    elsewhere: str | None
+    if s.api_only:
+        elsewhere = _target_elsewhere(target, pod, state) if s.layout == "kubespawner" else None
+        expects = f"the pod is at {elsewhere}"
+    else:
+        expected = row.get("url")
+        elsewhere = str(expected) if expected and target != expected else None
+        expects = f"the hub expects {elsewhere}"
+    if elsewhere:
+        evidence["route"] = {"path": path, "target": target}
         d.finding("route-mismatch", key, Severity.WARNING,
-                  f"the proxy sends {path} to {data.get('target')}, the hub expects {expected}",
+                  f"the proxy sends {path} to {target}, {expects}",
                   evidence, d.sync_routes(evidence, key))
+
+
+def _target_elsewhere(target: Any, pod: dict[str, Any], state: dict[str, Any]) -> str | None:
+    """The pod's address when a route ``target`` points to another host, else None.
+
+    The Hub API does not show the server's address (the DB's ``servers`` row): KubeSpawner
+    serves on the pod's IP, or on its ``dns_name`` (kept in the spawner state) with
+    services enabled, so a host that is neither is another place. The port is not known,
+    so not compared; a pod without an IP yet decides nothing.
+    """
+    status = pod.get("status") or {}
+    listed = [status.get("podIP")] + [p.get("ip") for p in status.get("podIPs") or []
+                                      if isinstance(p, dict)]
+    ips = {ip for ip in listed if isinstance(ip, str) and ip}
+    if not ips or not isinstance(target, str):
+        return None
+    try:
+        host = urlsplit(target).hostname
+    except ValueError:
+        host = None
+    if host in ips or (host and host == str(state.get("dns_name") or "").lower()):
+        return None
+    return ", ".join(sorted(ips))
 
 
 def _judge_usernames(d: _Detector, db: dict[str, Any]) -> None:
@@ -574,7 +635,7 @@ def verify(finding: Finding, reads: dict[str, Any], first_seen: datetime) -> str
     if server.get("started") != seen_api.get("started"):
         return (f"the hub's record of {finding.subject!r} changed (started "
                 f"{server.get('started')}, was {seen_api.get('started')}): it was restarted")
-    seen_state = (evidence.get("hub_db") or {}).get("state") or {}
+    seen_state = (evidence.get("hub_db") or seen_api).get("state") or {}
     state = server.get("state") or {}
     if state and seen_state and state.get("pod_name") != seen_state.get("pod_name"):
         return "the hub's spawner state names another pod now"

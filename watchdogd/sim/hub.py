@@ -11,6 +11,10 @@ status codes and messages of JupyterHub 6.1 (checked against a running 6.1.1):
 - ``GET /hub/api/users/{name}``: the user model; ``servers`` lists active servers
   (``name, ready, pending, started, last_activity, url, stopped, ...``), ``state`` only with
   the ``admin:server_state`` scope; fields are filtered by scope like the real access map;
+  with ``include_stopped_servers`` (any value but ``0``/``false``, on the list too) the
+  stopped servers as well (``stopped: true, ready: false``, their kept ``state``);
+- ``GET /hub/api/user``: the token owner's model (here always the service ``watchdogd``)
+  with ``scopes``, the token's expanded scopes (any valid token may read it);
 - ``DELETE /hub/api/users/{name}/server`` and ``/servers/{name}``: stops the server (clears
   ``spawners.server_id`` and ``started``, deletes the ``servers`` row, deletes the pod the
   spawner state names, removes the proxy route) and answers 204; a stopped server answers
@@ -863,11 +867,16 @@ class HubSim(HttpSim):
         method = req.method
         if parts == ["users"] and method == "GET":
             return self._list_users(req, scopes)
+        if parts == ["user"] and method == "GET":
+            return Response.json(200, {"kind": "service", "name": "watchdogd", "admin": False,
+                                       "roles": [], "token_id": None, "session_id": None,
+                                       "scopes": sorted(scopes)})
         if parts[0] == "users" and len(parts) == 2:
             if method == "GET":
                 self._need(scopes, "read:users", "read:users:name", "read:servers",
                            "read:users:groups", "read:users:activity", "read:roles:users")
-                return Response.json(200, self._get_user(parts[1], scopes))
+                return Response.json(200, self._get_user(parts[1], scopes,
+                                                         _include_stopped(req)))
             if method == "POST":
                 self._need(scopes, "admin:users")
                 return self._create_user(parts[1], scopes)
@@ -952,13 +961,16 @@ class HubSim(HttpSim):
                 f"SELECT * FROM users {where} ORDER BY id LIMIT ? OFFSET ?",  # noqa: S608
                 (limit, offset)).fetchall()
             active = self._active_rows([row["id"] for row in rows])
+            stopped = (self._active_rows([row["id"] for row in rows], stopped=True)
+                       if _include_stopped(req) else {})
             items = []
             for row in rows:
                 if state == "ready" and not any(
                         self._pending.get((row["name"], r["name"] or "")) is None
                         for r in active.get(row["id"], [])):
                     continue
-                model = self._user_model(row, scopes, active.get(row["id"], []))
+                model = self._user_model(row, scopes, active.get(row["id"], []),
+                                         stopped.get(row["id"], []))
                 if model:
                     items.append(model)
         if not accepts:
@@ -974,13 +986,16 @@ class HubSim(HttpSim):
             pagination["next"] = {"offset": offset + limit, "limit": limit, "url": url}
         return Response.json(200, {"items": items, "_pagination": pagination})
 
-    def _get_user(self, name: str, scopes: frozenset[str]) -> dict[str, Any]:
+    def _get_user(self, name: str, scopes: frozenset[str],
+                  include_stopped: bool = False) -> dict[str, Any]:
         with self._lock:
             row = self._user_row(self._db, name)
             if row is None:
                 raise HubApiError(404)
+            stopped = (self._active_rows([row["id"]], stopped=True).get(row["id"], [])
+                       if include_stopped else [])
             return self._user_model(row, scopes,
-                                    self._active_rows([row["id"]]).get(row["id"], []))
+                                    self._active_rows([row["id"]]).get(row["id"], []), stopped)
 
     def _create_user(self, name: str, scopes: frozenset[str]) -> Response:
         if not self.add_user(name):
@@ -988,10 +1003,12 @@ class HubSim(HttpSim):
         return Response.json(201, self._get_user(name, scopes))
 
     def _user_model(self, row: sqlite3.Row, scopes: frozenset[str],
-                    active: list[sqlite3.Row]) -> dict[str, Any]:
-        """apihandlers/base.py ``user_model``, filtered by the token's scopes."""
+                    active: list[sqlite3.Row], stopped: list[sqlite3.Row] | None = None,
+                    ) -> dict[str, Any]:
+        """apihandlers/base.py ``user_model``, filtered by the token's scopes; ``stopped``
+        are the spawner rows without a server, listed with ``include_stopped_servers``."""
         name = row["name"]
-        servers = self._server_models(name, scopes, active)
+        servers = self._server_models(name, scopes, active, stopped or [])
         default_active = any((r["name"] or "") == "" for r in active)
         default_pending = self._pending.get((name, "")) if default_active else None
         running = default_active and default_pending is None
@@ -1015,28 +1032,32 @@ class HubSim(HttpSim):
             model["servers"] = servers
         return model
 
-    def _active_rows(self, user_ids: list[int]) -> dict[int, list[sqlite3.Row]]:
+    def _active_rows(self, user_ids: list[int], *,
+                     stopped: bool = False) -> dict[int, list[sqlite3.Row]]:
         """The spawner rows with a server (running, or pending either way), by user id;
-        one query for a whole page of users."""
+        one query for a whole page of users. ``stopped``: the rows without one instead."""
+        which = "IS NULL" if stopped else "IS NOT NULL"
         result: dict[int, list[sqlite3.Row]] = {}
         for start in range(0, len(user_ids), 500):
             chunk = user_ids[start:start + 500]
             marks = ",".join("?" * len(chunk))
             for row in self._db.execute(
-                    f"SELECT * FROM spawners WHERE server_id IS NOT NULL "  # noqa: S608
+                    f"SELECT * FROM spawners WHERE server_id {which} "  # noqa: S608
                     f"AND user_id IN ({marks}) ORDER BY id", chunk):
                 result.setdefault(row["user_id"], []).append(row)
         return result
 
-    def _server_models(self, user: str, scopes: frozenset[str],
-                       active: list[sqlite3.Row]) -> dict[str, dict[str, Any]]:
-        """The active servers of a user (running or pending), as server models."""
+    def _server_models(self, user: str, scopes: frozenset[str], active: list[sqlite3.Row],
+                       stopped: list[sqlite3.Row]) -> dict[str, dict[str, Any]]:
+        """The active servers of a user (running or pending), and the ``stopped`` ones
+        (``include_stopped_servers``), as server models."""
         if "read:servers" not in scopes:
             return {}
         result = {}
-        for row in active:
+        for row in [*active, *stopped]:
             server_name = row["name"] or ""
-            pending = self._pending.get((user, server_name))
+            is_stopped = row["server_id"] is None
+            pending = None if is_stopped else self._pending.get((user, server_name))
             base = f"/hub/api/users/{url_escape_path(user)}"
             model: dict[str, Any] = {
                 "name": server_name,
@@ -1045,8 +1066,8 @@ class HubSim(HttpSim):
                 "last_activity": _iso(_from_db(row["last_activity"])),
                 "started": _iso(_from_db(row["started"])),
                 "pending": pending,
-                "ready": pending is None,
-                "stopped": False,
+                "ready": pending is None and not is_stopped,
+                "stopped": is_stopped,
                 "url": _server_url(user, server_name),
                 "user_options": json.loads(row["user_options"]) if row["user_options"] else {},
                 "progress_url": (f"{base}/servers/{url_escape_path(server_name)}/progress"
@@ -1100,6 +1121,12 @@ class HubSim(HttpSim):
                 raise HubApiError(400, f"{_log_name(user, server_name)} is already running")
             self.start_server(user, server_name)
         return Response(201, b"", None)
+
+
+def _include_stopped(req: Request) -> bool:
+    """``include_stopped_servers`` as the hub reads it: anything but ``0``/``false``."""
+    value = req.arg("include_stopped_servers")
+    return value is not None and value.lower() not in ("0", "false")
 
 
 def _user_slug(name: str, kubespawner_version: str) -> str:

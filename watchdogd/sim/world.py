@@ -248,6 +248,7 @@ class World:
         nodes: bool = True,
         probes: bool = False,
         notify: dict[str, Any] | None = None,
+        hub_db: bool = True,
     ) -> None:
         """Prepare a world; nothing runs until :meth:`start`.
 
@@ -258,7 +259,8 @@ class World:
         ``nodes`` puts healthy Node objects for the nodes the pods run on (:data:`NODES`);
         a part that simulates nodes itself can turn that off. ``probes`` gives the hub a
         ``public_url`` (the simulated proxy's public side), so the ``probes`` check runs;
-        ``notify`` overrides keys of ``[notify]`` (``error_after``...).
+        ``notify`` overrides keys of ``[notify]`` (``error_after``...). ``hub_db=False``
+        leaves ``db_url_file`` out: watchdogd reads the hub through its API alone (API mode).
         """
         self._own_dir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="watchdogd-world-")).resolve()
@@ -276,6 +278,7 @@ class World:
         self.with_nodes = nodes
         self.probes = probes
         self.notify = dict(notify or {})
+        self.hub_db = hub_db
         self.parts: dict[str, WorldPart] = {}
         for part in parts:
             self.parts[part.name] = part
@@ -386,13 +389,14 @@ class World:
             "layout": self.layout,
             "api_url": hub.api_url,
             "api_token_file": self._secret("hub_api_token", hub.token),
-            "db_url_file": self._secret("hub_db_url", hub.db_url),
             "proxy_api_url": self.chp.url,
             "proxy_token_file": self._secret("proxy_token", self.chp.token),
             "timeout": self.timeout,
         }
         if self.probes:
             hub_section["public_url"] = self.chp.public_url
+        if self.hub_db:
+            hub_section["db_url_file"] = self._secret("hub_db_url", hub.db_url)
         if self.layout == "nublado":
             hub_section["pod_selector"] = "nublado.lsst.io/category=lab"
         data: dict[str, Any] = {

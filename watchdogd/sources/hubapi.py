@@ -53,15 +53,56 @@ class HubApiSource:
         must never look like a user without a server.
         """
         servers: list[dict[str, Any]] = []
-        users = 0
+        for user in self._users({"state": "active"}, "active "):
+            servers.extend(_servers_of(user, self.http))
+        return servers
+
+    def sessions(self) -> dict[str, Any]:
+        """Every user and every active server with its spawner state: what the hub DB gave.
+
+        One paginated ``GET /users`` (all users: the sessions check judges every name, and
+        "the hub lists no users" is its implausibility test). ``running`` has the entries of
+        :meth:`active_servers`, each with the spawner ``state`` (KubeSpawner's ``pod_name``,
+        ``namespace``); a server model without ``state`` is a SourceError naming the
+        ``admin:server_state`` scope, never a server whose pod is unknown.
+        """
+        names: list[str] = []
+        running: list[dict[str, Any]] = []
+        for user in self._users({}, ""):
+            running.extend(_servers_of(user, self.http, need_state=True))
+            names.append(user["name"])
+        return {"schema": None, "schema_known": True, "users": names, "running": running}
+
+    def token_scopes(self, required: tuple[str, ...] = ()) -> list[str]:
+        """The scopes the token holds; a SourceError naming each of ``required`` it lacks.
+
+        ``GET /user`` answers any valid token with its owner's model and ``scopes``: the
+        token's scopes, expanded (``servers`` brings ``delete:servers``), the ones the hub
+        adds only to let it identify itself left out. A scope held only with a filter
+        (``read:servers!group=x``) is missing: it would read part of the hub. A check
+        asks for this beside its reads, so a pass whose stop or route sync the hub would
+        refuse fails as a whole and acts on nothing, rather than on half of its plan.
+        """
+        model = self.http.get_json("/user", need="a valid token")
+        held = model.get("scopes") if isinstance(model, dict) else None
+        if not isinstance(held, list):
+            raise self.http.error("GET /user: the answer lists no scopes")
+        missing = [scope for scope in required if scope not in held]
+        if missing:
+            raise self.http.error(
+                f"the API token lacks the scope{'s' if len(missing) > 1 else ''} "
+                f"{', '.join(missing)} (watchdogd's role needs {', '.join(required)})")
+        return sorted(str(scope) for scope in held)
+
+    def _users(self, params: dict[str, Any], which: str) -> list[dict[str, Any]]:
+        """All pages of ``GET /users`` with ``params``; ``which`` words the errors."""
+        result: list[dict[str, Any]] = []
         offset = 0
         total: int | None = None
         while True:
             page = self.http.get_json(
-                "/users",
-                params={"state": "active", "offset": offset, "limit": PAGE_SIZE},
-                need="the scopes list:users, read:users, read:servers, admin:server_state",
-            )
+                "/users", params={**params, "offset": offset, "limit": PAGE_SIZE},
+                need="the scope list:users")
             if isinstance(page, list):  # a hub too old to paginate answers everything
                 items, info = page, None
             elif isinstance(page, dict) and isinstance(page.get("items"), list):
@@ -69,8 +110,9 @@ class HubApiSource:
             else:
                 raise self.http.error("GET /users: unexpected answer (no items list)")
             for user in items:
-                servers.extend(_servers_of(user, self.http))
-            users += len(items)
+                if not isinstance(user, dict) or not isinstance(user.get("name"), str):
+                    raise self.http.error("GET /users: a user entry has no name")
+            result.extend(items)
             if info is None:
                 break
             if not isinstance(info, dict):
@@ -79,9 +121,9 @@ class HubApiSource:
                 total = info.get("total")
             elif info.get("total") != total:
                 raise self.http.error("GET /users: the user list changed while paging")
-            if isinstance(total, int) and users > total:
+            if isinstance(total, int) and len(result) > total:
                 # A "next" that never ends would page forever: more than the hub announced.
-                raise self.http.error(f"GET /users: more than the {total} active users the "
+                raise self.http.error(f"GET /users: more than the {total} {which}users the "
                                       "hub announced; the list changed or never ends")
             nxt = info.get("next")
             if not nxt:
@@ -93,9 +135,9 @@ class HubApiSource:
             offset = step
             if not items:
                 raise self.http.error("GET /users: empty page before the end of the list")
-        if total is not None and users != total:
-            raise self.http.error(f"GET /users: got {users} of {total} active users")
-        return servers
+        if total is not None and len(result) != total:
+            raise self.http.error(f"GET /users: got {len(result)} of {total} {which}users")
+        return result
 
     def server(self, user: str, server_name: str = "") -> dict[str, Any] | None:
         """One user's server as the hub sees it now; None when it has no such server.
@@ -105,7 +147,7 @@ class HubApiSource:
         """
         response = self.http.request(
             "GET", f"/users/{quote(user, safe='')}", ok=(200, 404),
-            need="the scopes read:users, read:servers, admin:server_state")
+            need="the scopes read:servers, admin:server_state")
         if response.status_code == 404:
             return None
         try:
@@ -207,7 +249,8 @@ def hub_api_answers(target: str, config: HubConfig) -> int | None:
         http.close()
 
 
-def _servers_of(user: Any, http: HttpClient) -> list[dict[str, Any]]:
+def _servers_of(user: Any, http: HttpClient, *, need_state: bool = False,
+                ) -> list[dict[str, Any]]:
     if not isinstance(user, dict) or not isinstance(user.get("name"), str):
         raise http.error("GET /users: a user entry has no name")
     result = []
@@ -222,6 +265,11 @@ def _servers_of(user: Any, http: HttpClient) -> list[dict[str, Any]]:
     for name, server in servers.items():
         if not isinstance(server, dict):
             raise http.error("GET /users: a server entry is not an object")
+        if need_state and not isinstance(server.get("state"), dict):
+            # The hub leaves "state" out without admin:server_state: then where the pod
+            # is stays unknown, which must never read as "no pod, so stale".
+            raise http.error("GET /users: server entries have no spawner state; the token "
+                             "needs the admin:server_state scope")
         result.append({
             "user": user["name"],
             "server_name": name,
