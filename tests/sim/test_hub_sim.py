@@ -475,3 +475,46 @@ def test_jupyterhub_5_schema(tmp_path: Path) -> None:
         db.close()
     finally:
         hub.stop()
+
+
+def test_include_stopped_servers_and_the_token_model(hub: HubSim) -> None:
+    hub.start_server("alice")
+    hub.start_server("alice", "gpu")
+    hub.stop_server("alice", "gpu")
+    listed = api(hub, "GET", "/users/alice").json()["servers"]
+    assert set(listed) == {""}
+    for value in ("1", "true"):
+        listed = api(hub, "GET", f"/users/alice?include_stopped_servers={value}").json()[
+            "servers"]
+        assert set(listed) == {"", "gpu"}
+        assert (listed["gpu"]["stopped"], listed["gpu"]["ready"], listed["gpu"]["pending"],
+                listed["gpu"]["started"]) == (True, False, None, None)
+        assert listed["gpu"]["state"]["pod_name"]  # KubeSpawner's state survives a stop
+        assert listed[""]["stopped"] is False
+    page = api(hub, "GET", "/users?include_stopped_servers=1").json()
+    assert set(page[0]["servers"]) == {"", "gpu"}
+    assert set(api(hub, "GET", "/users?include_stopped_servers=0").json()[0]["servers"]) == {""}
+    narrow = hub.add_token("narrow", ["list:users", "servers"])
+    me = api(hub, "GET", "/user", token=narrow).json()
+    assert {"list:users", "delete:servers", "read:servers"} <= set(me["scopes"])
+    assert "admin:server_state" not in me["scopes"]
+
+
+def test_api_sessions_equal_the_db_read_and_need_state(hub: HubSim) -> None:
+    for user in ("alice", "bob"):
+        hub.start_server(user)
+    hub.add_user("carol")
+    hub.start_server("dave", pending="spawn")
+    by_api = HubApiSource("main", hub_config(hub)).sessions()
+    by_db = HubDbSource("main", hub_config(hub)).sessions()
+    assert sorted(by_api["users"]) == sorted(by_db["users"])
+    keys = ("user", "server_name", "state", "started")
+    assert (sorted(tuple(str(r[k]) for k in keys) for r in by_api["running"])
+            == sorted(tuple(str(r[k]) for k in keys) for r in by_db["running"]))
+    no_state = hub.add_token("no-state", ["list:users", "read:servers"])
+    config = hub_config(hub).model_copy(update={"api_token": SecretStr(no_state)})
+    with pytest.raises(SourceError, match="needs the admin:server_state scope"):
+        HubApiSource("main", config).sessions()
+    with pytest.raises(SourceError, match=r"lacks the scopes admin:server_state, proxy \("):
+        HubApiSource("main", config).token_scopes(
+            ("list:users", "read:servers", "admin:server_state", "proxy"))
