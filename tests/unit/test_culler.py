@@ -74,8 +74,9 @@ def config(**hub: Any) -> Config:
 
 
 def test_the_server_list_is_the_sessions_checks_read() -> None:
-    """Both checks name the same call: in a pass with both, the engine fetches it once."""
-    cfg = config()
+    """Both checks name the same call: in a pass with both, the engine fetches it once
+    (in DB mode; in API mode the sessions check reads every user with HubApi.sessions)."""
+    cfg = config(db_url="sqlite:////nonexistent/jupyterhub.sqlite")
     [ours] = REGISTRY["culler"].targets_for(cfg)
     [theirs] = REGISTRY["sessions"].targets_for(cfg)
     mine = {n.key: n for n in ours.needs}
