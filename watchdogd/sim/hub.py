@@ -98,7 +98,7 @@ DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
 
 #: The scopes of watchdogd's service role (REFERENCE.md; the services ones for the culler check).
-SERVICE_SCOPES = frozenset({"list:users", "read:users", "read:servers", "admin:server_state",
+SERVICE_SCOPES = frozenset({"list:users", "read:servers", "admin:server_state",
                             "delete:servers", "proxy", "list:services", "read:services"})
 #: What the ``admin`` role can do (everything the simulator knows).
 ADMIN_SCOPES = frozenset({"admin:users", "admin:servers", "proxy", "admin-ui", "admin:services"})
