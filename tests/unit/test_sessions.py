@@ -501,3 +501,20 @@ def test_default_pod_selector_follows_the_layout() -> None:
     assert HubConfig(**base, layout="nublado").user_pod_selector() == (
         "nublado.lsst.io/category=lab")
     assert HubConfig(**base, layout="nublado", pod_selector="x=y").user_pod_selector() == "x=y"
+
+
+def test_api_mode_route_mismatch_is_judged_by_host() -> None:
+    """API mode has no server address: the route's host must be the pod's IP or dns_name."""
+    from watchdogd.checks.sessions import _target_elsewhere
+
+    pod = {"status": {"podIP": "10.0.0.5", "podIPs": [{"ip": "10.0.0.5"}, {"ip": "fd00::5"}]}}
+    state = {"dns_name": "jupyter-alice.jhub.svc.cluster.local"}
+    assert _target_elsewhere("http://10.0.0.5:8888", pod, state) is None
+    assert _target_elsewhere("http://10.0.0.5:9999", pod, state) is None  # port unknown
+    assert _target_elsewhere("http://[fd00::5]:8888", pod, state) is None
+    assert _target_elsewhere("http://Jupyter-Alice.jhub.svc.cluster.local:8888", pod,
+                             state) is None
+    assert _target_elsewhere("http://10.0.66.6:8888", pod, state) == "10.0.0.5, fd00::5"
+    assert _target_elsewhere("http://10.0.66.6:8888", {"status": {}}, state) is None
+    assert _target_elsewhere(None, pod, state) is None
+    assert _target_elsewhere("http://[bad", pod, state) == "10.0.0.5, fd00::5"
