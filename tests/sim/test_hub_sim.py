@@ -116,7 +116,8 @@ def test_ready_filter_drops_pending_but_total_counts_active(hub: HubSim) -> None
 
 def test_user_and_server_model(hub: HubSim) -> None:
     hub.start_server("bob", "lab", ip="10.0.0.9")
-    model = api(hub, "GET", "/users/bob").json()
+    reader = hub.add_token("reader", ["read:users", "read:servers", "admin:server_state"])
+    model = api(hub, "GET", "/users/bob", token=reader).json()
     assert model["name"] == "bob"
     assert model["server"] is None  # no default server running
     server = model["servers"]["lab"]
