@@ -86,16 +86,28 @@ def test_the_server_list_is_the_sessions_checks_read() -> None:
     assert mine["services"].call == "services"
 
 
-@pytest.mark.parametrize("hub, reads_services", [
-    ({}, True),                                        # look for a culler
-    ({"culler_service": "cull-idle"}, True),           # must be listed
-    ({"culler_timeout": "1h"}, False),                 # the configuration alone: no scope
-    ({"culler_timeout": "1h", "culler_service": "x"}, True),
+@pytest.mark.parametrize("hub, reads_services, optional", [
+    ({}, True, True),                                  # look for a culler, if the token may
+    ({"culler_service": "cull-idle"}, True, False),    # must be listed
+    ({"culler_timeout": "1h"}, False, False),          # the configuration alone: no scope
+    ({"culler_timeout": "1h", "culler_service": "x"}, True, False),
 ])
 def test_services_are_read_only_when_they_can_tell_something(
-        hub: dict[str, Any], reads_services: bool) -> None:
+        hub: dict[str, Any], reads_services: bool, optional: bool) -> None:
     [target] = REGISTRY["culler"].targets_for(config(**hub))
     assert ("services" in {n.key for n in target.needs}) is reads_services
+    # A hub that configures no culler is not failed by a token without list:services
+    # (the README's least token): it is only left unjudged.
+    assert ("services" in target.optional) is optional
+
+
+def test_an_unreadable_service_list_of_an_unconfigured_hub_is_no_verdict() -> None:
+    [target] = REGISTRY["culler"].targets_for(config())
+    snapshot = Snapshot("culler", "main", observations={"hub_api": []},
+                        errors={"services": "hubapi main: 403: needs list:services"},
+                        settings=target.settings, optional=target.optional)
+    assert snapshot.complete
+    assert culler.detect(snapshot, datetime(2026, 12, 7, tzinfo=UTC)).findings == []
 
 
 def test_hub_keys_are_validated() -> None:

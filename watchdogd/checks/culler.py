@@ -104,16 +104,22 @@ def targets(check: Settings, inventory: Inventory) -> list[CheckTarget]:
     """One target per hub: its active servers (the sessions check's read) and its services.
 
     The services are not read for a hub whose culler is described by ``culler_timeout``
-    alone: then no ``list:services`` scope is needed.
+    alone: then no ``list:services`` scope is needed. For a hub that configures no culler at
+    all they are read to find one, but optionally: a token without ``list:services`` (the
+    least token of the README) leaves such a hub unjudged instead of failing the check.
     """
     result = []
     for name, hub in inventory.hubs.items():
         # The very read the sessions check makes: in a pass with both, fetched once.
         needs = [Need.bind("hub_api", call(HubApi.active_servers, name))]
+        optional: frozenset[str] = frozenset()
         if hub.culler_service is not None or hub.culler_timeout is None:
             needs.append(services_need(name))
+            if hub.culler_service is None and hub.culler_timeout is None:
+                optional = frozenset({"services"})
         result.append(CheckTarget(name, tuple(needs), TargetSettings(
-            hub=name, service=hub.culler_service, timeout=hub.culler_timeout, check=check)))
+            hub=name, service=hub.culler_service, timeout=hub.culler_timeout, check=check),
+            optional=optional))
     return result
 
 
