@@ -80,6 +80,11 @@ def one(objects: list[dict[str, Any]], kind: str) -> dict[str, Any]:
     return obj
 
 
+def named(objects: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    [obj] = [o for o in objects if o["kind"] == kind and o["metadata"]["name"] == name]
+    return obj
+
+
 def model_class(obj: dict[str, Any]) -> Any:
     """``apps/v1`` + ``Deployment`` -> ``kubernetes.client.V1Deployment``."""
     version = obj["apiVersion"].split("/")[-1]
@@ -100,7 +105,7 @@ def test_renders_and_validates_against_the_models(mode: str) -> None:
         # The hub's namespace is the chart's (no Namespace object), and RBAC is two Roles in
         # it (the checks' reads and the Lease), nothing cluster-wide.
         expected = Counter({"ServiceAccount": 1, "ConfigMap": 1, "Secret": 1, "Deployment": 1,
-                            "Role": 2, "RoleBinding": 2, "Service": 1,
+                            "Role": 2, "RoleBinding": 2, "Service": 2,
                             "PodDisruptionBudget": 1})
     assert kinds == expected, kinds
     for obj in objects:
@@ -291,12 +296,49 @@ def test_z2jh_monitoring_lives_next_to_its_service() -> None:
     objects = [d for d in yaml.safe_load_all(result.stdout) if d]
     assert {o["kind"] for o in objects} == {"ServiceMonitor", "PrometheusRule", "ConfigMap"}
     assert {o["metadata"]["namespace"] for o in objects} == {NAMESPACES["z2jh"]}
-    service = one(render("z2jh"), "Service")
+    service = named(render("z2jh"), "Service", "watchdogd-metrics")
     monitor = one(objects, "ServiceMonitor")
     assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"][
         "labels"].items()
     assert {e["port"] for e in monitor["spec"]["endpoints"]} <= {
         p["name"] for p in service["spec"]["ports"]}
+
+
+def test_z2jh_serves_the_admin_page_where_the_hub_and_its_proxy_look() -> None:
+    """The chain proxy -> Service -> pod port -> [web] listen, and the hub's service entry."""
+    objects = render("z2jh")
+    web = tomllib.loads(one(objects, "ConfigMap")["data"]["watchdogd.toml"])["web"]
+    deployment = one(objects, "Deployment")
+    template = deployment["spec"]["template"]
+    [container] = template["spec"]["containers"]
+    ports = {p["name"]: p for p in container["ports"]}
+    # The page listens on all interfaces on the pod's port `web`; /metrics keeps its own.
+    host, _, port = web["listen"].rpartition(":")
+    assert host == "0.0.0.0" and ports["web"]["containerPort"] == int(port)
+    assert ports["metrics"]["containerPort"] != int(port)
+    service = named(objects, "Service", "watchdogd-web")
+    [service_port] = service["spec"]["ports"]
+    assert service_port["targetPort"] == "web"
+    # It selects the Deployment's pods (and only what the Deployment's selector selects).
+    selector = service["spec"]["selector"]
+    assert selector.items() <= template["metadata"]["labels"].items()
+    assert selector == deployment["spec"]["selector"]["matchLabels"]
+    # Two replicas, each with its own cookie secret: the proxy must stay on one of them.
+    assert deployment["spec"]["replicas"] > 1
+    assert service["spec"]["sessionAffinity"] == "ClientIP"
+    # The hub registers exactly this Service (same namespace: a short name) under the
+    # service name the page expects, with the token the pod projects from the Secret `hub`.
+    values = yaml.safe_load((MODES["z2jh"] / "z2jh-values.yaml").read_text())
+    entry = values["hub"]["services"][web["service_name"]]
+    assert entry["url"] == f"http://{service['metadata']['name']}:{service_port['port']}"
+    assert f"hub.services.{web['service_name']}.apiToken" in Z2JH_TOKEN_KEYS
+    assert web["hub"] == "main"
+    # The proxy's extra egress rule admits these pods on the pod's port (NetworkPolicy
+    # sees the port after the Service's translation).
+    [rule] = values["proxy"]["chp"]["networkPolicy"]["egress"]
+    [to] = rule["to"]
+    assert to["podSelector"]["matchLabels"].items() <= template["metadata"]["labels"].items()
+    assert [p["port"] for p in rule["ports"]] == [ports["web"]["containerPort"]]
 
 
 # -- the configuration of the ConfigMap, loaded for real, aimed at the simulator -------------
@@ -374,6 +416,10 @@ def test_the_z2jh_configmap_is_a_valid_api_only_configuration(
         assert hub.api_token is not None and hub.proxy_token is not None
         assert config.daemon.lease_cluster in config.clusters
         assert config.clusters[hub.cluster].in_cluster is False  # the simulator, here
+        # The admin page is on, guarded by this hub's login (its api_url and token).
+        assert config.web.listen == "0.0.0.0:8090"
+        assert config.web.hub is not None and config.hubs[config.web.hub] is hub
+        assert config.web.base_url == "/services/watchdogd/"
         sections = tomllib.loads(built.config_path.read_text()).get("checks", {})
         assert checks.section_problems(sections) == []
 
@@ -642,6 +688,12 @@ def test_containerfile_final_stage_is_slim_non_root_and_read_only_friendly() -> 
     build_runs = " ".join(args for inst, args in build if inst == "RUN")
     assert "pip uninstall -y -q pip setuptools wheel" in build_runs
     assert "compileall" in build_runs  # bytecode now: nothing written at run time
+    # With the admin page's extra (config/kubernetes/z2jh turns the page on), proven to import.
+    assert '--no-compile ".[web]"' in build_runs
+    assert "import jupyterhub.services.auth" in build_runs
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]
+    assert any(d.startswith("jupyterhub") for d in extras["web"])
     # Non-root, and the same user the pods run as.
     user = instructions["USER"].split(":")[0]
     assert user.isdigit() and int(user) != 0

@@ -82,8 +82,31 @@ def test_the_snippet_is_valid_chart_configuration() -> None:
     assert problems(values) == []
     # What the chart's jupyterhub_config.py makes of it: a service named by its key (the
     # token is generated into the Secret `hub`) and a role naming that service.
-    assert values["hub"]["services"]["watchdogd"] == {}
     assert values["hub"]["loadRoles"]["watchdogd"]["services"] == ["watchdogd"]
+    # The admin page: a url makes the hub route /services/watchdogd/ to it, list it in the
+    # Services menu and act as its OAuth provider.
+    service = values["hub"]["services"]["watchdogd"]
+    assert service["url"].startswith("http://")
+    assert service["oauth_no_confirm"] is True
+    # The proxy's egress gains a rule; the chart's own rules stay.
+    netpol = values["proxy"]["chp"]["networkPolicy"]
+    assert netpol["egress"] and netpol["egressAllowRules"] == defaults()["proxy"]["chp"][
+        "networkPolicy"]["egressAllowRules"]
+
+
+def test_the_service_entry_is_what_jupyterhub_accepts() -> None:
+    """The chart hands hub.services.X to JupyterHub as is: every key must be a Service option."""
+    from jupyterhub.services.service import Service
+
+    service = snippet()["hub"]["services"]["watchdogd"]
+    assert set(service) <= set(Service.class_trait_names()), set(service) - set(
+        Service.class_trait_names())
+    built = Service(name="watchdogd", **service)
+    assert built.url == service["url"] and built.oauth_no_confirm is True
+    assert built.display is True  # shown in the Services menu (JupyterHub's default)
+    # A url and no command: an external service, which the hub does not start.
+    assert not built.managed
+
 
 
 @pytest.mark.parametrize("broken", [
