@@ -28,6 +28,7 @@ from typing import Annotated, Any, ClassVar, Literal, Self
 from urllib.parse import urlsplit
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ByteSize,
@@ -99,6 +100,21 @@ def parse_duration(value: Any) -> Any:
 
 
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+
+
+def _time_zone(value: str) -> str:
+    """An IANA time zone name this machine (or the ``tzdata`` package) knows."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError  # noqa: PLC0415
+
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {value!r} (an IANA name such as "
+                         "'America/Chicago')") from None
+    return value
+
+
+TimeZone = Annotated[str, AfterValidator(_time_zone)]
 
 
 class Section(BaseModel):
@@ -214,7 +230,7 @@ class DigestConfig(Section):
     #: weekday and local time of the weekly send: "mon 08:00"
     schedule: str = "mon 08:00"
     #: the zone of ``schedule`` and of the digest's dates (an IANA name)
-    timezone: str = "UTC"
+    timezone: TimeZone = "UTC"
     #: apprise URLs of the digest's own destinations, one per line (they carry tokens)
     urls_file: str | None = None
     #: how many entries the "slowest to resolve" and "oldest open" lists show
@@ -224,18 +240,6 @@ class DigestConfig(Section):
     @classmethod
     def _weekly(cls, value: str) -> str:
         parse_weekly(value)
-        return value
-
-    @field_validator("timezone")
-    @classmethod
-    def _zone(cls, value: str) -> str:
-        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError  # noqa: PLC0415
-
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown time zone {value!r} (an IANA name: "
-                             "UTC, Europe/Berlin, America/Chicago)") from None
         return value
 
 
@@ -338,7 +342,7 @@ class MaintenanceWindow(Section):
 
     start: str
     duration: Duration
-    timezone: str = "UTC"
+    timezone: TimeZone = "UTC"
     days: list[str] = Field(default_factory=list)
     checks: list[str] = Field(default_factory=list)
     targets: list[str] = Field(default_factory=list)
@@ -356,18 +360,6 @@ class MaintenanceWindow(Section):
     def _length(cls, value: timedelta) -> timedelta:
         if not timedelta(0) < value <= timedelta(days=7):
             raise ValueError("must be longer than zero and at most 7 days")
-        return value
-
-    @field_validator("timezone")
-    @classmethod
-    def _zone(cls, value: str) -> str:
-        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError  # noqa: PLC0415
-
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown time zone {value!r} (an IANA name such as "
-                             "'America/Chicago')") from None
         return value
 
     @field_validator("days")
