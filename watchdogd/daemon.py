@@ -441,48 +441,34 @@ def supervise(
     daemon.on_stopping.append(stopping)
     daemon.on_reload.append(reloaded)
 
-    if server is not None:
+    # The HTTP endpoints, each on its configured address: one that cannot bind is a
+    # configuration error (exit 78), and the ones already started are stopped again.
+    endpoints = [(e, what, setting) for e, what, setting in (
+        (server, "metrics", "daemon.metrics_listen"),
+        (listener, "acknowledge links", "listener.listen"),
+        (web, "the admin page", "web.listen")) if e is not None]
+    started: list[Any] = []
+    for endpoint, what, setting in endpoints:
         try:
-            server.start()
+            endpoint.start()
         except OSError as exc:
-            log.error("cannot serve metrics", listen=f"{server.host}:{server.port}",
-                      error=exc.strerror or str(exc), setting="daemon.metrics_listen")
+            log.error(f"cannot serve {what}", listen=f"{endpoint.host}:{endpoint.port}",
+                      error=exc.strerror or str(exc), setting=setting)
+            for other in reversed(started):
+                other.stop()
             return EXIT_CONFIG
-    if listener is not None:
-        try:
-            listener.start()
-        except OSError as exc:
-            log.error("cannot serve acknowledge links", listen=f"{listener.host}:{listener.port}",
-                      error=exc.strerror or str(exc), setting="listener.listen")
-            if server is not None:
-                server.stop()
-            return EXIT_CONFIG
-    if web is not None:
-        try:
-            web.start()
-        except OSError as exc:
-            log.error("cannot serve the admin page", listen=f"{web.host}:{web.port}",
-                      error=exc.strerror or str(exc), setting="web.listen")
-            if listener is not None:
-                listener.stop()
-            if server is not None:
-                server.stop()
-            return EXIT_CONFIG
+        started.append(endpoint)
     if elector is not None:
         elector.start()
     try:
         return daemon.run()
     finally:
-        if listener is not None:
-            listener.stop()
         if pinger is not None:
             pinger.stop()
         if elector is not None:
             elector.stop(release=True)
-        if server is not None:
-            server.stop()
-        if web is not None:
-            web.stop()
+        for endpoint in reversed(started):
+            endpoint.stop()
 
 
 def _close(sources: Any) -> None:
