@@ -32,7 +32,7 @@ from typing import Any
 import structlog
 
 from watchdogd.acklinks import AckLinks, LinkRefused
-from watchdogd.metrics import parse_listen
+from watchdogd.metrics import parse_listen, serve_in_thread, shut_down
 from watchdogd.store import LinkUsed, Store, StoreError
 from watchdogd.text import safe_text
 from watchdogd.times import utcnow
@@ -204,11 +204,7 @@ class AckListener:
 
     def __init__(self, links: AckLinks, store: Store, listen: str, *, timeout: float = 10.0,
                  clock: Callable[[], datetime] = utcnow) -> None:
-        try:
-            self.host, self.port = parse_listen(listen)
-        except ValueError as exc:
-            raise ValueError(str(exc).replace("daemon.metrics_listen", "listener.listen")
-                             ) from None
+        self.host, self.port = parse_listen(listen, "listener.listen")
         self.links, self.store, self.timeout, self.clock = links, store, timeout, clock
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -222,20 +218,12 @@ class AckListener:
         self._server = server_class((self.host, self.port), handler,
                                     threading.BoundedSemaphore(MAX_CLIENTS))
         self.port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever,
-                                        kwargs={"poll_interval": 0.2},
-                                        name="ack-listener", daemon=True)
-        self._thread.start()
+        self._thread = serve_in_thread(self._server, "ack-listener")
         log.info("acknowledge listener listening", address=f"{self.host}:{self.port}",
                  paths=["POST /ack/<token>"])
         return self.host, self.port
 
     def stop(self) -> None:
         """Stop serving."""
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
+        shut_down(self._server, self._thread)
+        self._server = self._thread = None

@@ -82,6 +82,8 @@ __all__ = [
     "MetricsServer",
     "export_one_shot",
     "parse_listen",
+    "serve_in_thread",
+    "shut_down",
 ]
 
 log = structlog.get_logger("watchdogd.metrics")
@@ -463,15 +465,18 @@ class _Counted:
 # -- the HTTP endpoint ---------------------------------------------------------------------
 
 
-def parse_listen(value: str) -> tuple[str, int]:
-    """``host:port``, ``[v6]:port`` or ``:port`` (localhost) -> (host, port)."""
+def parse_listen(value: str, setting: str = "daemon.metrics_listen") -> tuple[str, int]:
+    """``host:port``, ``[v6]:port`` or ``:port`` (localhost) -> (host, port).
+
+    A ValueError names ``setting``, the key the address came from.
+    """
     text = value.strip()
     host, sep, port_text = text.rpartition(":")
     if not sep or not port_text.isdigit():
-        raise ValueError(f"daemon.metrics_listen: expected host:port, got {value!r}")
+        raise ValueError(f"{setting}: expected host:port, got {value!r}")
     port = int(port_text)
     if not 0 <= port <= 65535:
-        raise ValueError(f"daemon.metrics_listen: port {port} out of range")
+        raise ValueError(f"{setting}: port {port} out of range")
     host = host.strip("[]") or "127.0.0.1"
     return host, port
 
@@ -534,23 +539,32 @@ class MetricsServer:
         server_class = _Server6 if _is_v6(self.host) else _Server
         self._server = server_class((self.host, self.port), handler)
         self.port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever,
-                                        kwargs={"poll_interval": 0.2},
-                                        name="metrics-http", daemon=True)
-        self._thread.start()
+        self._thread = serve_in_thread(self._server, "metrics-http")
         log.info("metrics listening", address=f"{self.host}:{self.port}",
                  paths=["/metrics", "/healthz"])
         return self.host, self.port
 
     def stop(self) -> None:
         """Stop serving."""
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
+        shut_down(self._server, self._thread)
+        self._server = self._thread = None
+
+
+def serve_in_thread(server: ThreadingHTTPServer, name: str) -> threading.Thread:
+    """Serve ``server`` on a daemon thread of its own (the endpoints of ``watchdogd run``)."""
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
+                              name=name, daemon=True)
+    thread.start()
+    return thread
+
+
+def shut_down(server: ThreadingHTTPServer | None, thread: threading.Thread | None) -> None:
+    """Stop what :func:`serve_in_thread` started (either may be None: nothing to stop)."""
+    if server is not None:
+        server.shutdown()
+        server.server_close()
+    if thread is not None:
+        thread.join(timeout=5)
 
 
 def _is_v6(host: str) -> bool:

@@ -468,7 +468,7 @@ class WebServer:
         self.store = store
         self.latest = latest
         self.clock = clock
-        self.host, self.port = parse_listen(config.web.listen)
+        self.host, self.port = parse_listen(config.web.listen, "web.listen")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._server: Any = None

@@ -308,3 +308,11 @@ def test_a_page_without_the_hubs_token_is_a_build_error(tmp_path: Path) -> None:
         "web": {"listen": "127.0.0.1:0", "hub": "main"}})
     with pytest.raises(BuildError, match=r"web\.hub: hubs\.main has no api_token"):
         build(config, service=True, notify=False)
+
+
+def test_a_bad_listen_address_names_web_listen() -> None:
+    """The page's address is its own setting: an error names ``web.listen``."""
+    from watchdogd.metrics import parse_listen
+
+    with pytest.raises(ValueError, match=r"^web\.listen: expected host:port"):
+        parse_listen("nowhere", "web.listen")
