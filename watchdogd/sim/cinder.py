@@ -52,6 +52,8 @@ from watchdogd.sim.openstack_base import (
     body_of,
     cinder_time,
     keystone_error,
+    microversion,
+    mv,
     reply,
 )
 
@@ -118,10 +120,6 @@ class Attachment:
     connection_info: dict[str, Any] | None = None
     attach_mode: str = "null"
     attached_at: datetime | None = None
-
-
-def _mv(version: tuple[int, int]) -> str:
-    return f"{version[0]}.{version[1]}"
 
 
 def version_headers(version: str) -> dict[str, str]:
@@ -382,8 +380,8 @@ class Cinder(Service):
 
     def _versions(self) -> Obj:
         return {"versions": [{
-            "id": "v3.0", "status": "CURRENT", "version": _mv(MAX_MICROVERSION),
-            "min_version": _mv(MIN_MICROVERSION), "updated": "2023-08-31T00:00:00Z",
+            "id": "v3.0", "status": "CURRENT", "version": mv(MAX_MICROVERSION),
+            "min_version": mv(MIN_MICROVERSION), "updated": "2023-08-31T00:00:00Z",
             "links": [{"rel": "describedby", "type": "text/html",
                        "href": "https://docs.openstack.org/"},
                       {"rel": "self", "href": self.base_url + "/v3/"}],
@@ -394,21 +392,8 @@ class Cinder(Service):
     def _microversion(req: Request) -> tuple[int, int]:
         header = req.headers.get("OpenStack-API-Version") or ""
         match = re.match(r"^\s*volume\s+(\S+)\s*$", header)
-        if not match:
-            return MIN_MICROVERSION
-        text = match.group(1)
-        if text == "latest":
-            return MAX_MICROVERSION
-        parts = re.fullmatch(r"(\d+)\.(\d+)", text)
-        if not parts:
-            raise OpenStackError(400, f"Invalid API version request string {text}")
-        version = (int(parts.group(1)), int(parts.group(2)))
-        if not MIN_MICROVERSION <= version <= MAX_MICROVERSION:
-            raise OpenStackError(406, f"Version {text} is not supported by the API. Minimum is "
-                                      f"{_mv(MIN_MICROVERSION)} and maximum is "
-                                      f"{_mv(MAX_MICROVERSION)}.",
-                                 headers=version_headers(text))
-        return version
+        return microversion(match.group(1) if match else None, MIN_MICROVERSION,
+                            MAX_MICROVERSION, version_headers)
 
     def route(self, req: Request) -> Response:
         """The version documents, the microversion and token gates, the project segment of
@@ -417,7 +402,7 @@ class Cinder(Service):
         if path == "/" and req.method == "GET":
             return reply(300, self._versions(), version_headers("3.0"))
         version = self._microversion(req)
-        headers = version_headers(_mv(version))
+        headers = version_headers(mv(version))
         v3 = re.fullmatch(r"/v3(/.*)?", path)
         if v3 is None:
             raise OpenStackError(404, NOT_FOUND)
@@ -454,18 +439,6 @@ class Cinder(Service):
             raise OpenStackError(404, f"Volume {volume_id} could not be found.")
         return volume
 
-    def _limit(self, req: Request) -> int:
-        text = req.arg("limit")
-        if text is None:
-            return self.cloud.page_max
-        try:
-            limit = int(text)
-        except ValueError:
-            raise OpenStackError(400, "limit param must be an integer") from None
-        if limit < 0:
-            raise OpenStackError(400, "limit param must be positive")
-        return min(limit, self.cloud.page_max)
-
     def _page(self, req: Request, ids: list[str], keep: Callable[[str], bool],
               missing: str) -> tuple[list[str], int]:
         """The ids of one page of a list in Cinder's order, after the ``marker`` (``missing``
@@ -477,7 +450,7 @@ class Cinder(Service):
             if marker not in ids:
                 raise OpenStackError(404, f"{missing} {marker} could not be found.")
             start = ids.index(marker) + 1
-        limit = self._limit(req)
+        limit = self.page_limit(req)
         page: list[str] = []
         for item in ids[start:]:
             if len(page) >= limit:

@@ -57,6 +57,8 @@ from watchdogd.sim.openstack_base import (
     as_utc,
     body_of,
     keystone_error,
+    microversion,
+    mv,
     reply,
 )
 
@@ -104,10 +106,6 @@ class Server:
     host: str | None = "compute-1"
     metadata: dict[str, str] = field(default_factory=dict)
     locked: bool = False
-
-
-def _mv(version: tuple[int, int]) -> str:
-    return f"{version[0]}.{version[1]}"
 
 
 def version_headers(version: str) -> dict[str, str]:
@@ -222,8 +220,8 @@ class Nova(Service):
                      {**version_headers("2.1"), **(headers or {})})
 
     def _version(self, status: str = "CURRENT") -> Obj:
-        return {"id": "v2.1", "status": status, "version": _mv(MAX_MICROVERSION),
-                "min_version": _mv(MIN_MICROVERSION), "updated": "2013-07-23T11:33:21Z",
+        return {"id": "v2.1", "status": status, "version": mv(MAX_MICROVERSION),
+                "min_version": mv(MIN_MICROVERSION), "updated": "2013-07-23T11:33:21Z",
                 "links": [{"rel": "self", "href": self.base_url + "/v2.1/"},
                           {"rel": "describedby", "type": "text/html",
                            "href": "http://docs.openstack.org/"}],
@@ -248,20 +246,7 @@ class Nova(Service):
             text = match.group(1)
         elif req.headers.get("X-OpenStack-Nova-API-Version"):
             text = str(req.headers.get("X-OpenStack-Nova-API-Version")).strip()
-        if text is None:
-            return MIN_MICROVERSION
-        if text == "latest":
-            return MAX_MICROVERSION
-        parts = re.fullmatch(r"(\d+)\.(\d+)", text)
-        if not parts:
-            raise OpenStackError(400, f"Invalid API version request string {text}")
-        version = (int(parts.group(1)), int(parts.group(2)))
-        if not MIN_MICROVERSION <= version <= MAX_MICROVERSION:
-            raise OpenStackError(406, f"Version {text} is not supported by the API. Minimum is "
-                                      f"{_mv(MIN_MICROVERSION)} and maximum is "
-                                      f"{_mv(MAX_MICROVERSION)}.",
-                                 headers=version_headers(text))
-        return version
+        return microversion(text, MIN_MICROVERSION, MAX_MICROVERSION, version_headers)
 
     def route(self, req: Request) -> Response:
         """The version documents (no token), the microversion and token gates, an optional
@@ -276,7 +261,7 @@ class Nova(Service):
         if not rest and req.method == "GET":
             return reply(200, {"version": self._version()})
         version = self._microversion(req)
-        headers = version_headers(_mv(version))
+        headers = version_headers(mv(version))
         caller = self.keystone.valid_token(req.headers.get("X-Auth-Token"))
         if caller is None:
             raise OpenStackError(401, UNAUTHENTICATED)
@@ -295,18 +280,6 @@ class Nova(Service):
         return resp
 
     # -- servers -------------------------------------------------------------------------------
-
-    def _limit(self, req: Request) -> int:
-        text = req.arg("limit")
-        if text is None:
-            return self.cloud.page_max
-        try:
-            limit = int(text)
-        except ValueError:
-            raise OpenStackError(400, "limit param must be an integer") from None
-        if limit < 0:
-            raise OpenStackError(400, "limit param must be positive")
-        return min(limit, self.cloud.page_max)
 
     @routes.add("GET", r"/servers(?P<detail>/detail)?")
     def _list_servers(self, req: Request, caller: Token, version: tuple[int, int],
@@ -331,7 +304,7 @@ class Nova(Service):
             if marker not in ids:
                 raise OpenStackError(400, f"marker [{marker}] not found")
             start = ids.index(marker) + 1
-        limit = self._limit(req)
+        limit = self.page_limit(req)
         page = visible[start:start + limit]
         if detail:
             items = [self.server_view(s, admin, version) for s in page]

@@ -28,7 +28,8 @@ if TYPE_CHECKING:
     from watchdogd.sim._http import _Handler
     from watchdogd.sim.openstack import OpenStackSim
 
-__all__ = ["OpenStackError", "Routes", "Service", "cinder_time", "keystone_time", "reply"]
+__all__ = ["OpenStackError", "Routes", "Service", "cinder_time", "keystone_time", "microversion",
+           "mv", "reply"]
 
 Obj = dict[str, Any]
 
@@ -139,6 +140,31 @@ class Routes:
         return None
 
 
+def mv(version: tuple[int, int]) -> str:
+    """A microversion as the API writes it: ``3.71``."""
+    return f"{version[0]}.{version[1]}"
+
+
+def microversion(text: str | None, lowest: tuple[int, int], highest: tuple[int, int],
+                 headers: Callable[[str], dict[str, str]]) -> tuple[int, int]:
+    """The microversion a request asked for (``text``, None: none asked), as the service's
+    API checks it: ``latest`` is ``highest``, a malformed one 400, one out of range 406
+    (with the service's version ``headers`` for it)."""
+    if text is None:
+        return lowest
+    if text == "latest":
+        return highest
+    parts = re.fullmatch(r"(\d+)\.(\d+)", text)
+    if not parts:
+        raise OpenStackError(400, f"Invalid API version request string {text}")
+    version = (int(parts.group(1)), int(parts.group(2)))
+    if not lowest <= version <= highest:
+        raise OpenStackError(406, f"Version {text} is not supported by the API. Minimum is "
+                                  f"{mv(lowest)} and maximum is {mv(highest)}.",
+                             headers=headers(text))
+    return version
+
+
 class Service(HttpSim):
     """One OpenStack service of a cloud: its own port and faults, the cloud's lock and log.
 
@@ -159,6 +185,19 @@ class Service(HttpSim):
     def error(self, code: int, message: str, headers: dict[str, str] | None = None) -> Response:
         """An error in the service's own format."""
         raise NotImplementedError
+
+    def page_limit(self, req: Request) -> int:
+        """The ``limit`` of a list request, as Cinder and Nova read it, at most a page."""
+        text = req.arg("limit")
+        if text is None:
+            return self.cloud.page_max
+        try:
+            limit = int(text)
+        except ValueError:
+            raise OpenStackError(400, "limit param must be an integer") from None
+        if limit < 0:
+            raise OpenStackError(400, "limit param must be positive")
+        return min(limit, self.cloud.page_max)
 
     def fault_response(self, fault: Fault) -> Response:
         return self.error(fault.status, fault_message(fault.status))
